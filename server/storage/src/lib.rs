@@ -1,0 +1,153 @@
+//! Storage backends of sluice behind one small async trait.
+//!
+//! Every backend implements [`Storage`]: `head`, ranged `get` as a byte
+//! stream, one `list` page, `put`, multipart uploads and `delete`. The layers
+//! above (RangeEngine, cache, daemon) only ever see this trait, [`ObjectUri`]
+//! and [`StorageError`]; backend-private errors are converted at the boundary.
+//!
+//! Contract shared by all backends (checked by the conformance suite in
+//! `tests/tests/conformance.rs`):
+//! - `get` with a range returns exactly the bytes of `range ∩ [0, size)`;
+//!   `GetResult::meta.size` is the size of the whole object; a range that
+//!   starts past the end of a non-empty object is `InvalidArgument`; any range
+//!   starting at 0 of an empty object returns an empty body.
+//! - `get` with `if_match` fails with `Changed` when the etag differs.
+//! - `list` returns keys in lexicographic (byte) order, `page_size` entries at
+//!   most, and a token to continue; with a delimiter, keys below the next
+//!   delimiter are folded into common prefixes.
+//! - a multipart upload is visible only after `complete`; `abort` leaves nothing.
+
+pub mod error;
+pub mod file;
+pub mod registry;
+pub mod s3;
+pub mod uri;
+
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+
+use std::fmt::Debug;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use error::{BoxError, ErrorKind, Result, StorageError};
+pub use registry::Backends;
+pub use uri::{ObjectUri, Scheme};
+
+/// The body of a `get`: chunks in order, each at most a few MiB.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// Metadata of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Full URI of the object.
+    pub uri: String,
+    /// Size of the whole object in bytes.
+    pub size: u64,
+    /// Entity tag; for files derived from size, mtime and inode.
+    pub etag: Option<String>,
+    /// Last modification time, when the backend reports it.
+    pub last_modified: Option<SystemTime>,
+    /// Version id on versioned buckets.
+    pub version: Option<String>,
+}
+
+/// Options of [`Storage::get`].
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    /// Half-open byte range; `None` reads the whole object. The end is
+    /// clamped to the object size.
+    pub range: Option<Range<u64>>,
+    /// Fail with [`ErrorKind::Changed`] unless the object's etag is this one.
+    pub if_match: Option<String>,
+}
+
+/// Answer of [`Storage::get`].
+pub struct GetResult {
+    /// Metadata of the whole object (its full size, not the range's).
+    pub meta: ObjectMeta,
+    /// The bytes `body` carries, within `[0, meta.size)`.
+    pub range: Range<u64>,
+    /// The bytes, in order.
+    pub body: ByteStream,
+}
+
+impl Debug for GetResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetResult")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of [`Storage::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Fold keys below the next occurrence of this string into common prefixes.
+    pub delimiter: Option<String>,
+    /// Entries (objects plus prefixes) per page, at least 1.
+    pub page_size: usize,
+    /// Continuation token from the previous page.
+    pub page_token: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Objects, in key order.
+    pub objects: Vec<ObjectMeta>,
+    /// Common prefixes as full URIs, in order (only with a delimiter).
+    pub common_prefixes: Vec<String>,
+    /// Token for the next page; `None` on the last page.
+    pub next_token: Option<String>,
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait Storage: Send + Sync + Debug + 'static {
+    /// Backend name for metrics and logs: `file`, `s3`.
+    fn name(&self) -> &'static str;
+
+    /// Metadata of one object.
+    async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta>;
+
+    /// The bytes of one object, whole or a range.
+    async fn get(&self, uri: &ObjectUri, opts: GetOptions) -> Result<GetResult>;
+
+    /// One page of the objects whose URI starts with `prefix`.
+    async fn list(&self, prefix: &ObjectUri, opts: &ListOptions) -> Result<ListPage>;
+
+    /// Stores `data` as the whole object in one request.
+    async fn put(&self, uri: &ObjectUri, data: Bytes) -> Result<ObjectMeta>;
+
+    /// Starts a multipart upload; parts are sent in order.
+    async fn start_multipart(&self, uri: &ObjectUri) -> Result<Box<dyn MultipartUpload>>;
+
+    /// Smallest part a multipart upload accepts (except the last one).
+    fn min_part_size(&self) -> u64 {
+        1
+    }
+
+    /// Deletes one object. Deleting a missing object is `NotFound`.
+    async fn delete(&self, uri: &ObjectUri) -> Result<()>;
+}
+
+/// An upload in progress. Dropping it without `complete` or `abort` leaves
+/// cleanup to the backend (files: the temporary file is removed; S3: the
+/// bucket's lifecycle rule), so callers always call one of them.
+#[async_trait]
+pub trait MultipartUpload: Send + Debug {
+    /// Appends the next part.
+    async fn put_part(&mut self, data: Bytes) -> Result<()>;
+
+    /// Makes the object visible; returns its metadata.
+    async fn complete(self: Box<Self>) -> Result<ObjectMeta>;
+
+    /// Discards every part uploaded so far.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}

@@ -1,0 +1,71 @@
+//! Configuration of the `s3://` backend (`[storage.s3]`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// When request checksums are computed on uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumMode {
+    /// The SDK default: checksum every upload (aws-chunked framing on streams).
+    WhenSupported,
+    /// Only where the operation requires it. Some S3-compatible servers store
+    /// aws-chunked framing verbatim; use this for them.
+    WhenRequired,
+}
+
+/// `[storage.s3]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint URL for `s3://bucket/key` URIs, e.g. `http://127.0.0.1:9000`.
+    /// Unset: AWS's regional endpoint.
+    pub endpoint: Option<String>,
+    /// `http` or `https` for explicit endpoints in URIs (`s3://host:port/bucket/key`).
+    pub endpoint_scheme: String,
+    /// Region; unset: the SDK's chain (`AWS_REGION`, profile), then `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`host/bucket/key`) for the default endpoint.
+    /// Explicit endpoints always use path style.
+    pub force_path_style: bool,
+    /// PEM file of extra CA certificates to trust (private S3 deployments).
+    pub ca_bundle: Option<PathBuf>,
+    /// Upload checksums: `when_supported` (SDK default) or `when_required`.
+    pub request_checksum: ChecksumMode,
+    /// Attempts per request, first one included (SDK standard retry mode).
+    pub max_attempts: u32,
+    /// First retry backoff; doubles per attempt with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Backoff ceiling.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// TCP + TLS connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt of one request (headers, not the whole body).
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            endpoint_scheme: "https".into(),
+            region: None,
+            force_path_style: false,
+            ca_bundle: None,
+            request_checksum: ChecksumMode::WhenSupported,
+            // 5 attempts with 100 ms doubling to 20 s ≈ 3 s of backoff at most
+            // before the ceiling matters: rides out a throttling burst.
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(30),
+        }
+    }
+}

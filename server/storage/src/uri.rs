@@ -1,0 +1,201 @@
+//! Parsing of object URIs.
+//!
+//! | form | meaning |
+//! |---|---|
+//! | `file:///abs/path` | a local file (confined to the configured roots) |
+//! | `s3://bucket/key` | an object at the configured default S3 endpoint |
+//! | `s3://host:port/bucket/key` | an object at an explicit endpoint |
+//!
+//! An S3 authority with a port is an endpoint: bucket names cannot contain
+//! `:`. Keys are taken literally (no percent-decoding), so any S3 key that
+//! is valid UTF-8 can be named.
+
+use std::fmt;
+
+use crate::error::{Result, StorageError};
+
+/// The backend a URI belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scheme {
+    /// `file://`
+    File,
+    /// `s3://`
+    S3,
+}
+
+impl Scheme {
+    /// The scheme as written in URIs, also the backend's metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::File => "file",
+            Scheme::S3 => "s3",
+        }
+    }
+}
+
+/// A parsed object (or prefix) URI.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectUri {
+    scheme: Scheme,
+    /// `host:port` of an explicit S3 endpoint.
+    endpoint: Option<String>,
+    /// Bucket name; empty for `file://`.
+    bucket: String,
+    /// Object key; for `file://` the absolute path.
+    key: String,
+}
+
+impl ObjectUri {
+    /// Parses `uri`; errors are `InvalidArgument` naming the URI.
+    pub fn parse(uri: &str) -> Result<Self> {
+        let (scheme, rest) = uri
+            .split_once("://")
+            .ok_or_else(|| StorageError::invalid(uri, "not a uri: expected scheme://…"))?;
+        match scheme {
+            "file" => Self::parse_file(uri, rest),
+            "s3" => Self::parse_s3(uri, rest),
+            other => Err(StorageError::invalid(
+                uri,
+                format!("unsupported scheme {other:?}: expected file:// or s3://"),
+            )),
+        }
+    }
+
+    fn parse_file(uri: &str, rest: &str) -> Result<Self> {
+        let path = rest.strip_prefix("localhost").unwrap_or(rest);
+        if !path.starts_with('/') {
+            return Err(StorageError::invalid(
+                uri,
+                "file uris need an absolute path: file:///abs/path",
+            ));
+        }
+        if path.contains('\0') {
+            return Err(StorageError::invalid(uri, "path contains a nul byte"));
+        }
+        Ok(ObjectUri {
+            scheme: Scheme::File,
+            endpoint: None,
+            bucket: String::new(),
+            key: path.to_owned(),
+        })
+    }
+
+    fn parse_s3(uri: &str, rest: &str) -> Result<Self> {
+        let (first, after) = rest.split_once('/').unwrap_or((rest, ""));
+        let (endpoint, bucket, key) = if first.contains(':') {
+            let (bucket, key) = after.split_once('/').unwrap_or((after, ""));
+            (Some(first.to_owned()), bucket, key)
+        } else {
+            (None, first, after)
+        };
+        if let Some(ep) = &endpoint {
+            let (host, port) = ep.rsplit_once(':').unwrap_or((ep, ""));
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(StorageError::invalid(uri, "endpoint must be host:port"));
+            }
+        }
+        if !valid_bucket(bucket) {
+            return Err(StorageError::invalid(
+                uri,
+                "missing or invalid bucket name (3-63 characters: a-z, 0-9, '.', '-')",
+            ));
+        }
+        Ok(ObjectUri {
+            scheme: Scheme::S3,
+            endpoint,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// The backend.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// `host:port` of an explicit endpoint.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// Bucket (empty for files).
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Key within the bucket; for files the absolute path.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The same location with another key (used to name listed objects).
+    pub fn with_key(&self, key: impl Into<String>) -> Self {
+        ObjectUri {
+            key: key.into(),
+            ..self.clone()
+        }
+    }
+}
+
+fn valid_bucket(bucket: &str) -> bool {
+    // Permissive superset of S3's rules (also allows the underscores and
+    // capitals that some S3-compatible servers accept); rejects what cannot
+    // be a bucket at all.
+    (1..=255).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+impl fmt::Display for ObjectUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.scheme {
+            Scheme::File => write!(f, "file://{}", self.key),
+            Scheme::S3 => match &self.endpoint {
+                Some(ep) => write!(f, "s3://{ep}/{}/{}", self.bucket, self.key),
+                None => write!(f, "s3://{}/{}", self.bucket, self.key),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_each_form() {
+        let u = ObjectUri::parse("file:///data/a b.bin").unwrap();
+        assert_eq!((u.scheme(), u.key()), (Scheme::File, "/data/a b.bin"));
+        let u = ObjectUri::parse("s3://bucket/dir/key.tar").unwrap();
+        assert_eq!((u.endpoint(), u.bucket(), u.key()), (None, "bucket", "dir/key.tar"));
+        let u = ObjectUri::parse("s3://127.0.0.1:9000/bkt/k").unwrap();
+        assert_eq!((u.endpoint(), u.bucket(), u.key()), (Some("127.0.0.1:9000"), "bkt", "k"));
+        let u = ObjectUri::parse("s3://bkt").unwrap();
+        assert_eq!((u.bucket(), u.key()), ("bkt", ""));
+    }
+
+    #[test]
+    fn rejects_malformed_uris_naming_them() {
+        for bad in ["data/x", "file://relative", "gopher://x/y", "s3:///key", "s3://h:notaport/b/k", "s3://:9000/b/k"] {
+            let e = ObjectUri::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+            assert_eq!(e.uri(), bad);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn display_round_trips(bucket in "[a-z0-9][a-z0-9.-]{2,20}", key in "[a-zA-Z0-9/ _.-]{0,40}", port in proptest::option::of(1u16..)) {
+            let uri = match port {
+                Some(p) => format!("s3://localhost:{p}/{bucket}/{key}"),
+                None => format!("s3://{bucket}/{key}"),
+            };
+            let parsed = ObjectUri::parse(&uri).unwrap();
+            prop_assert_eq!(parsed.to_string(), uri);
+            prop_assert_eq!(parsed.key(), key.as_str());
+        }
+    }
+}
