@@ -1,1 +1,17 @@
-//! placeholder
+//! The engine of sluice: RangeEngine, memory budget, cache and the read path.
+//!
+//! Nothing here knows about gRPC; the daemon maps [`ReadError`] to statuses.
+
+pub mod budget;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod plan;
+pub mod range;
+pub mod reader;
+
+pub use config::{ByteSize, CacheConfig, EngineConfig};
+pub use error::ReadError;
+pub use metrics::EngineMetrics;
+pub use reader::{Body, ReadOutput, Reader, Source};

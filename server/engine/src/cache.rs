@@ -1,0 +1,219 @@
+//! The node-wide object cache (RAM tier).
+//!
+//! Whole objects, keyed by URI, in LRU order. An entry carries the metadata
+//! it was fetched with (etag, size, mtime); the reader revalidates an entry
+//! against the backend once it is older than `revalidate_after` and drops it
+//! when any of the three changed, so a changed object is never served stale
+//! beyond that interval (`0s`: never).
+//!
+//! The cache does not count bytes against a limit of its own: each entry's
+//! bytes hold permits of the [`MemoryBudget`](crate::budget::MemoryBudget),
+//! and the budget evicts through [`Evict`] when a reservation does not fit.
+//! An evicted object that is still being sent stays in memory — and keeps
+//! its permits — until the send finishes, so the budget stays exact.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lru::LruCache;
+use sluice_storage::ObjectMeta;
+
+use crate::budget::Evict;
+use crate::metrics::CacheMetrics;
+
+/// One cached object.
+#[derive(Debug)]
+pub struct CachedObject {
+    /// Metadata as of the fetch.
+    pub meta: ObjectMeta,
+    /// The whole object.
+    pub data: Bytes,
+    /// Milliseconds after the cache's epoch when the entry was last validated.
+    validated_ms: AtomicU64,
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct Cache {
+    entries: std::sync::Mutex<LruCache<String, Arc<CachedObject>>>,
+    epoch: Instant,
+    metrics: CacheMetrics,
+}
+
+impl CachedObject {
+    /// Whether the entry was validated less than `ttl` ago.
+    pub fn is_fresh(&self, cache: &Cache, ttl: Duration) -> bool {
+        let age = cache
+            .now_ms()
+            .saturating_sub(self.validated_ms.load(Ordering::Relaxed));
+        u128::from(age) < ttl.as_millis()
+    }
+
+    /// Whether `current` metadata describes the same object version.
+    pub fn same_version(&self, current: &ObjectMeta) -> bool {
+        self.meta.size == current.size
+            && self.meta.etag == current.etag
+            && self.meta.last_modified == current.last_modified
+            && self.meta.version == current.version
+    }
+
+    /// Marks the entry validated now.
+    pub fn touch(&self, cache: &Cache) {
+        self.validated_ms.store(cache.now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl Cache {
+    /// An empty cache reporting to `metrics`.
+    pub fn new(metrics: CacheMetrics) -> Self {
+        Cache {
+            entries: std::sync::Mutex::new(LruCache::unbounded()),
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The entry for `key`, marked most recently used.
+    pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.entries.lock().unwrap().get(key).cloned()
+    }
+
+    /// Caches `data` under `key`, replacing an older version.
+    pub fn insert(&self, key: String, meta: ObjectMeta, data: Bytes) -> Arc<CachedObject> {
+        let obj = Arc::new(CachedObject {
+            meta,
+            data,
+            validated_ms: AtomicU64::new(self.now_ms()),
+        });
+        let size = obj.data.len() as u64;
+        let old = self.entries.lock().unwrap().put(key, obj.clone());
+        self.metrics.bytes.inc_by(size as i64);
+        self.metrics.entries.inc();
+        if let Some(old) = old {
+            self.forget(&old);
+        }
+        obj
+    }
+
+    /// Drops the entry for `key`; true when there was one.
+    pub fn remove(&self, key: &str) -> bool {
+        let old = self.entries.lock().unwrap().pop(key);
+        old.map(|o| self.forget(&o)).is_some()
+    }
+
+    /// Drops every entry whose key starts with `prefix`; returns how many.
+    pub fn remove_prefix(&self, prefix: &str) -> usize {
+        let mut entries = self.entries.lock().unwrap();
+        let keys: Vec<String> = entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            if let Some(o) = entries.pop(k) {
+                self.forget(&o);
+            }
+        }
+        keys.len()
+    }
+
+    /// Number of cached objects.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn forget(&self, obj: &CachedObject) {
+        self.metrics.bytes.dec_by(obj.data.len() as i64);
+        self.metrics.entries.dec();
+    }
+}
+
+impl Evict for Cache {
+    fn evict_one(&self) -> bool {
+        let victim = self.entries.lock().unwrap().pop_lru();
+        match victim {
+            Some((_, obj)) => {
+                self.forget(&obj);
+                self.metrics.evictions.inc();
+                self.metrics.evicted_bytes.inc_by(obj.data.len() as u64);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::MemoryBudget;
+    use proptest::prelude::*;
+
+    fn meta(size: u64, etag: &str) -> ObjectMeta {
+        ObjectMeta {
+            uri: "file:///k".into(),
+            size,
+            etag: Some(etag.into()),
+            last_modified: None,
+            version: None,
+        }
+    }
+
+    #[test]
+    fn evicts_least_recently_used_first() {
+        let c = Cache::new(CacheMetrics::default());
+        for k in ["a", "b", "c"] {
+            c.insert(k.into(), meta(1, "e"), Bytes::from_static(b"x"));
+        }
+        c.get("a");
+        assert!(c.evict_one());
+        assert!(c.get("b").is_none(), "b was least recently used");
+        assert!(c.get("a").is_some() && c.get("c").is_some());
+        assert_eq!(c.metrics.evictions.get(), 1);
+    }
+
+    #[test]
+    fn version_check_compares_etag_size_and_mtime() {
+        let c = Cache::new(CacheMetrics::default());
+        let o = c.insert("k".into(), meta(3, "v1"), Bytes::from_static(b"abc"));
+        assert!(o.same_version(&meta(3, "v1")));
+        assert!(!o.same_version(&meta(3, "v2")));
+        assert!(!o.same_version(&meta(4, "v1")));
+        let mut later = meta(3, "v1");
+        later.last_modified = Some(std::time::SystemTime::now());
+        assert!(!o.same_version(&later));
+    }
+
+    proptest! {
+        /// Whatever the sequence of insertions, the cached bytes never exceed
+        /// the budget: each insertion reserves first, evicting as needed.
+        #[test]
+        fn cached_bytes_stay_within_the_budget(sizes in proptest::collection::vec(0u64..400, 1..60), budget in 400u64..2000) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let c = Cache::new(CacheMetrics::default());
+                let b = MemoryBudget::new(budget, Duration::from_millis(1));
+                for (i, size) in sizes.iter().enumerate() {
+                    let r = b.reserve(*size, &c).await.expect("everything is evictable");
+                    let data = r.buffer();
+                    c.insert(i.to_string(), meta(*size, "e"), r.into_bytes(data));
+                    let cached = c.metrics.bytes.get() as u64;
+                    prop_assert!(cached <= budget, "cached {} > budget {}", cached, budget);
+                    prop_assert_eq!(cached + b.available(), budget);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}

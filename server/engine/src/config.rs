@@ -1,0 +1,178 @@
+//! Configuration of the engine (`[engine]` and `[cache]` in `sluiced.toml`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A byte count written as an integer or with a binary/decimal unit:
+/// `1048576`, `"8MiB"`, `"2 GiB"`, `"500MB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// `n` MiB.
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n << 20)
+    }
+
+    /// `n` GiB.
+    pub const fn gib(n: u64) -> Self {
+        ByteSize(n << 30)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid byte size {s:?}: expected e.g. 8MiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            other => return Err(format!("invalid byte size unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("byte size {s:?} overflows"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if n >= 1 << shift && n % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `[engine]`: the RangeEngine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Size of one ranged GET. Objects up to this size take one request.
+    /// 8 MiB: the smallest part that reaches full per-connection throughput
+    /// on S3 while keeping the first byte early.
+    pub part_size: ByteSize,
+    /// Ranged GETs in flight for one object.
+    pub per_object_concurrency: usize,
+    /// Ranged GETs in flight across the daemon.
+    pub max_concurrency: usize,
+    /// Attempts per part (first included) on transient failures: throttling,
+    /// unavailability, short or broken bodies.
+    pub part_attempts: u32,
+    /// First backoff between part attempts; doubles, full jitter.
+    #[serde(with = "humantime_serde")]
+    pub part_backoff: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            part_size: ByteSize::mib(8),
+            // 8 × 8 MiB in flight per object saturates a 10 Gb/s link at
+            // ~100 ms per part.
+            per_object_concurrency: 8,
+            max_concurrency: 64,
+            part_attempts: 3,
+            part_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// `[cache]`: the node-wide cache and the memory budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Payload bytes in memory at once: cached objects plus reads in flight.
+    /// The daemon's RSS stays within this plus a fixed overhead.
+    pub memory_budget: ByteSize,
+    /// Objects larger than this are streamed through without being cached.
+    /// Unset: a quarter of the budget.
+    pub max_object_size: Option<ByteSize>,
+    /// Cached objects are served without asking the backend for this long
+    /// after they were last validated; then a HEAD (a `stat` for files)
+    /// checks etag, size and mtime. `0s`: validate on every read.
+    #[serde(with = "humantime_serde")]
+    pub revalidate_after: Duration,
+    /// How long a read waits for memory before RESOURCE_EXHAUSTED.
+    #[serde(with = "humantime_serde")]
+    pub memory_wait: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory_budget: ByteSize::gib(2),
+            max_object_size: None,
+            // Training data is written once and read many times: 10 s bounds
+            // staleness after an overwrite while costing one HEAD per object
+            // per 10 s instead of one per read.
+            revalidate_after: Duration::from_secs(10),
+            memory_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Largest object that is cached.
+    pub fn max_object_size(&self) -> u64 {
+        self.max_object_size
+            .map_or(self.memory_budget.0 / 4, |b| b.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_and_print() {
+        assert_eq!("8MiB".parse::<ByteSize>().unwrap(), ByteSize(8 << 20));
+        assert_eq!("2 GiB".parse::<ByteSize>().unwrap(), ByteSize(2 << 30));
+        assert_eq!("500MB".parse::<ByteSize>().unwrap(), ByteSize(500_000_000));
+        assert_eq!("17".parse::<ByteSize>().unwrap(), ByteSize(17));
+        assert!("8 parsecs".parse::<ByteSize>().is_err());
+        assert!("99999999999TiB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(8 << 20).to_string(), "8MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+}

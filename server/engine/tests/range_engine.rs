@@ -1,0 +1,279 @@
+//! RangeEngine and Reader against real files, through the fault-injecting double.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use proptest::prelude::*;
+use sluice_engine::budget::{Evict, MemoryBudget};
+use sluice_engine::metrics::StorageMetrics;
+use sluice_engine::range::{Fetched, Memory, RangeEngine};
+use sluice_engine::{ByteSize, EngineConfig};
+use sluice_storage::fault::{Fault, FaultStorage};
+use sluice_storage::file::FileStorage;
+use sluice_storage::{ErrorKind, ObjectUri, Storage};
+
+struct NoEvict;
+impl Evict for NoEvict {
+    fn evict_one(&self) -> bool {
+        false
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    fault: Arc<FaultStorage>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let file: Arc<dyn Storage> = Arc::new(FileStorage::new(std::slice::from_ref(&root)).unwrap());
+    Fixture {
+        _dir: dir,
+        root,
+        fault: Arc::new(FaultStorage::new(file)),
+    }
+}
+
+impl Fixture {
+    fn object(&self, name: &str, len: usize) -> (ObjectUri, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 + i / 251) as u8).collect();
+        let path = self.root.join(name);
+        std::fs::write(&path, &data).unwrap();
+        (
+            ObjectUri::parse(&format!("file://{}", path.display())).unwrap(),
+            data,
+        )
+    }
+}
+
+fn engine(part: u64, per_object: usize, global: usize) -> RangeEngine {
+    let cfg = EngineConfig {
+        part_size: ByteSize(part),
+        per_object_concurrency: per_object,
+        max_concurrency: global,
+        part_attempts: 3,
+        part_backoff: Duration::from_millis(1),
+    };
+    RangeEngine::new(cfg, Arc::new(StorageMetrics::default()))
+}
+
+fn memory(total: u64) -> Memory {
+    Memory {
+        budget: MemoryBudget::new(total, Duration::from_secs(5)),
+        evict: Arc::new(NoEvict),
+    }
+}
+
+async fn collect(f: Fetched) -> Vec<u8> {
+    match f {
+        Fetched::Buffered { data, .. } => data.to_vec(),
+        Fetched::Streaming { body, .. } => {
+            let parts: Vec<_> = body.try_collect().await.unwrap();
+            parts.concat()
+        }
+    }
+}
+
+#[tokio::test]
+async fn whole_and_ranged_reads_are_byte_exact() {
+    let fx = fixture();
+    let part = 4096;
+    let mem = memory(1 << 30);
+    let e = engine(part, 3, 16);
+    for len in [0, 1, 4095, 4096, 4097, 5 * 4096 + 3] {
+        let (uri, data) = fx.object(&format!("o{len}"), len);
+        for max_buffer in [0, u64::MAX] {
+            let got = collect(
+                e.fetch(fx.fault.clone(), &uri, None, &mem, max_buffer)
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(got, data, "len {len}, max_buffer {max_buffer}");
+            if len > 10 {
+                let r = 3..(len as u64 - 2);
+                let got = collect(
+                    e.fetch(fx.fault.clone(), &uri, Some(r.clone()), &mem, max_buffer)
+                        .await
+                        .unwrap(),
+                )
+                .await;
+                assert_eq!(
+                    got,
+                    &data[r.start as usize..r.end as usize],
+                    "len {len} range {r:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        mem.budget.available(),
+        1 << 30,
+        "every reservation was returned"
+    );
+}
+
+#[tokio::test]
+async fn an_object_changed_between_parts_is_an_error_not_a_mix() {
+    let fx = fixture();
+    let (uri, _) = fx.object("o", 10 * 1024);
+    fx.fault
+        .script([Fault::None, Fault::Etag("someone-else".into())]);
+    let err = engine(1024, 2, 4)
+        .fetch(fx.fault.clone(), &uri, None, &memory(1 << 20), u64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err.storage_kind(), Some(ErrorKind::Changed), "{err}");
+}
+
+#[tokio::test]
+async fn a_real_overwrite_during_a_read_is_detected() {
+    let fx = fixture();
+    let (uri, _) = fx.object("o", 64 * 1024);
+    let e = engine(1024, 1, 1);
+    let mem = memory(1 << 20);
+    // Streaming mode with one part in flight: overwrite after the first part.
+    let Fetched::Streaming { mut body, .. } = e
+        .fetch(fx.fault.clone(), &uri, None, &mem, 0)
+        .await
+        .unwrap()
+    else {
+        panic!("expected streaming")
+    };
+    let _first = body.try_next().await.unwrap().unwrap();
+    std::fs::write(fx.root.join("o.new"), vec![1u8; 64 * 1024]).unwrap();
+    std::fs::rename(fx.root.join("o.new"), fx.root.join("o")).unwrap();
+    let err = loop {
+        match body.try_next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("read completed across an overwrite"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.storage_kind(), Some(ErrorKind::Changed), "{err}");
+}
+
+#[tokio::test]
+async fn short_parts_are_retried_then_fail() {
+    let fx = fixture();
+    let (uri, data) = fx.object("o", 8 * 1024);
+    let metrics = Arc::new(StorageMetrics::default());
+    let cfg = EngineConfig {
+        part_size: ByteSize(1024),
+        per_object_concurrency: 1,
+        max_concurrency: 4,
+        part_attempts: 3,
+        part_backoff: Duration::from_millis(1),
+    };
+    let e = RangeEngine::new(cfg, metrics.clone());
+    fx.fault
+        .script([Fault::None, Fault::Short(10), Fault::BreakAfter(100)]);
+    let got = collect(
+        e.fetch(fx.fault.clone(), &uri, None, &memory(1 << 20), u64::MAX)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got, data);
+    assert_eq!(metrics.part_retries.get(), 2);
+    assert_eq!(fx.fault.gets(), 8 + 2);
+
+    fx.fault.script([
+        Fault::None,
+        Fault::Short(1),
+        Fault::Short(1),
+        Fault::Short(1),
+    ]);
+    let err = e
+        .fetch(fx.fault.clone(), &uri, None, &memory(1 << 20), u64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err.storage_kind(), Some(ErrorKind::Protocol), "{err}");
+    assert!(err.to_string().contains("short body"), "{err}");
+}
+
+#[tokio::test]
+async fn not_found_is_not_retried() {
+    let fx = fixture();
+    let uri = ObjectUri::parse(&format!("file://{}/missing", fx.root.display())).unwrap();
+    let err = engine(1024, 2, 2)
+        .fetch(fx.fault.clone(), &uri, None, &memory(1 << 20), u64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err.storage_kind(), Some(ErrorKind::NotFound));
+    assert_eq!(fx.fault.gets(), 1);
+}
+
+#[tokio::test]
+async fn a_part_larger_than_the_budget_fails_with_resource_exhausted() {
+    let fx = fixture();
+    let (uri, _) = fx.object("o", 8 * 1024);
+    let err = engine(4096, 2, 2)
+        .fetch(fx.fault.clone(), &uri, None, &memory(1024), u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sluice_engine::ReadError::Memory { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_global_limit_holds_across_objects() {
+    let fx = fixture();
+    let e = engine(1024, 4, 3);
+    let mem = memory(1 << 30);
+    let objects: Vec<_> = (0..6)
+        .map(|i| fx.object(&format!("o{i}"), 16 * 1024))
+        .collect();
+    let reads = objects.iter().map(|(uri, data)| {
+        let (e, fault, mem) = (e.clone(), fx.fault.clone(), mem.clone());
+        async move {
+            let got = collect(e.fetch(fault, uri, None, &mem, u64::MAX).await.unwrap()).await;
+            assert_eq!(&got, data);
+        }
+    });
+    futures::future::join_all(reads).await;
+    assert!(
+        fx.fault.max_in_flight() <= 3,
+        "{} in flight",
+        fx.fault.max_in_flight()
+    );
+    assert_eq!(fx.fault.gets(), 6 * 16);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The requested parts cover the wanted bytes exactly, never overlap,
+    /// and never exceed the per-object limit in flight.
+    #[test]
+    fn parts_cover_the_object_exactly(len in 0usize..40_000, part in 512u64..8192, per_object in 1usize..6, streaming: bool) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let fx = fixture();
+            let (uri, data) = fx.object("o", len);
+            let e = engine(part, per_object, 64);
+            let max_buffer = if streaming { 0 } else { u64::MAX };
+            let got = collect(e.fetch(fx.fault.clone(), &uri, None, &memory(1 << 30), max_buffer).await.unwrap()).await;
+            prop_assert_eq!(&got, &data);
+            let mut ranges = fx.fault.ranges();
+            prop_assert_eq!(ranges[0].start, 0);
+            prop_assert_eq!(ranges[0].end, part, "the first part asks for a whole part");
+            ranges[0].end = ranges[0].end.min(len as u64);
+            ranges.sort_by_key(|r| r.start);
+            let mut at = 0;
+            for r in &ranges {
+                prop_assert_eq!(r.start, at, "gap or overlap at {}", at);
+                prop_assert!(r.end - r.start <= part);
+                at = r.end;
+            }
+            prop_assert_eq!(at, len as u64);
+            prop_assert!(fx.fault.max_in_flight() <= per_object, "{} > {}", fx.fault.max_in_flight(), per_object);
+            Ok(())
+        })?;
+    }
+}

@@ -1,0 +1,196 @@
+//! A fault-injecting [`Storage`] double for tests of the layers above.
+//!
+//! Wraps a real backend and applies a script of faults to successive `get`
+//! calls (fail, cut the body short, report another etag), while recording how
+//! many gets ran and the most that were in flight at once.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::{
+    ErrorKind, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta,
+    ObjectUri, Result, Storage, StorageError,
+};
+
+/// What happens to one `get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Pass through.
+    None,
+    /// Fail before any byte with this kind.
+    Fail(ErrorKind),
+    /// Deliver all but the last `n` bytes, then end the body cleanly.
+    Short(u64),
+    /// Fail with `Unavailable` after this many bytes of body.
+    BreakAfter(u64),
+    /// Report this etag instead of the real one.
+    Etag(String),
+}
+
+/// The double.
+#[derive(Debug)]
+pub struct FaultStorage {
+    inner: Arc<dyn Storage>,
+    script: Mutex<VecDeque<Fault>>,
+    gets: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    ranges: Mutex<Vec<Range<u64>>>,
+}
+
+impl FaultStorage {
+    /// Wraps `inner` with an empty script.
+    pub fn new(inner: Arc<dyn Storage>) -> Self {
+        FaultStorage {
+            inner,
+            script: Mutex::new(VecDeque::new()),
+            gets: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: Arc::new(AtomicUsize::new(0)),
+            ranges: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Faults for the next gets, in order; later gets pass through.
+    pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.script.lock().unwrap().extend(faults);
+    }
+
+    /// Number of `get` calls so far.
+    pub fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+
+    /// Most `get` bodies open at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Ranges requested so far, in call order (`0..u64::MAX` for whole reads).
+    pub fn ranges(&self) -> Vec<Range<u64>> {
+        self.ranges.lock().unwrap().clone()
+    }
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Storage for FaultStorage {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta> {
+        self.inner.head(uri).await
+    }
+
+    async fn get(&self, uri: &ObjectUri, opts: GetOptions) -> Result<GetResult> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.ranges
+            .lock()
+            .unwrap()
+            .push(opts.range.clone().unwrap_or(0..u64::MAX));
+        let fault = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Fault::None);
+        if let Fault::Fail(kind) = fault {
+            return Err(StorageError::new(kind, uri.to_string(), "injected fault"));
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone());
+        let mut res = match self.inner.get(uri, opts).await {
+            Ok(r) => r,
+            Err(e) => {
+                drop(guard);
+                return Err(e);
+            }
+        };
+        let uri_s = uri.to_string();
+        let body = res.body;
+        res.body = match fault {
+            Fault::Short(n) => {
+                let keep = (res.range.end - res.range.start).saturating_sub(n);
+                cut(body, keep, None, guard)
+            }
+            Fault::BreakAfter(n) => cut(body, n, Some(uri_s), guard),
+            Fault::Etag(tag) => {
+                res.meta.etag = Some(tag);
+                cut(body, u64::MAX, None, guard)
+            }
+            Fault::None | Fault::Fail(_) => cut(body, u64::MAX, None, guard),
+        };
+        Ok(res)
+    }
+
+    async fn list(&self, prefix: &ObjectUri, opts: &ListOptions) -> Result<ListPage> {
+        self.inner.list(prefix, opts).await
+    }
+
+    async fn put(&self, uri: &ObjectUri, data: Bytes) -> Result<ObjectMeta> {
+        self.inner.put(uri, data).await
+    }
+
+    async fn start_multipart(&self, uri: &ObjectUri) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.start_multipart(uri).await
+    }
+
+    fn min_part_size(&self) -> u64 {
+        self.inner.min_part_size()
+    }
+
+    async fn delete(&self, uri: &ObjectUri) -> Result<()> {
+        self.inner.delete(uri).await
+    }
+}
+
+/// Passes at most `keep` bytes, then ends (or fails when `fail_uri` is set).
+fn cut(
+    body: crate::ByteStream,
+    keep: u64,
+    fail_uri: Option<String>,
+    guard: InFlight,
+) -> crate::ByteStream {
+    let state = (body, keep, fail_uri, guard);
+    Box::pin(futures::stream::unfold(Some(state), |state| async move {
+        let (mut body, left, fail_uri, guard) = state?;
+        if left == 0 {
+            return fail_uri.map(|u| {
+                (
+                    Err(StorageError::new(
+                        ErrorKind::Unavailable,
+                        u,
+                        "injected body failure",
+                    )),
+                    None,
+                )
+            });
+        }
+        match body.next().await {
+            None => None,
+            Some(Err(e)) => Some((Err(e), None)),
+            Some(Ok(mut chunk)) => {
+                if chunk.len() as u64 > left {
+                    chunk.truncate(left as usize);
+                }
+                let left = left - chunk.len() as u64;
+                Some((Ok(chunk), Some((body, left, fail_uri, guard))))
+            }
+        }
+    }))
+}
