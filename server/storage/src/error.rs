@@ -73,7 +73,10 @@ impl ErrorKind {
 
     /// Whether trying the same request again may succeed.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Protocol)
+        matches!(
+            self,
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Protocol
+        )
     }
 }
 
@@ -144,7 +147,10 @@ impl StorageError {
         use std::io::ErrorKind as Io;
         let (kind, message) = match err.kind() {
             Io::NotFound => (ErrorKind::NotFound, "no such object"),
-            Io::PermissionDenied => (ErrorKind::PermissionDenied, "permission denied by the filesystem"),
+            Io::PermissionDenied => (
+                ErrorKind::PermissionDenied,
+                "permission denied by the filesystem",
+            ),
             Io::InvalidInput => (ErrorKind::InvalidArgument, "invalid input"),
             Io::IsADirectory => (ErrorKind::InvalidArgument, "is a directory"),
             Io::NotADirectory => (ErrorKind::NotFound, "a path component is not a directory"),

@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use crate::{
-    ErrorKind, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta, ObjectUri, Result,
-    Storage, StorageError,
+    ErrorKind, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta,
+    ObjectUri, Result, Storage, StorageError,
 };
 
 /// Bytes per `pread`: large enough to amortise the blocking-pool hop, small
@@ -49,12 +49,17 @@ impl FileStorage {
             .map(|r| {
                 let shown = format!("file://{}", r.display());
                 if !r.is_absolute() {
-                    return Err(StorageError::invalid(shown, "file root must be an absolute path"));
+                    return Err(StorageError::invalid(
+                        shown,
+                        "file root must be an absolute path",
+                    ));
                 }
                 std::fs::canonicalize(r).map_err(|e| StorageError::from_io(shown, e))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(FileStorage { roots: Arc::new(roots) })
+        Ok(FileStorage {
+            roots: Arc::new(roots),
+        })
     }
 
     /// The local path of `uri`, checked against the roots.
@@ -66,7 +71,10 @@ impl FileStorage {
 pub(crate) fn resolve(roots: &[PathBuf], uri: &ObjectUri) -> Result<PathBuf> {
     let path = Path::new(uri.key());
     let denied = |why: &str| StorageError::denied(uri.to_string(), why.to_owned());
-    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
         return Err(denied("'.' and '..' are not allowed in paths"));
     }
     if !roots.iter().any(|r| path.starts_with(r)) {
@@ -85,14 +93,17 @@ pub(crate) fn resolve(roots: &[PathBuf], uri: &ObjectUri) -> Result<PathBuf> {
         }
     };
     if !roots.iter().any(|r| canonical.starts_with(r)) {
-        return Err(denied("path escapes the configured file roots through a symlink"));
+        return Err(denied(
+            "path escapes the configured file roots through a symlink",
+        ));
     }
     Ok(path.to_path_buf())
 }
 
 /// Metadata of an open file or a path.
 pub(crate) fn meta_of(uri: String, md: &Metadata) -> ObjectMeta {
-    let mtime = SystemTime::UNIX_EPOCH + Duration::new(md.mtime().max(0) as u64, md.mtime_nsec() as u32);
+    let mtime =
+        SystemTime::UNIX_EPOCH + Duration::new(md.mtime().max(0) as u64, md.mtime_nsec() as u32);
     let mtime_ns = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
     ObjectMeta {
         uri,
@@ -109,12 +120,21 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
-        StorageError::new(ErrorKind::Other, uri.to_string(), "blocking file task failed").with_source(e)
+        StorageError::new(
+            ErrorKind::Other,
+            uri.to_string(),
+            "blocking file task failed",
+        )
+        .with_source(e)
     })?
 }
 
 fn not_a_file(uri: &ObjectUri) -> StorageError {
-    StorageError::new(ErrorKind::NotFound, uri.to_string(), "is a directory, not an object")
+    StorageError::new(
+        ErrorKind::NotFound,
+        uri.to_string(),
+        "is a directory, not an object",
+    )
 }
 
 #[async_trait]
@@ -128,7 +148,8 @@ impl Storage for FileStorage {
         let shown = uri.to_string();
         let u = uri.clone();
         blocking(uri, move || {
-            let md = std::fs::metadata(&path).map_err(|e| StorageError::from_io(shown.clone(), e))?;
+            let md =
+                std::fs::metadata(&path).map_err(|e| StorageError::from_io(shown.clone(), e))?;
             if !md.is_file() {
                 return Err(not_a_file(&u));
             }
@@ -143,7 +164,9 @@ impl Storage for FileStorage {
         let u = uri.clone();
         let (file, meta) = blocking(uri, move || {
             let file = File::open(&path).map_err(|e| StorageError::from_io(shown.clone(), e))?;
-            let md = file.metadata().map_err(|e| StorageError::from_io(shown.clone(), e))?;
+            let md = file
+                .metadata()
+                .map_err(|e| StorageError::from_io(shown.clone(), e))?;
             if !md.is_file() {
                 return Err(not_a_file(&u));
             }
@@ -179,7 +202,9 @@ impl Storage for FileStorage {
 
     async fn start_multipart(&self, uri: &ObjectUri) -> Result<Box<dyn MultipartUpload>> {
         let path = self.resolve(uri)?;
-        Ok(Box::new(upload::FileUpload::create(uri.clone(), path).await?))
+        Ok(Box::new(
+            upload::FileUpload::create(uri.clone(), path).await?,
+        ))
     }
 
     async fn delete(&self, uri: &ObjectUri) -> Result<()> {
@@ -187,7 +212,8 @@ impl Storage for FileStorage {
         let shown = uri.to_string();
         let u = uri.clone();
         blocking(uri, move || {
-            let md = std::fs::symlink_metadata(&path).map_err(|e| StorageError::from_io(shown.clone(), e))?;
+            let md = std::fs::symlink_metadata(&path)
+                .map_err(|e| StorageError::from_io(shown.clone(), e))?;
             if md.is_dir() {
                 return Err(not_a_file(&u));
             }
@@ -199,17 +225,27 @@ impl Storage for FileStorage {
 
 /// `requested ∩ [0, size)`, with the contract's rules for empty objects and
 /// ranges past the end.
-pub fn clamp_range(uri: &ObjectUri, requested: Option<std::ops::Range<u64>>, size: u64) -> Result<std::ops::Range<u64>> {
+pub fn clamp_range(
+    uri: &ObjectUri,
+    requested: Option<std::ops::Range<u64>>,
+    size: u64,
+) -> Result<std::ops::Range<u64>> {
     let Some(r) = requested else {
         return Ok(0..size);
     };
     if r.start > r.end {
-        return Err(StorageError::invalid(uri.to_string(), "range start is after its end"));
+        return Err(StorageError::invalid(
+            uri.to_string(),
+            "range start is after its end",
+        ));
     }
     if r.start >= size && !(r.start == 0 && size == 0) {
         return Err(StorageError::invalid(
             uri.to_string(),
-            format!("range starts at {} but the object has {size} bytes", r.start),
+            format!(
+                "range starts at {} but the object has {size} bytes",
+                r.start
+            ),
         ));
     }
     Ok(r.start..r.end.min(size))
@@ -217,33 +253,43 @@ pub fn clamp_range(uri: &ObjectUri, requested: Option<std::ops::Range<u64>>, siz
 
 fn read_stream(file: Arc<File>, uri: String, range: std::ops::Range<u64>) -> crate::ByteStream {
     let state = (file, uri, range.start, range.end);
-    Box::pin(futures::stream::try_unfold(state, |(file, uri, pos, end)| async move {
-        if pos >= end {
-            return Ok(None);
-        }
-        let want = ((end - pos) as usize).min(READ_CHUNK);
-        let f = file.clone();
-        let u = uri.clone();
-        let chunk = tokio::task::spawn_blocking(move || -> Result<Bytes> {
-            let mut buf = BytesMut::zeroed(want);
-            let mut filled = 0;
-            while filled < want {
-                match f.read_at(&mut buf[filled..], pos + filled as u64) {
-                    Ok(0) => {
-                        return Err(StorageError::new(ErrorKind::Changed, u, "file shrank while being read"));
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(StorageError::from_io(u, e)),
-                }
+    Box::pin(futures::stream::try_unfold(
+        state,
+        |(file, uri, pos, end)| async move {
+            if pos >= end {
+                return Ok(None);
             }
-            Ok(buf.freeze())
-        })
-        .await
-        .map_err(|e| StorageError::new(ErrorKind::Other, uri.clone(), "blocking read failed").with_source(e))??;
-        let next = pos + chunk.len() as u64;
-        Ok(Some((chunk, (file, uri, next, end))))
-    }))
+            let want = ((end - pos) as usize).min(READ_CHUNK);
+            let f = file.clone();
+            let u = uri.clone();
+            let chunk = tokio::task::spawn_blocking(move || -> Result<Bytes> {
+                let mut buf = BytesMut::zeroed(want);
+                let mut filled = 0;
+                while filled < want {
+                    match f.read_at(&mut buf[filled..], pos + filled as u64) {
+                        Ok(0) => {
+                            return Err(StorageError::new(
+                                ErrorKind::Changed,
+                                u,
+                                "file shrank while being read",
+                            ));
+                        }
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(StorageError::from_io(u, e)),
+                    }
+                }
+                Ok(buf.freeze())
+            })
+            .await
+            .map_err(|e| {
+                StorageError::new(ErrorKind::Other, uri.clone(), "blocking read failed")
+                    .with_source(e)
+            })??;
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, (file, uri, next, end))))
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -267,12 +313,23 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), root_path.join("link")).unwrap();
         let s = storage(&root_path);
         let dotdot = ObjectUri::parse(&format!("file://{}/../x", root_path.display())).unwrap();
-        assert_eq!(s.head(&dotdot).await.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        assert_eq!(
+            s.head(&dotdot).await.unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
         let via_link = uri(&root_path.join("link/secret"));
-        assert_eq!(s.head(&via_link).await.unwrap_err().kind(), ErrorKind::PermissionDenied);
-        assert_eq!(s.head(&uri(outside.path())).await.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        assert_eq!(
+            s.head(&via_link).await.unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            s.head(&uri(outside.path())).await.unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
         // Uploads through the link are refused too.
-        let put = s.put(&uri(&root_path.join("link/new")), Bytes::from_static(b"y")).await;
+        let put = s
+            .put(&uri(&root_path.join("link/new")), Bytes::from_static(b"y"))
+            .await;
         assert_eq!(put.unwrap_err().kind(), ErrorKind::PermissionDenied);
         assert!(!outside.path().join("new").exists());
     }
@@ -283,6 +340,9 @@ mod tests {
         assert_eq!(clamp_range(&u, None, 10).unwrap(), 0..10);
         assert_eq!(clamp_range(&u, Some(2..100), 10).unwrap(), 2..10);
         assert_eq!(clamp_range(&u, Some(0..5), 0).unwrap(), 0..0);
-        assert_eq!(clamp_range(&u, Some(10..12), 10).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            clamp_range(&u, Some(10..12), 10).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
 }

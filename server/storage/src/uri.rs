@@ -170,16 +170,29 @@ mod tests {
         let u = ObjectUri::parse("file:///data/a b.bin").unwrap();
         assert_eq!((u.scheme(), u.key()), (Scheme::File, "/data/a b.bin"));
         let u = ObjectUri::parse("s3://bucket/dir/key.tar").unwrap();
-        assert_eq!((u.endpoint(), u.bucket(), u.key()), (None, "bucket", "dir/key.tar"));
+        assert_eq!(
+            (u.endpoint(), u.bucket(), u.key()),
+            (None, "bucket", "dir/key.tar")
+        );
         let u = ObjectUri::parse("s3://127.0.0.1:9000/bkt/k").unwrap();
-        assert_eq!((u.endpoint(), u.bucket(), u.key()), (Some("127.0.0.1:9000"), "bkt", "k"));
+        assert_eq!(
+            (u.endpoint(), u.bucket(), u.key()),
+            (Some("127.0.0.1:9000"), "bkt", "k")
+        );
         let u = ObjectUri::parse("s3://bkt").unwrap();
         assert_eq!((u.bucket(), u.key()), ("bkt", ""));
     }
 
     #[test]
     fn rejects_malformed_uris_naming_them() {
-        for bad in ["data/x", "file://relative", "gopher://x/y", "s3:///key", "s3://h:notaport/b/k", "s3://:9000/b/k"] {
+        for bad in [
+            "data/x",
+            "file://relative",
+            "gopher://x/y",
+            "s3:///key",
+            "s3://h:notaport/b/k",
+            "s3://:9000/b/k",
+        ] {
             let e = ObjectUri::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
             assert_eq!(e.uri(), bad);

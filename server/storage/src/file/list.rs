@@ -15,7 +15,11 @@ use std::sync::Arc;
 use super::{blocking, meta_of, resolve};
 use crate::{ErrorKind, ListOptions, ListPage, ObjectUri, Result, StorageError};
 
-pub(super) async fn list(roots: Arc<Vec<PathBuf>>, prefix: &ObjectUri, opts: &ListOptions) -> Result<ListPage> {
+pub(super) async fn list(
+    roots: Arc<Vec<PathBuf>>,
+    prefix: &ObjectUri,
+    opts: &ListOptions,
+) -> Result<ListPage> {
     let shown = prefix.to_string();
     let one_level = match opts.delimiter.as_deref() {
         None | Some("") => false,
@@ -33,7 +37,12 @@ pub(super) async fn list(roots: Arc<Vec<PathBuf>>, prefix: &ObjectUri, opts: &Li
     let base = match key.rfind('/') {
         Some(0) => "/".to_owned(),
         Some(i) => key[..i].to_owned(),
-        None => return Err(StorageError::invalid(shown, "file prefix must be an absolute path")),
+        None => {
+            return Err(StorageError::invalid(
+                shown,
+                "file prefix must be an absolute path",
+            ));
+        }
     };
     resolve(&roots, &prefix.with_key(base.clone()))?;
     let mut walk = Walk {
@@ -49,7 +58,9 @@ pub(super) async fn list(roots: Arc<Vec<PathBuf>>, prefix: &ObjectUri, opts: &Li
     let u = prefix.clone();
     blocking(prefix, move || {
         match std::fs::metadata(&base) {
-            Ok(md) if md.is_dir() => walk.dir(Path::new(&base)).map_err(|e| StorageError::from_io(u.to_string(), e))?,
+            Ok(md) if md.is_dir() => walk
+                .dir(Path::new(&base))
+                .map_err(|e| StorageError::from_io(u.to_string(), e))?,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StorageError::from_io(u.to_string(), e)),
@@ -115,7 +126,9 @@ impl Walk {
             } else {
                 continue;
             };
-            let Some(key) = path.to_str().map(str::to_owned) else { continue };
+            let Some(key) = path.to_str().map(str::to_owned) else {
+                continue;
+            };
             entries.push((if is_dir { key + "/" } else { key }, is_dir));
         }
         entries.sort_unstable();

@@ -25,7 +25,8 @@ impl FileUpload {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| StorageError::invalid(uri.to_string(), "path has no file name"))?;
-        let tmp = target.with_file_name(format!(".{name}.sluice-tmp-{:016x}", rand::random::<u64>()));
+        let tmp =
+            target.with_file_name(format!(".{name}.sluice-tmp-{:016x}", rand::random::<u64>()));
         let (t, u) = (tmp.clone(), uri.to_string());
         let file = blocking(&uri, move || {
             if let Some(parent) = t.parent() {
@@ -49,7 +50,8 @@ impl MultipartUpload for FileUpload {
         let mut file = self.file.take().expect("upload used after completion");
         let u = self.uri.to_string();
         let file = blocking(&self.uri, move || {
-            file.write_all(&data).map_err(|e| StorageError::from_io(u, e))?;
+            file.write_all(&data)
+                .map_err(|e| StorageError::from_io(u, e))?;
             Ok(file)
         })
         .await?;
@@ -61,7 +63,8 @@ impl MultipartUpload for FileUpload {
         let file = self.file.take().expect("upload used after completion");
         let (tmp, target, u) = (self.tmp.clone(), self.target.clone(), self.uri.to_string());
         blocking(&self.uri.clone(), move || {
-            file.sync_data().map_err(|e| StorageError::from_io(u.clone(), e))?;
+            file.sync_data()
+                .map_err(|e| StorageError::from_io(u.clone(), e))?;
             std::fs::rename(&tmp, &target).map_err(|e| StorageError::from_io(u.clone(), e))?;
             let md = std::fs::metadata(&target).map_err(|e| StorageError::from_io(u.clone(), e))?;
             Ok(meta_of(u, &md))
@@ -72,10 +75,12 @@ impl MultipartUpload for FileUpload {
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.file.take();
         let (tmp, u) = (self.tmp.clone(), self.uri.to_string());
-        blocking(&self.uri.clone(), move || match std::fs::remove_file(&tmp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::from_io(u, e)),
+        blocking(&self.uri.clone(), move || {
+            match std::fs::remove_file(&tmp) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StorageError::from_io(u, e)),
+            }
         })
         .await
     }
