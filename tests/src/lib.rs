@@ -1,1 +1,3 @@
-//! placeholder
+//! Harnesses shared by the end-to-end tests.
+
+pub mod s3server;

@@ -1,9 +1,43 @@
 //! Configuration of the `s3://` backend (`[storage.s3]`).
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// What a [`Secret`] shows instead of its value.
+pub const REDACTED: &str = "***redacted***";
+
+/// A credential: `Debug` and serialization (`check-config`) show
+/// [`REDACTED`], never the value; only [`Secret::expose`] reveals it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, for handing to the SDK.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
 
 /// When request checksums are computed on uploads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +64,14 @@ pub struct S3Config {
     /// Path-style addressing (`host/bucket/key`) for the default endpoint.
     /// Explicit endpoints always use path style.
     pub force_path_style: bool,
+    /// Static access key for S3-compatible servers; set together with
+    /// `secret_access_key`. Unset: the SDK's credential chain (environment,
+    /// profile, web identity, container and instance metadata).
+    pub access_key_id: Option<String>,
+    /// Secret of `access_key_id`; printed as `***redacted***`.
+    pub secret_access_key: Option<Secret>,
+    /// Session token of temporary static credentials; printed as `***redacted***`.
+    pub session_token: Option<Secret>,
     /// PEM file of extra CA certificates to trust (private S3 deployments).
     pub ca_bundle: Option<PathBuf>,
     /// Upload checksums: `when_supported` (SDK default) or `when_required`.
@@ -57,6 +99,9 @@ impl Default for S3Config {
             endpoint_scheme: "https".into(),
             region: None,
             force_path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
             ca_bundle: None,
             request_checksum: ChecksumMode::WhenSupported,
             // 5 attempts with 100 ms doubling to 20 s ≈ 3 s of backoff at most
@@ -67,5 +112,34 @@ impl Default for S3Config {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let config = S3Config {
+            access_key_id: Some("AKIDEXAMPLE".into()),
+            secret_access_key: Some(Secret::new("wJalrXUtnFEMI")),
+            session_token: Some(Secret::new("FwoGZXIvYXdzEJr")),
+            ..S3Config::default()
+        };
+        let json = serde_json::to_string(&config).unwrap();
+        let debug = format!("{config:?}");
+        for shown in [&json, &debug] {
+            assert!(
+                !shown.contains("wJalrXUtnFEMI") && !shown.contains("FwoGZXIvYXdzEJr"),
+                "{shown}"
+            );
+            assert_eq!(shown.matches(REDACTED).count(), 2, "{shown}");
+            assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
+        }
+        let parsed: S3Config =
+            serde_json::from_str(r#"{"access_key_id": "k", "secret_access_key": "s3cr3t"}"#)
+                .unwrap();
+        assert_eq!(parsed.secret_access_key.unwrap().expose(), "s3cr3t");
     }
 }
