@@ -1,3 +1,5 @@
 //! Harnesses shared by the end-to-end tests.
 
+pub mod daemon;
+pub mod grpc;
 pub mod s3server;

@@ -1,1 +1,11 @@
-//! placeholder
+//! `sluiced`, the sluice daemon, as a library: configuration, the gRPC
+//! service, telemetry, and the server lifecycle. `main.rs` is a thin shell
+//! around [`Daemon`]; tests start daemons in-process the same way.
+
+pub mod api;
+pub mod config;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{Addresses, Daemon};

@@ -1,1 +1,102 @@
-fn main() {}
+//! `sluiced`: load config → bind → serve until SIGTERM/SIGINT → drain.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
+use sluiced::{Config, Daemon};
+
+/// The sluice node-local data-loading daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML). Default: /etc/sluice/sluiced.toml if it exists.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// gRPC Unix socket path (server.socket).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// gRPC TCP address, e.g. 127.0.0.1:7420 (server.tcp).
+    #[arg(long, global = true)]
+    tcp: Option<String>,
+    /// Metrics/health HTTP address (server.http).
+    #[arg(long, global = true)]
+    http: Option<String>,
+    /// A directory file:// URIs may read and write (storage.file.roots); repeatable.
+    #[arg(long = "file-root", global = true)]
+    file_roots: Vec<PathBuf>,
+    /// Payload memory budget, e.g. 8GiB (cache.memory_budget).
+    #[arg(long, global = true)]
+    memory_budget: Option<String>,
+    /// Log filter, e.g. info or sluiced=debug (log.level).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Print the effective configuration (secrets redacted) and exit.
+    CheckConfig,
+}
+
+impl Cli {
+    /// Flags as the highest-priority configuration layer.
+    fn overrides(&self) -> Figment {
+        let mut f = Figment::new();
+        let mut set = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                f = std::mem::take(&mut f).merge(Serialized::global(key, v));
+            }
+        };
+        set(
+            "server.socket",
+            self.socket.as_ref().map(|p| p.display().to_string()),
+        );
+        set("server.tcp", self.tcp.clone());
+        set("server.http", self.http.clone());
+        set("cache.memory_budget", self.memory_budget.clone());
+        set("log.level", self.log_level.clone());
+        if !self.file_roots.is_empty() {
+            let roots: Vec<PathBuf> = self
+                .file_roots
+                .iter()
+                .map(|r| std::path::absolute(r).unwrap_or(r.clone()))
+                .collect();
+            f = f.merge(Serialized::global("storage.file.roots", roots));
+        }
+        f
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref(), cli.overrides())?;
+    if let Some(Command::CheckConfig) = cli.command {
+        print!("{}", config.to_redacted_toml());
+        return Ok(());
+    }
+    sluiced::telemetry::logging::init(&config.log);
+    let daemon = Daemon::bind(config).await?;
+    daemon
+        .serve(shutdown_signal())
+        .await
+        .context("sluiced failed")
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+}

@@ -258,13 +258,13 @@ impl Job {
                 other => other.map_err(ReadError::from),
             }
         };
-        let others = split(rest_start..total.end, self.part_size())
-            .zip(rest.chunks_mut(self.part_size() as usize))
-            .map(|(range, dst)| job.part_into(range, dst, 0));
         type PartFuture<'a> =
             std::pin::Pin<Box<dyn Future<Output = Result<(), ReadError>> + Send + 'a>>;
-        let first: PartFuture<'_> = Box::pin(first_fut);
-        let parts = std::iter::once(first).chain(others.map(|f| Box::pin(f) as PartFuture<'_>));
+        let mut parts: Vec<PartFuture<'_>> = vec![Box::pin(first_fut)];
+        let part = self.part_size();
+        for (range, dst) in split(rest_start..total.end, part).zip(rest.chunks_mut(part as usize)) {
+            parts.push(Box::pin(job.part_into(range, dst, 0)));
+        }
         stream::iter(parts)
             .buffer_unordered(self.engine.config.per_object_concurrency.max(1))
             .try_collect::<()>()

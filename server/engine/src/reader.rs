@@ -75,7 +75,7 @@ pub struct Reader {
     memory: Memory,
     config: CacheConfig,
     metrics: EngineMetrics,
-    inflight: Inflight,
+    inflight: Arc<Inflight>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -86,24 +86,24 @@ impl std::fmt::Debug for Reader {
     }
 }
 
-enum Role<'a> {
-    Lead(Leader<'a>),
+enum Role {
+    Lead(Leader),
     Follow(watch::Receiver<Option<Outcome>>),
 }
 
-struct Leader<'a> {
-    inflight: &'a Inflight,
+struct Leader {
+    inflight: Arc<Inflight>,
     key: String,
     tx: watch::Sender<Option<Outcome>>,
 }
 
-impl Leader<'_> {
+impl Leader {
     fn publish(&self, outcome: Outcome) {
         self.tx.send_replace(Some(outcome));
     }
 }
 
-impl Drop for Leader<'_> {
+impl Drop for Leader {
     fn drop(&mut self) {
         let mut map = self.inflight.lock().unwrap();
         if map
@@ -136,7 +136,7 @@ impl Reader {
             cache: store,
             config: cache,
             metrics,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -175,7 +175,16 @@ impl Reader {
     }
 
     /// Reads `range` of `uri` (the whole object if `None`).
-    pub async fn read(
+    pub fn read<'a>(
+        &'a self,
+        uri: &'a ObjectUri,
+        range: Option<Range<u64>>,
+        no_cache: bool,
+    ) -> futures::future::BoxFuture<'a, Result<ReadOutput, ReadError>> {
+        Box::pin(self.read_inner(uri, range, no_cache))
+    }
+
+    async fn read_inner(
         &self,
         uri: &ObjectUri,
         range: Option<Range<u64>>,
@@ -187,8 +196,11 @@ impl Reader {
         }
         let key = uri.to_string();
         loop {
-            if let Some(obj) = self.cache.get(&key)
-                && self.still_valid(&storage, uri, &key, &obj).await?
+            let cached = self.cache.get(&key);
+            if let Some(obj) = cached
+                && self
+                    .still_valid(storage.clone(), uri.clone(), obj.clone())
+                    .await?
             {
                 self.metrics.cache.hits.inc();
                 return slice(uri, &obj, range, Source::Cache);
@@ -221,7 +233,7 @@ impl Reader {
         }
     }
 
-    fn role(&self, key: &str) -> Role<'_> {
+    fn role(&self, key: &str) -> Role {
         let mut map = self.inflight.lock().unwrap();
         if let Some(rx) = map.get(key) {
             return Role::Follow(rx.clone());
@@ -229,7 +241,7 @@ impl Reader {
         let (tx, rx) = watch::channel(None);
         map.insert(key.to_owned(), rx);
         Role::Lead(Leader {
-            inflight: &self.inflight,
+            inflight: self.inflight.clone(),
             key: key.to_owned(),
             tx,
         })
@@ -237,7 +249,7 @@ impl Reader {
 
     async fn lead(
         &self,
-        leader: Leader<'_>,
+        leader: Leader,
         storage: Arc<dyn Storage>,
         uri: &ObjectUri,
         range: Option<Range<u64>>,
@@ -306,28 +318,28 @@ impl Reader {
     /// Fresh, or revalidated against the backend; drops a changed entry.
     async fn still_valid(
         &self,
-        storage: &Arc<dyn Storage>,
-        uri: &ObjectUri,
-        key: &str,
-        obj: &CachedObject,
+        storage: Arc<dyn Storage>,
+        uri: ObjectUri,
+        obj: Arc<CachedObject>,
     ) -> Result<bool, ReadError> {
+        let key = uri.to_string();
         if obj.is_fresh(&self.cache, self.config.revalidate_after) {
             return Ok(true);
         }
-        match storage.head(uri).await {
+        match storage.head(&uri).await {
             Ok(current) if obj.same_version(&current) => {
                 obj.touch(&self.cache);
                 Ok(true)
             }
             Ok(_) => {
                 self.metrics.cache.invalidations.inc();
-                self.cache.remove(key);
+                self.cache.remove(&key);
                 Ok(false)
             }
             Err(e) => {
                 if e.kind() == sluice_storage::ErrorKind::NotFound {
                     self.metrics.cache.invalidations.inc();
-                    self.cache.remove(key);
+                    self.cache.remove(&key);
                 }
                 Err(e.into())
             }

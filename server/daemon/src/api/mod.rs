@@ -1,0 +1,99 @@
+//! The `sluice.v1.Sluice` gRPC service.
+//!
+//! Handlers parse and check the request, call the engine or a backend, and
+//! turn the answer into messages. Response streams are plain `Stream`s
+//! polled by tonic — no spawned tasks — so a client that goes away drops its
+//! stream, which cancels the fetch behind it and frees its memory.
+
+mod convert;
+mod meta;
+mod read;
+pub mod status;
+mod write;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use sluice_engine::Reader;
+use sluice_proto::v1;
+use sluice_proto::v1::sluice_server::Sluice;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
+
+/// A stream of response messages.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The service; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SluiceService {
+    reader: Arc<Reader>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+impl SluiceService {
+    /// A service reading through `reader`.
+    pub fn new(reader: Arc<Reader>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        SluiceService {
+            reader,
+            config,
+            metrics,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Sluice for SluiceService {
+    async fn stat(
+        &self,
+        req: Request<v1::StatRequest>,
+    ) -> Result<Response<v1::StatResponse>, Status> {
+        meta::stat(self, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::ListResponse>, Status> {
+        meta::list(self, req.into_inner()).await.map(Response::new)
+    }
+
+    type ReadStream = ResponseStream<v1::ReadResponse>;
+
+    async fn read(
+        &self,
+        req: Request<v1::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        read::read(self, req.into_inner()).await.map(Response::new)
+    }
+
+    type ReadManyStream = ResponseStream<v1::ReadManyResponse>;
+
+    async fn read_many(
+        &self,
+        req: Request<v1::ReadManyRequest>,
+    ) -> Result<Response<Self::ReadManyStream>, Status> {
+        read::read_many(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn write(
+        &self,
+        req: Request<Streaming<v1::WriteRequest>>,
+    ) -> Result<Response<v1::WriteResponse>, Status> {
+        write::write(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        meta::delete(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

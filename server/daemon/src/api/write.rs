@@ -1,0 +1,171 @@
+//! Write: a header, then data chunks; multipart above one part.
+//!
+//! Up to one part is buffered (its memory reserved from the budget). If the
+//! stream ends within it, the object goes up in one request; otherwise a
+//! multipart upload starts and each full part is sent as it fills. Any
+//! failure — the client's stream breaking, a size mismatch, a backend error —
+//! aborts the upload and is reported; an upload is never completed unless
+//! every byte the client sent arrived and every part succeeded.
+
+use bytes::{Bytes, BytesMut};
+use sluice_proto::v1;
+use sluice_proto::v1::write_request::Msg;
+use sluice_storage::{MultipartUpload, ObjectUri, Storage};
+use tonic::{Status, Streaming};
+
+use super::SluiceService;
+use super::convert::meta;
+use super::meta::timed;
+use super::status::{parse_uri, read_status, storage_status};
+use crate::telemetry::metrics::Method;
+
+pub(super) async fn write(
+    svc: &SluiceService,
+    mut stream: Streaming<v1::WriteRequest>,
+) -> Result<v1::WriteResponse, Status> {
+    let timer = svc.metrics.rpc.start(Method::write);
+    let res = async {
+        let header = match stream.message().await? {
+            Some(v1::WriteRequest {
+                msg: Some(Msg::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first write message must be a header",
+                ));
+            }
+        };
+        let uri = parse_uri(&header.uri)?;
+        let storage = svc.reader.storage(&uri).map_err(|e| read_status(&e))?;
+        let part_size = svc.config.write.part_size.0.max(storage.min_part_size());
+        let reservation = svc
+            .reader
+            .budget()
+            .reserve(part_size, svc.reader.cache())
+            .await
+            .map_err(|e| Status::resource_exhausted(format!("{uri}: {e}")))?;
+        let mut up = Upload {
+            uri: &uri,
+            storage: storage.as_ref(),
+            part_size: part_size as usize,
+            buf: BytesMut::with_capacity(part_size as usize),
+            multipart: None,
+            parts: 0,
+            total: 0,
+        };
+        let result = up.run(&mut stream, header.size_hint, svc).await;
+        drop(reservation);
+        svc.reader.invalidate(&uri);
+        match result {
+            Ok(resp) => Ok(resp),
+            Err(status) => {
+                up.abort().await;
+                Err(status)
+            }
+        }
+    }
+    .await;
+    timed(timer, res)
+}
+
+struct Upload<'a> {
+    uri: &'a ObjectUri,
+    storage: &'a dyn Storage,
+    part_size: usize,
+    buf: BytesMut,
+    multipart: Option<Box<dyn MultipartUpload>>,
+    parts: u32,
+    total: u64,
+}
+
+impl Upload<'_> {
+    async fn run(
+        &mut self,
+        stream: &mut Streaming<v1::WriteRequest>,
+        size_hint: u64,
+        svc: &SluiceService,
+    ) -> Result<v1::WriteResponse, Status> {
+        let received = svc.metrics.rpc.received(Method::write);
+        while let Some(msg) = stream.message().await? {
+            let Some(Msg::Data(mut data)) = msg.msg else {
+                return Err(Status::invalid_argument(format!(
+                    "{}: only the first write message may be a header",
+                    self.uri
+                )));
+            };
+            received.inc_by(data.len() as u64);
+            self.total += data.len() as u64;
+            if size_hint != 0 && self.total > size_hint {
+                return Err(self.size_mismatch(size_hint));
+            }
+            while !data.is_empty() {
+                let room = self.part_size - self.buf.len();
+                let take = room.min(data.len());
+                self.buf.extend_from_slice(&data.split_to(take));
+                if self.buf.len() == self.part_size {
+                    self.send_part().await?;
+                }
+            }
+        }
+        if size_hint != 0 && self.total != size_hint {
+            return Err(self.size_mismatch(size_hint));
+        }
+        let m = match self.multipart.take() {
+            None => {
+                let data = self.buf.split().freeze();
+                self.storage
+                    .put(self.uri, data)
+                    .await
+                    .map_err(|e| storage_status(&e))?
+            }
+            Some(mut mp) => {
+                if !self.buf.is_empty() {
+                    let last = self.buf.split().freeze();
+                    let res = mp.put_part(last).await;
+                    self.multipart = Some(mp);
+                    res.map_err(|e| storage_status(&e))?;
+                    self.parts += 1;
+                    mp = self.multipart.take().expect("just put back");
+                }
+                mp.complete().await.map_err(|e| storage_status(&e))?
+            }
+        };
+        Ok(v1::WriteResponse {
+            meta: Some(meta(&m)),
+            parts: self.parts.max(1),
+        })
+    }
+
+    async fn send_part(&mut self) -> Result<(), Status> {
+        if self.multipart.is_none() {
+            let mp = self
+                .storage
+                .start_multipart(self.uri)
+                .await
+                .map_err(|e| storage_status(&e))?;
+            self.multipart = Some(mp);
+        }
+        let part: Bytes = self.buf.split().freeze();
+        let mp = self.multipart.as_mut().expect("started above");
+        mp.put_part(part).await.map_err(|e| storage_status(&e))?;
+        self.parts += 1;
+        Ok(())
+    }
+
+    fn size_mismatch(&self, hint: u64) -> Status {
+        Status::invalid_argument(format!(
+            "{}: the header announced {hint} bytes but {} arrived",
+            self.uri, self.total
+        ))
+    }
+
+    /// Discards a started multipart upload; a failure to abort is logged
+    /// (the write already failed and says so).
+    async fn abort(&mut self) {
+        if let Some(mp) = self.multipart.take()
+            && let Err(error) = mp.abort().await
+        {
+            tracing::warn!(%error, uri = %self.uri, "aborting a failed multipart upload failed");
+        }
+    }
+}

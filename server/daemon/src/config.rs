@@ -1,0 +1,317 @@
+//! The daemon's configuration tree and how it is loaded.
+//!
+//! Layers, later ones win: built-in defaults < TOML file (`--config`, else
+//! `/etc/sluice/sluiced.toml` when it exists) < `SLUICE_` environment
+//! variables (`__` between levels: `SLUICE_CACHE__MEMORY_BUDGET=8GiB`) <
+//! command-line flags. Unknown keys are errors that name the key.
+//! `docs/CONFIGURATION.md` lists every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use sluice_engine::{ByteSize, CacheConfig, EngineConfig};
+use sluice_storage::registry::StorageConfig;
+
+/// Where the config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluiced.toml";
+
+/// Everything `sluiced` can be told.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and shutdown.
+    pub server: ServerConfig,
+    /// Backends.
+    pub storage: StorageConfig,
+    /// RangeEngine.
+    pub engine: EngineConfig,
+    /// Cache and memory budget.
+    pub cache: CacheConfig,
+    /// Read and ReadMany.
+    pub read: ReadConfig,
+    /// Write.
+    pub write: WriteConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC Unix socket; clients on this node connect here.
+    pub socket: PathBuf,
+    /// Permission bits of the socket (octal in TOML strings: `"0660"`).
+    pub socket_mode: String,
+    /// Optional gRPC TCP listener for clients on other nodes. Loopback only
+    /// unless `allow_remote_tcp` is set (there is no TLS yet).
+    pub tcp: Option<SocketAddr>,
+    /// Accept a non-loopback `tcp` address without TLS.
+    pub allow_remote_tcp: bool,
+    /// HTTP listener for `/metrics`, `/ready` and `/live`.
+    pub http: Option<SocketAddr>,
+    /// After SIGTERM/SIGINT, how long in-flight calls may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            socket: PathBuf::from("/run/sluice/sluiced.sock"),
+            socket_mode: "0660".into(),
+            tcp: None,
+            allow_remote_tcp: false,
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 7421))),
+            // Long enough for a multi-GiB read to finish on a fast link,
+            // shorter than Kubernetes' default 30 s termination grace.
+            grace_period: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `[read]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadConfig {
+    /// Payload bytes per streamed message.
+    pub chunk_size: ByteSize,
+    /// Items of one ReadMany fetched at once, unless the request says.
+    pub read_many_concurrency: usize,
+    /// Upper bound for a request's own concurrency.
+    pub read_many_max_concurrency: usize,
+    /// Items one ReadMany may name.
+    pub read_many_max_items: usize,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            chunk_size: ByteSize::mib(1),
+            read_many_concurrency: 32,
+            read_many_max_concurrency: 256,
+            read_many_max_items: 100_000,
+        }
+    }
+}
+
+/// `[write]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriteConfig {
+    /// Uploads larger than this go up as multipart uploads of this part
+    /// size (raised to the backend's minimum, 5 MiB on S3).
+    pub part_size: ByteSize,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        WriteConfig {
+            part_size: ByteSize::mib(16),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter: `info`, `sluiced=debug,info`, …
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded or is inconsistent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parse errors, unknown keys, wrong types (figment names the key and source).
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// Values that parse but do not make sense together.
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid {
+        /// The offending key, dotted.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the layers. `file`: explicit config file (must exist);
+    /// `overrides`: command-line values, highest priority.
+    pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Invalid {
+                        key: "--config",
+                        message: format!("file {} does not exist", path.display()),
+                    });
+                }
+                fig = fig.merge(Toml::file_exact(path));
+            }
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                fig = fig.merge(Toml::file_exact(DEFAULT_CONFIG_PATH))
+            }
+            None => {}
+        }
+        // SLUICE_ADDRESS belongs to the clients; everything else is ours.
+        let env = Env::prefixed("SLUICE_").split("__").ignore(&["address"]);
+        let config: Config = fig
+            .merge(env)
+            .merge(overrides)
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        self.socket_mode()?;
+        if let Some(tcp) = self.server.tcp
+            && !tcp.ip().is_loopback()
+            && !self.server.allow_remote_tcp
+        {
+            return Err(invalid(
+                "server.tcp",
+                "non-loopback address without TLS: set server.allow_remote_tcp = true to accept it",
+            ));
+        }
+        if self.engine.part_size.0 < 64 << 10 {
+            return Err(invalid("engine.part_size", "must be at least 64KiB"));
+        }
+        if self.engine.part_size.0 > u64::from(u32::MAX) {
+            return Err(invalid("engine.part_size", "must be below 4GiB"));
+        }
+        if self.engine.per_object_concurrency == 0 || self.engine.max_concurrency == 0 {
+            return Err(invalid("engine", "concurrency limits must be at least 1"));
+        }
+        if self.engine.part_attempts == 0 {
+            return Err(invalid("engine.part_attempts", "must be at least 1"));
+        }
+        if self.cache.memory_budget.0 < self.engine.part_size.0 {
+            return Err(invalid(
+                "cache.memory_budget",
+                "must hold at least one engine.part_size",
+            ));
+        }
+        if self.read.chunk_size.0 == 0
+            || self.read.chunk_size.0 > (sluice_proto::MAX_MESSAGE_SIZE as u64 / 2)
+        {
+            return Err(invalid("read.chunk_size", "must be between 1B and 4MiB"));
+        }
+        if self.read.read_many_concurrency == 0 || self.read.read_many_max_concurrency == 0 {
+            return Err(invalid("read", "read_many concurrency must be at least 1"));
+        }
+        if self.write.part_size.0 == 0 || self.write.part_size.0 > u64::from(u32::MAX) {
+            return Err(invalid("write.part_size", "must be between 1B and 4GiB"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        Ok(())
+    }
+
+    /// `server.socket_mode` as bits.
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.server.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "server.socket_mode",
+                message: format!(
+                    "{:?} is not an octal mode like \"0660\"",
+                    self.server.socket_mode
+                ),
+            })
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        // Secrets serialize redacted by their own types (see
+        // `sluice_storage::s3::S3Config`), so plain serialization is safe.
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluiced.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(Some(&path), Figment::new())
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluiced.toml");
+        std::fs::write(
+            &path,
+            "[cache]\nmemory_budget = \"1GiB\"\n[engine]\npart_size = \"4MiB\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_ENGINE__PART_SIZE", "2MiB");
+            jail.set_env("SLUICE_ENGINE__PER_OBJECT_CONCURRENCY", "3");
+            jail.set_env("SLUICE_ADDRESS", "unix:///ignored");
+            let flags = Figment::from(Serialized::global("engine.per_object_concurrency", 5));
+            let c = Config::load(Some(&path), flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.cache.memory_budget, ByteSize::gib(1), "file over default");
+            assert_eq!(c.engine.part_size, ByteSize::mib(2), "env over file");
+            assert_eq!(c.engine.per_object_concurrency, 5, "flag over env");
+            assert_eq!(
+                c.engine.max_concurrency,
+                EngineConfig::default().max_concurrency
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = load("[cache]\nmemory_budgett = 5\n").unwrap_err();
+        assert!(err.to_string().contains("memory_budgett"), "{err}");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_SERVER__SOKET", "/x");
+            let err = Config::load(None, Figment::new()).unwrap_err();
+            assert!(err.to_string().contains("soket"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn inconsistent_values_are_rejected() {
+        let err = load("[server]\ntcp = \"0.0.0.0:7420\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.tcp"), "{err}");
+        let err = load("[server]\nsocket_mode = \"rw\"\n").unwrap_err();
+        assert!(err.to_string().contains("socket_mode"), "{err}");
+        let err = load("[cache]\nmemory_budget = \"1MiB\"\n").unwrap_err();
+        assert!(err.to_string().contains("cache.memory_budget"), "{err}");
+    }
+}

@@ -1,0 +1,226 @@
+//! Binding the listeners and serving until shutdown.
+//!
+//! [`Daemon::bind`] builds everything and binds every listener (port 0 is
+//! fine; the bound addresses are reported), then [`Daemon::serve`] runs
+//! until the `shutdown` future completes: `/ready` turns 503 and the health
+//! service reports NOT_SERVING, listeners stop accepting, in-flight calls get
+//! `server.grace_period` to finish, then whatever is left is cancelled.
+//! Every task spawned here is owned by a `JoinSet` that is drained or aborted
+//! before `serve` returns.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use sluice_engine::Reader;
+use sluice_proto::v1::sluice_server::SluiceServer;
+use sluice_storage::Backends;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::api::SluiceService;
+use crate::config::Config;
+use crate::telemetry::http::{HttpState, router};
+use crate::telemetry::metrics::Metrics;
+
+/// A daemon with its listeners bound, not yet serving.
+#[derive(Debug)]
+pub struct Daemon {
+    config: Arc<Config>,
+    reader: Arc<Reader>,
+    metrics: Arc<Metrics>,
+    unix: UnixListener,
+    socket: PathBuf,
+    tcp: Option<TcpListener>,
+    http: Option<TcpListener>,
+}
+
+/// Where a bound daemon listens.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    /// The gRPC Unix socket.
+    pub socket: PathBuf,
+    /// The gRPC TCP listener, if configured.
+    pub tcp: Option<SocketAddr>,
+    /// The metrics/health HTTP listener, if configured.
+    pub http: Option<SocketAddr>,
+}
+
+impl Daemon {
+    /// Builds backends, engine and metrics, and binds every listener.
+    pub async fn bind(config: Config) -> anyhow::Result<Daemon> {
+        let backends = Backends::new(&config.storage)
+            .await
+            .context("cannot set up storage backends")?;
+        let mut metrics = Metrics::new();
+        let reader = Arc::new(Reader::new(
+            backends,
+            config.engine.clone(),
+            config.cache.clone(),
+            metrics.engine.clone(),
+        ));
+        metrics
+            .registry
+            .register("build_info", "sluiced version", build_info());
+        let unix = bind_unix(&config.server.socket, config.socket_mode()?)?;
+        let tcp = match config.server.tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on tcp {addr}"))?,
+            ),
+            None => None,
+        };
+        let http = match config.server.http {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on http {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Daemon {
+            socket: config.server.socket.clone(),
+            config: Arc::new(config),
+            reader,
+            metrics: Arc::new(metrics),
+            unix,
+            tcp,
+            http,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            socket: self.socket.clone(),
+            tcp: self.tcp.as_ref().and_then(|l| l.local_addr().ok()),
+            http: self.http.as_ref().and_then(|l| l.local_addr().ok()),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then drains (see the module docs).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let addrs = self.addresses();
+        let service = SluiceService::new(
+            self.reader.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+        );
+        let grpc = SluiceServer::new(service)
+            .max_decoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(sluice_proto::MAX_MESSAGE_SIZE);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SluiceServer<SluiceService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the reflection service")?;
+        let grpc_router = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(grpc);
+
+        let stop = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(true));
+        let mut tasks = JoinSet::new();
+        let uds = UnixListenerStream::new(self.unix);
+        tasks.spawn(
+            grpc_router
+                .clone()
+                .serve_with_incoming_shutdown(uds, stop.clone().cancelled_owned()),
+        );
+        if let Some(tcp) = self.tcp {
+            let incoming = TcpListenerStream::new(tcp);
+            tasks.spawn(
+                grpc_router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+            );
+        }
+        let mut http_task = JoinSet::new();
+        if let Some(http) = self.http {
+            let state = HttpState {
+                metrics: self.metrics.clone(),
+                reader: self.reader.clone(),
+                ready: ready.clone(),
+            };
+            http_task.spawn(async move { axum::serve(http, router(state)).await });
+        }
+        tracing::info!(socket = %addrs.socket.display(), tcp = ?addrs.tcp, http = ?addrs.http, "sluiced serving");
+
+        tokio::select! {
+            () = shutdown => {}
+            Some(res) = tasks.join_next() => {
+                // A listener failed on its own.
+                stop.cancel();
+                tasks.abort_all();
+                let _ = std::fs::remove_file(&addrs.socket);
+                res.context("grpc server task panicked")?.context("grpc server failed")?;
+                anyhow::bail!("grpc server stopped unexpectedly");
+            }
+        }
+        tracing::info!(grace = ?self.config.server.grace_period, "shutting down: draining in-flight calls");
+        ready.store(false, Ordering::SeqCst);
+        health
+            .set_not_serving::<SluiceServer<SluiceService>>()
+            .await;
+        stop.cancel();
+        let drained = tokio::time::timeout(self.config.server.grace_period, async {
+            while let Some(res) = tasks.join_next().await {
+                if let Ok(Err(error)) = res {
+                    tracing::warn!(%error, "grpc server ended with an error");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("grace period over: cancelling the calls still in flight");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        http_task.abort_all();
+        while http_task.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(&addrs.socket);
+        tracing::info!("sluiced stopped");
+        Ok(())
+    }
+}
+
+fn build_info() -> prometheus_client::metrics::info::Info<Vec<(String, String)>> {
+    prometheus_client::metrics::info::Info::new(vec![(
+        "version".to_owned(),
+        env!("CARGO_PKG_VERSION").to_owned(),
+    )])
+}
+
+/// Binds the Unix socket, replacing a stale socket file left by a crash
+/// but never a live daemon's socket or a non-socket file.
+fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            md.file_type().is_socket(),
+            "{} exists and is not a socket",
+            path.display()
+        );
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another daemon is listening on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,241 @@
+//! The daemon's metrics registry (`sluice_*`).
+//!
+//! One registry per daemon instance, passed down: tests get fresh counters.
+//! Names carry units; labels come from closed sets (RPC method names, gRPC
+//! codes, backend names) — never URIs or keys. `docs/METRICS.md` lists them.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use sluice_engine::EngineMetrics;
+
+/// RPC methods, the `method` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum Method {
+    stat,
+    list,
+    read,
+    read_many,
+    write,
+    delete,
+}
+
+/// `method`, `code`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// The RPC.
+    pub method: Method,
+    /// gRPC status code name, `ok` on success.
+    pub code: &'static str,
+}
+
+/// `method`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// The RPC.
+    pub method: Method,
+}
+
+/// `source`: where served bytes came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `cache`, `backend`, `coalesced`, `uncached`.
+    pub source: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 50 µs … ~26 s: cached small reads to multi-GiB transfers.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+/// RPC-level metrics.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    requests: Family<RpcLabels, Counter>,
+    duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    in_flight: Family<MethodLabels, Gauge>,
+    sent: Family<MethodLabels, Counter>,
+    received: Family<MethodLabels, Counter>,
+    served: Family<SourceLabels, Counter>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        RpcMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            in_flight: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            served: Family::default(),
+        }
+    }
+}
+
+/// Tracks one call: in-flight gauge up now, down plus count and latency on [`finish`](RpcTimer::finish)
+/// (or on drop, as `cancelled`).
+#[derive(Debug)]
+pub struct RpcTimer {
+    metrics: RpcMetrics,
+    method: Method,
+    started: Instant,
+    done: bool,
+}
+
+impl RpcTimer {
+    /// Records the outcome.
+    pub fn finish(mut self, code: tonic::Code) {
+        self.record(code_name(code));
+    }
+
+    fn record(&mut self, code: &'static str) {
+        self.done = true;
+        let m = &self.metrics;
+        let method = self.method;
+        m.in_flight.get_or_create(&MethodLabels { method }).dec();
+        m.requests.get_or_create(&RpcLabels { method, code }).inc();
+        m.duration
+            .get_or_create(&MethodLabels { method })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for RpcTimer {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record("cancelled");
+        }
+    }
+}
+
+impl RpcMetrics {
+    /// Starts timing a call of `method`.
+    pub fn start(&self, method: Method) -> RpcTimer {
+        self.in_flight.get_or_create(&MethodLabels { method }).inc();
+        RpcTimer {
+            metrics: self.clone(),
+            method,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Counts payload bytes sent to clients.
+    pub fn sent(&self, method: Method) -> Counter {
+        self.sent.get_or_create(&MethodLabels { method }).clone()
+    }
+
+    /// Counts payload bytes received from clients.
+    pub fn received(&self, method: Method) -> Counter {
+        self.received
+            .get_or_create(&MethodLabels { method })
+            .clone()
+    }
+
+    /// Counts a read by where its bytes came from.
+    pub fn served(&self, source: sluice_engine::Source) {
+        let source = match source {
+            sluice_engine::Source::Cache => "cache",
+            sluice_engine::Source::Backend => "backend",
+            sluice_engine::Source::Coalesced => "coalesced",
+            sluice_engine::Source::Uncached => "uncached",
+        };
+        self.served.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("rpc");
+        r.register(
+            "requests",
+            "Finished RPCs by method and gRPC code",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "duration",
+            "RPC latency until the last message",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+        r.register("in_flight", "RPCs in progress", self.in_flight.clone());
+        r.register_with_unit(
+            "sent",
+            "Payload bytes sent to clients",
+            Unit::Bytes,
+            self.sent.clone(),
+        );
+        r.register_with_unit(
+            "received",
+            "Payload bytes received from clients",
+            Unit::Bytes,
+            self.received.clone(),
+        );
+        r.register(
+            "reads",
+            "Reads by where their bytes came from",
+            self.served.clone(),
+        );
+    }
+}
+
+/// gRPC code as a lowercase label value.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Every metric of one daemon, and the registry they live in.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// RPCs.
+    pub rpc: RpcMetrics,
+    /// Engine (cache, memory, backends).
+    pub engine: EngineMetrics,
+}
+
+impl Metrics {
+    /// A fresh registry with everything registered under `sluice_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let rpc = RpcMetrics::default();
+        let engine = EngineMetrics::default();
+        rpc.register(&mut registry);
+        engine.register(&mut registry);
+        Metrics {
+            registry,
+            rpc,
+            engine,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,234 @@
+//! Daemons for tests: in-process ([`TestDaemon`]) or as a real `sluiced`
+//! process ([`DaemonProcess`]) for signal handling. Both listen on a socket
+//! in a fresh temporary directory and serve `file://` from another one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluiced::{Config, Daemon};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a daemon may take to come up before a test fails.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A daemon running inside the test process.
+#[derive(Debug)]
+pub struct TestDaemon {
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    root: PathBuf,
+    socket: PathBuf,
+    http: Option<SocketAddr>,
+    tcp: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A configuration for tests: socket and file root in temporary directories,
+/// HTTP on a free loopback port.
+pub fn test_config(root: &Path, socket: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.socket = socket.to_path_buf();
+    c.server.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    c.server.grace_period = Duration::from_secs(10);
+    c.storage.file.roots = vec![root.to_path_buf()];
+    c.cache.memory_budget = sluice_engine::ByteSize::mib(256);
+    c.log.level = "warn".into();
+    c
+}
+
+impl TestDaemon {
+    /// Starts a daemon with the test defaults.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a daemon after `configure` adjusted the test defaults.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let run = tempfile::tempdir().expect("tempdir");
+        let root = std::fs::canonicalize(data.path()).expect("canonical root");
+        let socket = run.path().join("sluiced.sock");
+        let mut config = test_config(&root, &socket);
+        configure(&mut config);
+        config.validate().expect("test config is valid");
+        let daemon = Daemon::bind(config).await.expect("daemon binds");
+        let addrs = daemon.addresses();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(daemon.serve(async {
+            let _ = rx.await;
+        }));
+        TestDaemon {
+            _dirs: (data, run),
+            root,
+            socket: addrs.socket,
+            http: addrs.http,
+            tcp: addrs.tcp,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The gRPC address for clients: `unix:///…`.
+    pub fn address(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The `file://` root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `file://<root>/<rel>`.
+    pub fn file_uri(&self, rel: &str) -> String {
+        format!("file://{}/{}", self.root.display(), rel)
+    }
+
+    /// The metrics/health HTTP address.
+    pub fn http(&self) -> SocketAddr {
+        self.http.expect("http listener configured")
+    }
+
+    /// The gRPC TCP address, if configured.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// Shuts down and waits for `serve` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The directory holding the workspace's binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test>-<hash> → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, which `cargo test --workspace` builds.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// A `sluiced` process.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    /// The `file://` root.
+    pub root: PathBuf,
+    /// The gRPC socket.
+    pub socket: PathBuf,
+    /// The process; killed on drop if still running.
+    pub child: Child,
+}
+
+impl DaemonProcess {
+    /// Spawns `sluiced` with extra `args` and waits until its socket accepts.
+    pub fn spawn(args: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let run = tempfile::tempdir().expect("tempdir");
+        let root = std::fs::canonicalize(data.path()).expect("canonical root");
+        let socket = run.path().join("sluiced.sock");
+        let child = Command::new(bin("sluiced"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--file-root")
+            .arg(&root)
+            .args(["--http", "127.0.0.1:0", "--log-level", "info"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluiced");
+        let mut p = DaemonProcess {
+            _dirs: (data, run),
+            root,
+            socket,
+            child,
+        };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sluiced exited during startup with {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluiced did not open {} in time",
+                self.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The gRPC address for clients.
+    pub fn address(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluiced did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
