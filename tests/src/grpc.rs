@@ -80,6 +80,11 @@ pub async fn write(
     msgs.extend(data.chunks(chunk.max(1)).map(|c| v1::WriteRequest {
         msg: Some(Msg::Data(bytes::Bytes::copy_from_slice(c))),
     }));
+    msgs.push(v1::WriteRequest {
+        msg: Some(Msg::Trailer(v1::WriteTrailer {
+            total_size: data.len() as u64,
+        })),
+    });
     client
         .write(futures::stream::iter(msgs))
         .await

@@ -1,4 +1,9 @@
-//! Write: a header, then data chunks; multipart above one part.
+//! Write: a header, data chunks, a trailer; multipart above one part.
+//!
+//! The trailer is what commits: a request stream can end cleanly without
+//! the client meaning it (a cancelled call whose body the HTTP/2 connection
+//! still finishes), so an upload is completed only when the trailer arrives
+//! and its byte count matches what was received.
 //!
 //! Up to one part is buffered (its memory reserved from the budget). If the
 //! stream ends within it, the object goes up in one request; otherwise a
@@ -86,12 +91,20 @@ impl Upload<'_> {
         svc: &SluiceService,
     ) -> Result<v1::WriteResponse, Status> {
         let received = svc.metrics.rpc.received(Method::write);
+        let mut trailer = None;
         while let Some(msg) = stream.message().await? {
-            let Some(Msg::Data(mut data)) = msg.msg else {
-                return Err(Status::invalid_argument(format!(
-                    "{}: only the first write message may be a header",
-                    self.uri
-                )));
+            let mut data = match msg.msg {
+                Some(Msg::Data(data)) if trailer.is_none() => data,
+                Some(Msg::Trailer(t)) if trailer.is_none() => {
+                    trailer = Some(t);
+                    continue;
+                }
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "{}: expected data or one trailer after the header",
+                        self.uri
+                    )));
+                }
             };
             received.inc_by(data.len() as u64);
             self.total += data.len() as u64;
@@ -106,6 +119,18 @@ impl Upload<'_> {
                     self.send_part().await?;
                 }
             }
+        }
+        let Some(trailer) = trailer else {
+            return Err(Status::aborted(format!(
+                "{}: the write ended without a trailer (cancelled?); upload discarded",
+                self.uri
+            )));
+        };
+        if trailer.total_size != self.total {
+            return Err(Status::data_loss(format!(
+                "{}: the client sent {} bytes but {} arrived; upload discarded",
+                self.uri, trailer.total_size, self.total
+            )));
         }
         if size_hint != 0 && self.total != size_hint {
             return Err(self.size_mismatch(size_hint));
