@@ -76,6 +76,7 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), cli.overrides())?;
     if let Some(Command::CheckConfig) = cli.command {
@@ -88,6 +89,21 @@ async fn main() -> anyhow::Result<()> {
         .serve(shutdown_signal())
         .await
         .context("sluiced failed")
+}
+
+/// Payload buffers are large (parts of MiBs) and short-lived outside the
+/// cache. glibc raises its mmap threshold after each large free, so such
+/// buffers would soon come from arenas and stay resident after being freed;
+/// a fixed threshold keeps them mmap-backed and returned to the system on
+/// free, which keeps RSS at the memory budget plus a fixed overhead.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tunables; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.
