@@ -1,0 +1,186 @@
+//! `sluice`: the command-line client of the sluice daemon.
+//!
+//! This file only declares the command line and dispatches; the commands
+//! live in `commands.rs` and `bench.rs`, on top of the `sluice_client`
+//! library.
+
+mod bench;
+mod commands;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_client::{Client, DEFAULT_ADDRESS};
+
+const AFTER_HELP: &str = "\
+URIs name objects as the daemon does: file:///abs/path, s3://bucket/key.
+
+Exit status: 0 on success; 1 when a command fails, a missing object
+included (the message, after `error:` on stderr, names the URI); 2 on a
+usage error.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Command-line client of the sluice data-loading daemon"
+)]
+#[command(after_help = AFTER_HELP)]
+struct Cli {
+    /// Daemon address: unix:///path/to.sock, a socket path, or http://host:port.
+    #[arg(long, global = true, env = "SLUICE_ADDRESS", default_value = DEFAULT_ADDRESS)]
+    address: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show an object's size, etag and modification time.
+    Stat {
+        /// The object.
+        uri: String,
+    },
+    /// List the objects under a prefix, one URI per line.
+    Ls {
+        /// List everything below the prefix instead of one level.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Long form: size and modification time before each URI.
+        #[arg(short = 'l', long = "long")]
+        long: bool,
+        /// The prefix, e.g. s3://bucket/train/ (directories end with `/`).
+        prefix: String,
+    },
+    /// Download an object (or a byte range of it) to a file.
+    Get {
+        /// The object.
+        uri: String,
+        /// Destination: `-` for stdout, a directory, or a file name;
+        /// absent: the object's last key segment, in the current directory.
+        file: Option<PathBuf>,
+        /// First byte to read.
+        #[arg(long)]
+        offset: Option<u64>,
+        /// Bytes to read (default: to the end of the object).
+        #[arg(long)]
+        length: Option<u64>,
+    },
+    /// Write an object to stdout.
+    Cat {
+        /// The object.
+        uri: String,
+    },
+    /// Upload a local file, streamed (never loaded whole).
+    Put {
+        /// The local file.
+        file: PathBuf,
+        /// The destination object.
+        uri: String,
+    },
+    /// Delete an object, or with -r every object under a prefix.
+    Rm {
+        /// Treat the URI as a prefix and delete everything under it.
+        #[arg(short, long)]
+        recursive: bool,
+        /// The object or prefix.
+        uri: String,
+    },
+    /// Read every object under a prefix, several passes, and report throughput.
+    Bench(bench::BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", render(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, `: `-separated. A gRPC status ends the chain:
+/// the client error above it already shows its message. A cause that its
+/// parent's message already quotes is not repeated.
+fn render(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        if cause.downcast_ref::<tonic::Status>().is_some() {
+            break;
+        }
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|parent| parent.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::connect(&cli.address).await?;
+    match cli.command {
+        Command::Stat { uri } => commands::stat(&client, &uri).await,
+        Command::Ls {
+            recursive,
+            long,
+            prefix,
+        } => commands::ls(&client, &prefix, recursive, long).await,
+        Command::Get {
+            uri,
+            file,
+            offset,
+            length,
+        } => commands::get(&client, &uri, file, offset, length).await,
+        Command::Cat { uri } => commands::cat(&client, &uri).await,
+        Command::Put { file, uri } => commands::put(&client, &file, &uri).await,
+        Command::Rm { recursive, uri } => commands::rm(&client, &uri, recursive).await,
+        Command::Bench(args) => bench::run(&client, &args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn render_skips_quoted_causes() {
+        let io = std::io::Error::other("no such file");
+        let outer = anyhow::Error::new(io).context("transport error: no such file");
+        let error = outer.context("cannot connect to x");
+        assert_eq!(
+            render(&error),
+            "cannot connect to x: transport error: no such file"
+        );
+    }
+
+    #[test]
+    fn bench_defaults() {
+        let cli = Cli::try_parse_from(["sluice", "bench", "file:///d/"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench");
+        };
+        assert_eq!(
+            (args.concurrency, args.passes, args.read_many_batch),
+            (32, 2, 0)
+        );
+    }
+
+    #[test]
+    fn zero_concurrency_is_a_usage_error() {
+        let error =
+            Cli::try_parse_from(["sluice", "bench", "--concurrency", "0", "f:///d/"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+    }
+}

@@ -1,0 +1,196 @@
+//! [`Client`]: the typed, async front of the `sluice.v1` API.
+//!
+//! A `Client` wraps one HTTP/2 channel to the daemon. Cloning it is cheap and
+//! clones share the channel, so concurrent calls multiplex over one
+//! connection; spawn tasks with clones rather than opening more clients.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sluice_proto::MAX_MESSAGE_SIZE;
+use sluice_proto::v1::sluice_client::SluiceClient;
+use sluice_proto::v1::{
+    DeleteRequest, ObjectMeta, ReadManyItem, ReadManyRequest, ReadRequest, StatRequest,
+};
+use tokio::io::AsyncRead;
+use tonic::transport::Channel;
+
+use crate::address::{connect_channel, default_address};
+use crate::error::{Error, Result};
+use crate::list::{self, Entry, ListPage};
+use crate::read::{self, ReadStream};
+use crate::read_many::{ReadItem, ReadManyStream};
+use crate::write::{self, Written};
+
+/// A connection to a sluice daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: SluiceClient<Channel>,
+    address: String,
+}
+
+impl Client {
+    /// Connects to the daemon at `address` (see [`crate::address`] for the
+    /// accepted forms). Fails with an `Unavailable` error naming the address
+    /// when nothing answers there.
+    pub async fn connect(address: &str) -> Result<Self> {
+        let channel = connect_channel(address).await?;
+        Ok(Self::from_channel(channel, address))
+    }
+
+    /// Connects to `$SLUICE_ADDRESS`, else to [`crate::DEFAULT_ADDRESS`].
+    pub async fn connect_default() -> Result<Self> {
+        Self::connect(&default_address()).await
+    }
+
+    /// A client over an existing channel; `address` is only used in messages.
+    pub fn from_channel(channel: Channel, address: &str) -> Self {
+        let inner = SluiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        Client {
+            inner,
+            address: address.to_owned(),
+        }
+    }
+
+    /// The address this client was connected to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Metadata of one object.
+    pub async fn stat(&self, uri: &str) -> Result<ObjectMeta> {
+        let request = StatRequest {
+            uri: uri.to_owned(),
+        };
+        let response = self.inner.clone().stat(request).await?.into_inner();
+        response
+            .meta
+            .ok_or_else(|| Error::protocol(uri, "stat response has no metadata"))
+    }
+
+    /// One page of the listing of `prefix`. An empty `delimiter` lists
+    /// recursively; `"/"` lists one level, with common prefixes. A
+    /// `page_size` of 0 means the daemon's default; `page_token` is the
+    /// previous page's `next_page_token`, `None` for the first page.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: &str,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<ListPage> {
+        list::list_page(self.inner.clone(), prefix, delimiter, page_size, page_token).await
+    }
+
+    /// Every entry under `prefix` in URI order, walking all pages: all
+    /// objects below it when `recursive`, else one level with directories
+    /// as [`Entry::Prefix`].
+    pub fn list(
+        &self,
+        prefix: &str,
+        recursive: bool,
+    ) -> impl Stream<Item = Result<Entry>> + Send + 'static {
+        list::walk(self.inner.clone(), prefix.to_owned(), recursive)
+    }
+
+    /// Opens a read of `uri`, whole (`None`) or a byte range; a range
+    /// `start..u64::MAX` reads from `start` to the end. Returns once the
+    /// first message (with the metadata) has arrived, so a missing object
+    /// fails here, not in the stream.
+    pub async fn read(&self, uri: &str, range: Option<Range<u64>>) -> Result<ReadStream> {
+        let request = ReadRequest {
+            uri: uri.to_owned(),
+            range: read::to_wire(uri, range.as_ref())?,
+            no_cache: false,
+        };
+        let stream = self.inner.clone().read(request).await?.into_inner();
+        ReadStream::start(uri, range.as_ref(), stream).await
+    }
+
+    /// Reads `uri` (or a range of it) into memory. Fails if the daemon
+    /// delivers fewer or more bytes than the metadata and range promise.
+    pub async fn read_to_bytes(&self, uri: &str, range: Option<Range<u64>>) -> Result<Bytes> {
+        self.read(uri, range).await?.into_bytes().await
+    }
+
+    /// Reads many objects in one call, `concurrency` at a time on the daemon
+    /// (0: its default), each into memory. The stream yields one result per
+    /// item, tagged with the item's index, in completion order or, with
+    /// `ordered`, in request order. A failure of the whole call fails every
+    /// item still owed.
+    pub async fn read_many<I>(
+        &self,
+        items: I,
+        concurrency: u32,
+        ordered: bool,
+    ) -> Result<ReadManyStream>
+    where
+        I: IntoIterator,
+        I::Item: Into<ReadItem>,
+    {
+        let items: Vec<ReadItem> = items.into_iter().map(Into::into).collect();
+        let wire = items
+            .iter()
+            .map(|item| {
+                Ok(ReadManyItem {
+                    uri: item.uri.clone(),
+                    range: read::to_wire(&item.uri, item.range.as_ref())?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let request = ReadManyRequest {
+            items: wire,
+            concurrency,
+            ordered,
+        };
+        let stream = self.inner.clone().read_many(request).await?.into_inner();
+        Ok(ReadManyStream::new(items, stream))
+    }
+
+    /// Uploads the bytes of `data` to `uri`, in chunks of
+    /// [`sluice_proto::DEFAULT_CHUNK_SIZE`] whatever the pieces' sizes.
+    /// `size_hint` is the total size if known, else 0; the daemon fails the
+    /// upload if the data does not match it.
+    pub async fn write<S>(&self, uri: &str, data: S, size_hint: u64) -> Result<Written>
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        write::upload_infallible(self.inner.clone(), uri, data.boxed(), size_hint).await
+    }
+
+    /// Uploads everything `reader` yields to `uri`, holding at most a couple
+    /// of chunks in memory. A read error ends the upload without
+    /// its trailer (the daemon discards it) and is returned as [`Error::Io`].
+    pub async fn write_reader<R>(&self, uri: &str, reader: R, size_hint: u64) -> Result<Written>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+    {
+        let chunks = write::read_chunks(reader, sluice_proto::DEFAULT_CHUNK_SIZE);
+        write::upload(self.inner.clone(), uri, chunks, size_hint).await
+    }
+
+    /// Uploads `data` to `uri` in one go (still chunked on the wire).
+    pub async fn put(&self, uri: &str, data: Bytes) -> Result<Written> {
+        let size = data.len() as u64;
+        self.write(uri, futures::stream::iter([data]), size).await
+    }
+
+    /// Deletes `uri`, or with `recursive` every object under the prefix
+    /// `uri`. Returns the number of objects deleted.
+    pub async fn delete(&self, uri: &str, recursive: bool) -> Result<u64> {
+        let request = DeleteRequest {
+            uri: uri.to_owned(),
+            recursive,
+        };
+        Ok(self
+            .inner
+            .clone()
+            .delete(request)
+            .await?
+            .into_inner()
+            .deleted)
+    }
+}
