@@ -25,7 +25,11 @@ async fn sigterm_drains_reads_in_flight_then_exits_zero() {
     std::fs::write(p.root.join("big"), &data).unwrap();
     let uri = format!("file://{}/big", p.root.display());
     let mut client = connect(&p.socket).await;
-    let req = sluice_proto::v1::ReadRequest { uri, range: None, no_cache: false };
+    let req = sluice_proto::v1::ReadRequest {
+        uri,
+        range: None,
+        no_cache: false,
+    };
     let mut stream = client.read(req).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     let mut got = first.data.to_vec();
@@ -34,11 +38,18 @@ async fn sigterm_drains_reads_in_flight_then_exits_zero() {
     // New connections are refused once the listener is closed.
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&p.socket).is_ok() {
-        assert!(Instant::now() < deadline, "socket still accepting after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "socket still accepting after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The read in flight finishes, byte-exact.
-    while let Some(m) = stream.message().await.expect("in-flight read survives shutdown") {
+    while let Some(m) = stream
+        .message()
+        .await
+        .expect("in-flight read survives shutdown")
+    {
         got.extend_from_slice(&m.data);
     }
     assert!(got == data, "drained read differs");
@@ -80,7 +91,11 @@ async fn rss_stays_within_budget_plus_overhead_under_load() {
             bytes
         })
     });
-    let total: usize = futures::future::join_all(clients).await.into_iter().map(|r| r.unwrap()).sum();
+    let total: usize = futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
     assert_eq!(total, 16 * 2 * (40 * (4 << 20) + 2 * (24 << 20)));
     let peak = peak_rss(pid);
     // Overhead outside the payload budget: runtime and allocator (64 MiB

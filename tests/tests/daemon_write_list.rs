@@ -41,7 +41,15 @@ async fn write_list_delete(d: &TestDaemon, base: &str) {
     let keys = ["a", "b/1", "b/2", "b/c/3", "b-x", "c"];
     for (i, k) in keys.iter().enumerate() {
         let data = pattern(1000 + i, i as u8);
-        let resp = write(&mut client, &format!("{base}{k}"), &data, 333, data.len() as u64).await.unwrap();
+        let resp = write(
+            &mut client,
+            &format!("{base}{k}"),
+            &data,
+            333,
+            data.len() as u64,
+        )
+        .await
+        .unwrap();
         assert_eq!(resp.meta.unwrap().size, data.len() as u64);
     }
     // Recursive listing, two entries per page, in key order.
@@ -53,7 +61,10 @@ async fn write_list_delete(d: &TestDaemon, base: &str) {
     assert_eq!(pages, 3);
     // One level with a delimiter.
     let (objects, prefixes, _) = list_all(&mut client, base, "/", 1000).await;
-    assert_eq!(objects, vec![format!("{base}a"), format!("{base}b-x"), format!("{base}c")]);
+    assert_eq!(
+        objects,
+        vec![format!("{base}a"), format!("{base}b-x"), format!("{base}c")]
+    );
     assert_eq!(prefixes, vec![format!("{base}b/")]);
     // A prefix that is not a directory.
     let (objects, _, _) = list_all(&mut client, &format!("{base}b"), "", 1000).await;
@@ -71,17 +82,44 @@ async fn write_list_delete(d: &TestDaemon, base: &str) {
 
     // A size mismatch fails the write and stores nothing.
     let bad = format!("{base}mismatch");
-    let err = write(&mut client, &bad, &big, 1 << 20, 100).await.unwrap_err();
+    let err = write(&mut client, &bad, &big, 1 << 20, 100)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
-    let err = client.stat(v1::StatRequest { uri: bad.clone() }).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "a failed write left an object behind");
+    let err = client
+        .stat(v1::StatRequest { uri: bad.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "a failed write left an object behind"
+    );
 
     // Delete one, then the rest by prefix.
-    let resp = client.delete(v1::DeleteRequest { uri: format!("{base}a"), recursive: false }).await.unwrap();
+    let resp = client
+        .delete(v1::DeleteRequest {
+            uri: format!("{base}a"),
+            recursive: false,
+        })
+        .await
+        .unwrap();
     assert_eq!(resp.into_inner().deleted, 1);
-    let err = client.delete(v1::DeleteRequest { uri: format!("{base}a"), recursive: false }).await.unwrap_err();
+    let err = client
+        .delete(v1::DeleteRequest {
+            uri: format!("{base}a"),
+            recursive: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let resp = client.delete(v1::DeleteRequest { uri: base.into(), recursive: true }).await.unwrap();
+    let resp = client
+        .delete(v1::DeleteRequest {
+            uri: base.into(),
+            recursive: true,
+        })
+        .await
+        .unwrap();
     assert_eq!(resp.into_inner().deleted, keys.len() as u64 - 1 + 1);
     let (objects, _, _) = list_all(&mut client, base, "", 1000).await;
     assert!(objects.is_empty(), "{objects:?}");
@@ -120,23 +158,37 @@ async fn s3_reads_are_byte_exact_through_the_daemon() {
     })
     .await;
     let mut client = connect(d.socket()).await;
-    for (i, len) in [0usize, 10, (1 << 20) + 1, 9 * (1 << 20) + 333].into_iter().enumerate() {
+    for (i, len) in [0usize, 10, (1 << 20) + 1, 9 * (1 << 20) + 333]
+        .into_iter()
+        .enumerate()
+    {
         let data = pattern(len, i as u8);
         let uri = format!("{bucket}obj-{len}");
-        write(&mut client, &uri, &data, 1 << 20, len as u64).await.unwrap();
+        write(&mut client, &uri, &data, 1 << 20, len as u64)
+            .await
+            .unwrap();
         let (meta, got) = read(&mut client, &uri, None).await.unwrap();
         assert_eq!(meta.size, len as u64);
         assert!(got == data, "{uri}");
         if len > 100 {
-            let r = v1::ByteRange { offset: 7, length: len as u64 - 50, to_end: false };
+            let r = v1::ByteRange {
+                offset: 7,
+                length: len as u64 - 50,
+                to_end: false,
+            };
             let (_, got) = read(&mut client, &uri, Some(r)).await.unwrap();
             assert!(got == data[7..len - 43], "{uri} range");
         }
     }
     // The default-endpoint form reaches the same object.
-    let short = format!("s3://reads/obj-10");
-    assert_eq!(read(&mut client, &short, None).await.unwrap().1, pattern(10, 1));
-    let err = read(&mut client, &format!("{bucket}missing"), None).await.unwrap_err();
+    let short = "s3://reads/obj-10";
+    assert_eq!(
+        read(&mut client, short, None).await.unwrap().1,
+        pattern(10, 1)
+    );
+    let err = read(&mut client, &format!("{bucket}missing"), None)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{}", err.message());
     assert!(!err.message().contains(sluice_tests::s3server::SECRET_KEY));
 }
@@ -148,14 +200,27 @@ async fn a_cancelled_upload_leaves_nothing() {
     let mut client = connect(d.socket()).await;
     let uri = d.file_uri("partial");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(v1::WriteRequest { msg: Some(Msg::Header(v1::WriteHeader { uri: uri.clone(), size_hint: 0 })) })
-        .await
-        .unwrap();
-    let call = tokio::spawn(async move { client.write(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    tx.send(v1::WriteRequest {
+        msg: Some(Msg::Header(v1::WriteHeader {
+            uri: uri.clone(),
+            size_hint: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
     for _ in 0..3 {
         // Three full parts: a multipart upload is under way.
         let data = bytes::Bytes::from(pattern(1 << 20, 5));
-        tx.send(v1::WriteRequest { msg: Some(Msg::Data(data)) }).await.unwrap();
+        tx.send(v1::WriteRequest {
+            msg: Some(Msg::Data(data)),
+        })
+        .await
+        .unwrap();
     }
     call.abort();
     let _ = call.await;
@@ -163,11 +228,17 @@ async fn a_cancelled_upload_leaves_nothing() {
     // Wait (bounded) until the daemon has seen the cancellation and cleaned up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let leftovers: Vec<_> = std::fs::read_dir(d.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(d.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         if leftovers.is_empty() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "left behind: {leftovers:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {leftovers:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(!d.root().join("partial").exists());
