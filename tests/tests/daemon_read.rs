@@ -358,7 +358,7 @@ async fn health_reflection_and_probes_answer() {
     for name in [
         "sluice_cache_hits_total",
         "sluice_memory_budget_bytes",
-        "sluice_build_info",
+        "sluice_build_info{",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics");
     }
@@ -366,4 +366,5 @@ async fn health_reflection_and_probes_answer() {
         metric(&body, "sluice_memory_budget_bytes"),
         (256u64 << 20) as f64
     );
+    assert!(!body.contains("info_info"), "a metric name carries its suffix twice");
 }

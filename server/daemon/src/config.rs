@@ -227,6 +227,9 @@ impl Config {
         if self.write.part_size.0 == 0 || self.write.part_size.0 > u64::from(u32::MAX) {
             return Err(invalid("write.part_size", "must be between 1B and 4GiB"));
         }
+        if self.cache.memory_budget.0 < self.write.part_size.0 {
+            return Err(invalid("cache.memory_budget", "must hold at least one write.part_size"));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
         }

@@ -169,9 +169,12 @@ impl Reader {
     }
 
     fn max_cached(&self) -> u64 {
+        // One reservation holds at most MAX_RESERVATION bytes: larger
+        // objects are streamed part by part instead of buffered.
         self.config
             .max_object_size()
             .min(self.memory.budget.total())
+            .min(crate::budget::MAX_RESERVATION)
     }
 
     /// Reads `range` of `uri` (the whole object if `None`).

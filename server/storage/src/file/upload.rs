@@ -17,6 +17,8 @@ pub(super) struct FileUpload {
     target: PathBuf,
     tmp: PathBuf,
     file: Option<File>,
+    /// Renamed into place or removed: nothing for `Drop` to clean up.
+    finished: bool,
 }
 
 impl FileUpload {
@@ -40,6 +42,7 @@ impl FileUpload {
             target,
             tmp,
             file: Some(file),
+            finished: false,
         })
     }
 }
@@ -62,18 +65,22 @@ impl MultipartUpload for FileUpload {
     async fn complete(mut self: Box<Self>) -> Result<ObjectMeta> {
         let file = self.file.take().expect("upload used after completion");
         let (tmp, target, u) = (self.tmp.clone(), self.target.clone(), self.uri.to_string());
-        blocking(&self.uri.clone(), move || {
+        let res = blocking(&self.uri.clone(), move || {
             file.sync_data()
                 .map_err(|e| StorageError::from_io(u.clone(), e))?;
             std::fs::rename(&tmp, &target).map_err(|e| StorageError::from_io(u.clone(), e))?;
             let md = std::fs::metadata(&target).map_err(|e| StorageError::from_io(u.clone(), e))?;
             Ok(meta_of(u, &md))
         })
-        .await
+        .await;
+        // On failure the temporary file is removed by `Drop`.
+        self.finished = res.is_ok();
+        res
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.file.take();
+        self.finished = true;
         let (tmp, u) = (self.tmp.clone(), self.uri.to_string());
         blocking(&self.uri.clone(), move || {
             match std::fs::remove_file(&tmp) {
@@ -88,9 +95,10 @@ impl MultipartUpload for FileUpload {
 
 impl Drop for FileUpload {
     fn drop(&mut self) {
-        // Neither completed nor aborted (the caller was cancelled): remove the
-        // temporary file so nothing half-written stays behind.
-        if self.file.is_some() {
+        // Neither completed nor aborted (the caller was cancelled, possibly
+        // during a part write): remove the temporary file so nothing
+        // half-written stays behind.
+        if !self.finished {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
