@@ -14,19 +14,19 @@ step() { printf '\n== %s\n' "$*"; }
 
 # S3-compatible test server: s3s-fs, built from crates.io once per machine.
 tools="${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice-tools}"
-if [ -z "${SLUICE_S3S_FS:-}" ]; then
+if [ -z "${S3S_FS_BIN:-}" ]; then
   if command -v s3s-fs >/dev/null 2>&1; then
-    SLUICE_S3S_FS="$(command -v s3s-fs)"
+    S3S_FS_BIN="$(command -v s3s-fs)"
   else
-    SLUICE_S3S_FS="$tools/bin/s3s-fs"
-    if [ ! -x "$SLUICE_S3S_FS" ]; then
+    S3S_FS_BIN="$tools/bin/s3s-fs"
+    if [ ! -x "$S3S_FS_BIN" ]; then
       step "installing s3s-fs 0.14.1 (S3-compatible test server)"
       cargo install s3s-fs --version 0.14.1 --features binary --root "$tools" \
         --target-dir "$CARGO_TARGET_DIR/tools"
     fi
   fi
 fi
-export SLUICE_S3S_FS
+export S3S_FS_BIN
 
 step "rustfmt"
 cargo fmt --all --check

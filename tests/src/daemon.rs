@@ -161,7 +161,15 @@ impl DaemonProcess {
         let run = tempfile::tempdir().expect("tempdir");
         let root = std::fs::canonicalize(data.path()).expect("canonical root");
         let socket = run.path().join("sluiced.sock");
-        let child = Command::new(bin("sluiced"))
+        let mut cmd = Command::new(bin("sluiced"));
+        // The daemon rejects SLUICE_* variables that are not config keys;
+        // whatever the environment running the tests holds must not reach it.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SLUICE_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("--file-root")
@@ -170,7 +178,7 @@ impl DaemonProcess {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(run.path().join("sluiced.log")).expect("log file"))
             .spawn()
             .expect("spawn sluiced");
         let mut p = DaemonProcess {
@@ -187,7 +195,9 @@ impl DaemonProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("sluiced exited during startup with {status}");
+                let log = self.socket.with_file_name("sluiced.log");
+                let stderr = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("sluiced exited during startup with {status}: {stderr}");
             }
             assert!(
                 Instant::now() < deadline,

@@ -1,6 +1,6 @@
 //! A real S3 server for tests: `s3s-fs`, one process per [`S3Server`].
 //!
-//! The binary is `$SLUICE_S3S_FS`, else `s3s-fs` on `PATH`, else
+//! The binary is `$S3S_FS_BIN`, else `s3s-fs` on `PATH`, else
 //! `$HOME/.cargo/bin/s3s-fs`; install it with
 //! `cargo install s3s-fs --version 0.14.1 --features binary --locked`.
 //!
@@ -32,7 +32,7 @@ const START_DEADLINE: Duration = Duration::from_secs(20);
 const START_TRIES: usize = 3;
 
 const INSTALL_HINT: &str = "install it with `cargo install s3s-fs --version 0.14.1 --features binary --locked`, \
-     or point SLUICE_S3S_FS at the binary";
+     or point S3S_FS_BIN at the binary";
 
 /// A running `s3s-fs`; killed on drop.
 #[derive(Debug)]
@@ -142,11 +142,11 @@ impl Drop for S3Server {
 
 /// The `s3s-fs` binary, or a panic that says how to install it.
 fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("SLUICE_S3S_FS") {
+    if let Some(path) = std::env::var_os("S3S_FS_BIN") {
         let path = PathBuf::from(path);
         assert!(
             path.is_file(),
-            "SLUICE_S3S_FS={} is not a file; {INSTALL_HINT}",
+            "S3S_FS_BIN={} is not a file; {INSTALL_HINT}",
             path.display()
         );
         return path;
@@ -160,7 +160,7 @@ fn binary() -> PathBuf {
         .chain(in_cargo)
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
-            panic!("s3s-fs not found (SLUICE_S3S_FS, PATH, ~/.cargo/bin); {INSTALL_HINT}")
+            panic!("s3s-fs not found (S3S_FS_BIN, PATH, ~/.cargo/bin); {INSTALL_HINT}")
         })
 }
 

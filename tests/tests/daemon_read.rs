@@ -366,5 +366,8 @@ async fn health_reflection_and_probes_answer() {
         metric(&body, "sluice_memory_budget_bytes"),
         (256u64 << 20) as f64
     );
-    assert!(!body.contains("info_info"), "a metric name carries its suffix twice");
+    assert!(
+        !body.contains("info_info"),
+        "a metric name carries its suffix twice"
+    );
 }

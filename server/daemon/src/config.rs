@@ -45,7 +45,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// gRPC Unix socket; clients on this node connect here.
     pub socket: PathBuf,
-    /// Permission bits of the socket (octal in TOML strings: `"0660"`).
+    /// Permission bits of the socket, octal: `"0660"` (an unquoted `660`
+    /// from an environment variable is read as the same octal digits).
+    #[serde(deserialize_with = "octal_digits")]
     pub socket_mode: String,
     /// Optional gRPC TCP listener for clients on other nodes. Loopback only
     /// unless `allow_remote_tcp` is set (there is no TLS yet).
@@ -72,6 +74,20 @@ impl Default for ServerConfig {
             grace_period: Duration::from_secs(20),
         }
     }
+}
+
+/// Accepts `"0660"` or `660` (digits read as octal later).
+fn octal_digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Int(n) => n.to_string(),
+        Raw::Str(s) => s,
+    })
 }
 
 /// `[read]`
@@ -129,7 +145,9 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
+            // Off EC2 the AWS SDK's region lookup in instance metadata fails
+            // at every start; that is expected, not worth a warning.
+            level: "info,aws_config::imds=error".into(),
             format: "text".into(),
         }
     }
@@ -228,7 +246,10 @@ impl Config {
             return Err(invalid("write.part_size", "must be between 1B and 4GiB"));
         }
         if self.cache.memory_budget.0 < self.write.part_size.0 {
-            return Err(invalid("cache.memory_budget", "must hold at least one write.part_size"));
+            return Err(invalid(
+                "cache.memory_budget",
+                "must hold at least one write.part_size",
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
@@ -284,6 +305,7 @@ mod tests {
             jail.set_env("SLUICE_ENGINE__PART_SIZE", "2MiB");
             jail.set_env("SLUICE_ENGINE__PER_OBJECT_CONCURRENCY", "3");
             jail.set_env("SLUICE_ADDRESS", "unix:///ignored");
+            jail.set_env("SLUICE_SERVER__SOCKET_MODE", "0640");
             let flags = Figment::from(Serialized::global("engine.per_object_concurrency", 5));
             let c = Config::load(Some(&path), flags).map_err(|e| e.to_string())?;
             assert_eq!(c.cache.memory_budget, ByteSize::gib(1), "file over default");

@@ -81,6 +81,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), cli.overrides())?;
     if let Some(Command::CheckConfig) = cli.command {
         print!("{}", config.to_redacted_toml());
+        // Also what only building the backends checks (roots exist, keys
+        // come in pairs, CA bundle parses).
+        sluice_storage::Backends::new(&config.storage)
+            .await
+            .context("invalid storage configuration")?;
         return Ok(());
     }
     sluiced::telemetry::logging::init(&config.log);

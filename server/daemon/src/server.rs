@@ -67,7 +67,7 @@ impl Daemon {
         ));
         metrics
             .registry
-            .register("build_info", "sluiced version", build_info());
+            .register("build", "sluiced version", build_info());
         let unix = bind_unix(&config.server.socket, config.socket_mode()?)?;
         let tcp = match config.server.tcp {
             Some(addr) => Some(
@@ -169,6 +169,10 @@ impl Daemon {
         ready.store(false, Ordering::SeqCst);
         health
             .set_not_serving::<SluiceServer<SluiceService>>()
+            .await;
+        // The overall status ("") too: probes that name no service.
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         stop.cancel();
         let drained = tokio::time::timeout(self.config.server.grace_period, async {

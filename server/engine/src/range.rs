@@ -216,7 +216,7 @@ impl RangeEngine {
         let cap = self
             .config
             .part_backoff
-            .saturating_mul(1 << attempt.min(16));
+            .saturating_mul(1 << (attempt - 1).min(16));
         let jitter = Duration::from_secs_f64(cap.as_secs_f64() * rand::random::<f64>());
         let wait = err.retry_after().map_or(jitter, |hint| hint.max(jitter));
         tracing::debug!(error = %err, attempt, ?wait, "retrying part");
