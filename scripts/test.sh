@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 step() { printf '\n== %s\n' "$*"; }
 
 # S3-compatible test server: s3s-fs, built from crates.io once per machine.
-tools="${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice-tools}"
+tools="${TEST_TOOLS_DIR:-$HOME/.cache/sluice-tools}"
 if [ -z "${S3S_FS_BIN:-}" ]; then
   if command -v s3s-fs >/dev/null 2>&1; then
     S3S_FS_BIN="$(command -v s3s-fs)"

@@ -5,6 +5,8 @@
 
 #![allow(missing_debug_implementations)]
 
+pub mod fdpass;
+
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("sluice.v1");

@@ -35,6 +35,8 @@ pub struct Config {
     pub read: ReadConfig,
     /// Write.
     pub write: WriteConfig,
+    /// Session streams and shared-memory leases.
+    pub session: SessionConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -128,6 +130,40 @@ impl Default for WriteConfig {
     fn default() -> Self {
         WriteConfig {
             part_size: ByteSize::mib(16),
+        }
+    }
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Deliver session results through shared memory to clients that map
+    /// the arena. Off: every session gets stream chunks.
+    pub shared_memory: bool,
+    /// The descriptor socket; unset: the gRPC socket path + `.fds`.
+    pub fd_socket: Option<PathBuf>,
+    /// Bytes one session may hold leased at once.
+    pub lease_quota: ByteSize,
+    /// How long a fetch over quota waits for releases before
+    /// RESOURCE_EXHAUSTED.
+    #[serde(with = "humantime_serde")]
+    pub lease_wait: Duration,
+    /// Fetches of one session in progress at once; beyond it the daemon
+    /// stops reading the session's requests until one finishes.
+    pub max_outstanding: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            shared_memory: true,
+            fd_socket: None,
+            // A quarter of the default budget: one client cannot pin the
+            // whole cache, four busy ones still can use all of it.
+            lease_quota: ByteSize::mib(512),
+            lease_wait: Duration::from_secs(10),
+            max_outstanding: 1024,
         }
     }
 }
@@ -251,10 +287,25 @@ impl Config {
                 "must hold at least one write.part_size",
             ));
         }
+        if self.session.lease_quota.0 == 0 || self.session.lease_quota.0 > u64::from(u32::MAX) {
+            return Err(invalid("session.lease_quota", "must be between 1B and 4GiB"));
+        }
+        if self.cache.segment_size.0 < self.engine.part_size.0 {
+            return Err(invalid("cache.segment_size", "must hold at least one engine.part_size"));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
         }
         Ok(())
+    }
+
+    /// Where segment descriptors are handed out.
+    pub fn fd_socket(&self) -> PathBuf {
+        self.session.fd_socket.clone().unwrap_or_else(|| {
+            let mut p = self.server.socket.clone().into_os_string();
+            p.push(".fds");
+            PathBuf::from(p)
+        })
     }
 
     /// `server.socket_mode` as bits.
@@ -285,11 +336,19 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Loads `toml` with no `SLUICE_` variables of the environment that
+    /// runs the tests leaking in.
     fn load(toml: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluiced.toml");
         std::fs::write(&path, toml).unwrap();
-        Config::load(Some(&path), Figment::new())
+        let mut out = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            out = Some(Config::load(Some(&path), Figment::new()));
+            Ok(())
+        });
+        out.expect("jail ran")
     }
 
     #[test]
@@ -302,6 +361,7 @@ mod tests {
         )
         .unwrap();
         figment::Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("SLUICE_ENGINE__PART_SIZE", "2MiB");
             jail.set_env("SLUICE_ENGINE__PER_OBJECT_CONCURRENCY", "3");
             jail.set_env("SLUICE_ADDRESS", "unix:///ignored");
@@ -315,6 +375,8 @@ mod tests {
                 c.engine.max_concurrency,
                 EngineConfig::default().max_concurrency
             );
+            let mode = c.socket_mode().map_err(|e| e.to_string())?;
+            assert_eq!(mode, 0o640, "an unquoted environment value is read as octal digits");
             Ok(())
         });
     }
@@ -324,6 +386,7 @@ mod tests {
         let err = load("[cache]\nmemory_budgett = 5\n").unwrap_err();
         assert!(err.to_string().contains("memory_budgett"), "{err}");
         figment::Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("SLUICE_SERVER__SOKET", "/x");
             let err = Config::load(None, Figment::new()).unwrap_err();
             assert!(err.to_string().contains("soket"), "{err}");

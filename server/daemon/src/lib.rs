@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod server;
+pub mod session;
 pub mod telemetry;
 
 pub use config::Config;

@@ -37,6 +37,7 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     unix: UnixListener,
     socket: PathBuf,
+    fds: Option<(UnixListener, PathBuf)>,
     tcp: Option<TcpListener>,
     http: Option<TcpListener>,
 }
@@ -59,16 +60,24 @@ impl Daemon {
             .await
             .context("cannot set up storage backends")?;
         let mut metrics = Metrics::new();
-        let reader = Arc::new(Reader::new(
+        let reader = Reader::new(
             backends,
             config.engine.clone(),
             config.cache.clone(),
             metrics.engine.clone(),
-        ));
+        )
+        .context("cannot create the shared-memory arena")?;
+        let reader = Arc::new(reader);
         metrics
             .registry
             .register("build", "sluiced version", build_info());
         let unix = bind_unix(&config.server.socket, config.socket_mode()?)?;
+        let fds = if config.session.shared_memory {
+            let path = config.fd_socket();
+            Some((crate::session::fds::bind(&path, config.socket_mode()?)?, path))
+        } else {
+            None
+        };
         let tcp = match config.server.tcp {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -87,6 +96,7 @@ impl Daemon {
         };
         Ok(Daemon {
             socket: config.server.socket.clone(),
+            fds,
             config: Arc::new(config),
             reader,
             metrics: Arc::new(metrics),
@@ -143,14 +153,23 @@ impl Daemon {
                 grpc_router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
             );
         }
-        let mut http_task = JoinSet::new();
+        let mut side_tasks = JoinSet::new();
+        let fd_socket = self.fds.as_ref().map(|(_, p)| p.clone());
+        if let Some((listener, _)) = self.fds {
+            let arena = self.reader.arena().clone();
+            let stop = stop.clone();
+            side_tasks.spawn(async move {
+                crate::session::fds::serve(listener, arena, stop).await;
+                Ok::<(), std::io::Error>(())
+            });
+        }
         if let Some(http) = self.http {
             let state = HttpState {
                 metrics: self.metrics.clone(),
                 reader: self.reader.clone(),
                 ready: ready.clone(),
             };
-            http_task.spawn(async move { axum::serve(http, router(state)).await });
+            side_tasks.spawn(async move { axum::serve(http, router(state)).await });
         }
         tracing::info!(socket = %addrs.socket.display(), tcp = ?addrs.tcp, http = ?addrs.http, "sluiced serving");
 
@@ -188,9 +207,12 @@ impl Daemon {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        http_task.abort_all();
-        while http_task.join_next().await.is_some() {}
+        side_tasks.abort_all();
+        while side_tasks.join_next().await.is_some() {}
         let _ = std::fs::remove_file(&addrs.socket);
+        if let Some(p) = fd_socket {
+            let _ = std::fs::remove_file(p);
+        }
         tracing::info!("sluiced stopped");
         Ok(())
     }
@@ -205,7 +227,7 @@ fn build_info() -> prometheus_client::metrics::info::Info<Vec<(String, String)>>
 
 /// Binds the Unix socket, replacing a stale socket file left by a crash
 /// but never a live daemon's socket or a non-socket file.
-fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+pub(crate) fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create socket directory {}", dir.display()))?;

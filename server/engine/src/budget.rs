@@ -1,26 +1,26 @@
-//! The one memory budget for payload bytes.
+//! The one memory budget for payload bytes: the shared-memory arena.
 //!
 //! Every payload buffer the daemon holds — a cached object, an object being
-//! fetched, a part on its way to a streaming client — is backed by permits of
-//! one semaphore whose size is `cache.memory_budget` bytes. A buffer's
-//! permits travel with it: [`Reservation::into_bytes`] makes a [`Bytes`]
-//! whose owner holds the permits, so they return when the last clone of the
-//! bytes is dropped (evicted from the cache *and* no longer being sent).
+//! fetched, a part on its way to a streaming client, an extent leased to a
+//! client — is an extent of the [`Arena`], whose capacity is
+//! `cache.memory_budget`. [`Reservation::into_bytes`] makes a [`Bytes`] whose
+//! owner is the extent, so it returns to the arena when the last clone of the
+//! bytes is dropped (evicted from the cache, no longer being sent, and
+//! released by every client that leased it).
 //!
 //! A reservation that does not fit asks the cache to evict (least recently
-//! used first), then waits; past `memory_wait` it fails and the caller
-//! reports RESOURCE_EXHAUSTED. Nothing allocates payload memory outside the
-//! budget, which is what keeps RSS within budget plus a fixed overhead.
+//! used first, skipping leased entries), then waits for extents to be freed;
+//! past `memory_wait` it fails and the caller reports RESOURCE_EXHAUSTED.
+//! Nothing allocates payload memory outside the arena, which is what keeps
+//! RSS within budget plus a fixed overhead — and what lets a cache hit be
+//! handed to a client as `(segment, offset, length)` with no copy.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Largest single reservation: tokio semaphores count at most `u32::MAX`
-/// permits per acquire. One permit is one byte.
-pub const MAX_RESERVATION: u64 = u32::MAX as u64;
+use crate::arena::{Arena, Extent};
 
 /// Frees memory on request (the cache).
 pub trait Evict: Send + Sync {
@@ -31,21 +31,20 @@ pub trait Evict: Send + Sync {
 /// The byte budget.
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
-    sem: Arc<Semaphore>,
-    total: u64,
+    arena: Arc<Arena>,
     wait: Duration,
 }
 
 /// Why a reservation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BudgetError {
-    /// Larger than the whole budget.
-    #[error("{need} bytes exceed the memory budget of {total} bytes")]
+    /// Larger than one arena segment (the largest extent there can be).
+    #[error("{need} bytes exceed the largest arena extent of {max} bytes")]
     TooLarge {
         /// Bytes asked for.
         need: u64,
-        /// The budget.
-        total: u64,
+        /// The largest extent.
+        max: u64,
     },
     /// Did not fit within the wait deadline.
     #[error("memory budget of {total} bytes exhausted: waited {waited:?} for {need} bytes")]
@@ -59,112 +58,100 @@ pub enum BudgetError {
     },
 }
 
-/// Permits for `len` bytes.
+/// An extent of `len` bytes, writable until frozen into [`Bytes`].
 #[derive(Debug)]
 pub struct Reservation {
-    permit: Option<OwnedSemaphorePermit>,
-    len: u64,
-}
-
-struct Owned {
-    data: Vec<u8>,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl AsRef<[u8]> for Owned {
-    fn as_ref(&self) -> &[u8] {
-        &self.data
-    }
+    extent: Option<Extent>,
 }
 
 impl Reservation {
     /// Bytes reserved.
     pub fn len(&self) -> u64 {
-        self.len
+        self.extent.as_ref().map_or(0, Extent::len)
     }
 
     /// Whether nothing is reserved.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// A zeroed buffer of the reserved size (calloc: pages are touched only
-    /// when written).
-    pub fn buffer(&self) -> Vec<u8> {
-        vec![0; self.len as usize]
+    /// The memory to fill.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match &mut self.extent {
+            Some(e) => e.as_mut_slice(),
+            None => &mut [],
+        }
     }
 
-    /// Freezes `data` (at most the reserved size) into bytes that hold the
-    /// permits until the last clone is dropped.
-    pub fn into_bytes(self, data: Vec<u8>) -> Bytes {
-        debug_assert!(data.len() as u64 <= self.len);
-        Bytes::from_owner(Owned {
-            data,
-            _permit: self.permit,
-        })
+    /// Freezes the extent into bytes that return it to the arena when the
+    /// last clone is dropped.
+    pub fn into_bytes(self) -> Bytes {
+        self.extent.map_or_else(Bytes::new, Extent::into_bytes)
     }
 }
 
 impl MemoryBudget {
-    /// A budget of `total` bytes; reservations wait at most `wait`.
-    pub fn new(total: u64, wait: Duration) -> Self {
-        let permits = total.min(Semaphore::MAX_PERMITS as u64) as usize;
-        MemoryBudget {
-            sem: Arc::new(Semaphore::new(permits)),
-            total,
-            wait,
-        }
+    /// A budget over `arena`; reservations wait at most `wait`.
+    pub fn new(arena: Arc<Arena>, wait: Duration) -> Self {
+        MemoryBudget { arena, wait }
+    }
+
+    /// A budget over a fresh arena of `total` bytes in `segment` byte segments.
+    pub fn with_capacity(total: u64, segment: u64, wait: Duration) -> std::io::Result<Self> {
+        Ok(Self::new(Arena::new(total, segment)?, wait))
+    }
+
+    /// The arena.
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
     }
 
     /// The budget.
     pub fn total(&self) -> u64 {
-        self.total
+        self.arena.capacity()
     }
 
     /// Bytes not reserved right now.
     pub fn available(&self) -> u64 {
-        self.sem.available_permits() as u64
+        self.arena.free()
+    }
+
+    /// The largest single reservation.
+    pub fn max_reservation(&self) -> u64 {
+        self.arena.max_extent()
     }
 
     /// Reserves `need` bytes, evicting through `evict` while they do not fit.
     pub async fn reserve(&self, need: u64, evict: &dyn Evict) -> Result<Reservation, BudgetError> {
         if need == 0 {
-            return Ok(Reservation {
-                permit: None,
-                len: 0,
-            });
+            return Ok(Reservation { extent: None });
         }
-        if need > self.total || need > MAX_RESERVATION {
-            return Err(BudgetError::TooLarge {
-                need,
-                total: self.total,
-            });
+        let max = self.arena.max_extent();
+        if need > max {
+            return Err(BudgetError::TooLarge { need, max });
         }
-        let n = need as u32;
+        let deadline = tokio::time::Instant::now() + self.wait;
         loop {
-            match self.sem.clone().try_acquire_many_owned(n) {
-                Ok(permit) => {
-                    return Ok(Reservation {
-                        permit: Some(permit),
-                        len: need,
-                    });
-                }
-                Err(_) if evict.evict_one() => continue,
-                Err(_) => break,
+            // Register for wake-ups before trying, so a free between the
+            // failed attempt and the wait is not missed.
+            let freed = self.arena.freed().notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(extent) = self.arena.try_alloc(need) {
+                return Ok(Reservation { extent: Some(extent) });
             }
-        }
-        // Nothing left to evict: what is reserved is in use (being fetched or
-        // sent). Wait for it to come back.
-        match tokio::time::timeout(self.wait, self.sem.clone().acquire_many_owned(n)).await {
-            Ok(Ok(permit)) => Ok(Reservation {
-                permit: Some(permit),
-                len: need,
-            }),
-            _ => Err(BudgetError::Exhausted {
-                need,
-                total: self.total,
-                waited: self.wait,
-            }),
+            if evict.evict_one() {
+                continue;
+            }
+            // Nothing left to evict: what is reserved is in use (being
+            // fetched, sent or leased). Wait for some of it to come back.
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(BudgetError::Exhausted {
+                    need,
+                    total: self.total(),
+                    waited: self.wait,
+                });
+            }
         }
     }
 }
@@ -180,36 +167,37 @@ mod tests {
         }
     }
 
+    const PAGE: u64 = crate::arena::GRANULE;
+
+    fn budget(pages: u64, wait: Duration) -> MemoryBudget {
+        MemoryBudget::with_capacity(pages * PAGE, pages * PAGE, wait).unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn bytes_hold_their_permits_until_dropped() {
-        let b = MemoryBudget::new(100, Duration::from_secs(1));
-        let r = b.reserve(60, &Nothing).await.unwrap();
-        let bytes = r.into_bytes(vec![7; 60]);
+    async fn bytes_hold_their_extent_until_dropped() {
+        let b = budget(10, Duration::from_secs(1));
+        let mut r = b.reserve(6 * PAGE, &Nothing).await.unwrap();
+        r.as_mut_slice().fill(7);
+        let bytes = r.into_bytes();
+        assert!(bytes.iter().all(|&x| x == 7));
         let clone = bytes.slice(10..20);
         drop(bytes);
-        assert_eq!(
-            b.available(),
-            40,
-            "a live slice keeps the whole buffer reserved"
-        );
-        let err = b.reserve(50, &Nothing).await.unwrap_err();
-        assert!(matches!(err, BudgetError::Exhausted { need: 50, .. }));
+        assert_eq!(b.available(), 4 * PAGE, "a live slice keeps the whole extent");
+        let err = b.reserve(5 * PAGE, &Nothing).await.unwrap_err();
+        assert!(matches!(err, BudgetError::Exhausted { .. }), "{err}");
         drop(clone);
-        assert_eq!(b.available(), 100);
-        assert!(matches!(
-            b.reserve(101, &Nothing).await,
-            Err(BudgetError::TooLarge { .. })
-        ));
+        assert_eq!(b.available(), 10 * PAGE);
+        assert!(matches!(b.reserve(11 * PAGE, &Nothing).await, Err(BudgetError::TooLarge { .. })));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_reservation_gets_memory_when_it_is_freed() {
-        let b = MemoryBudget::new(100, Duration::from_secs(5));
-        let held = b.reserve(100, &Nothing).await.unwrap();
+        let b = budget(10, Duration::from_secs(5));
+        let held = b.reserve(10 * PAGE, &Nothing).await.unwrap();
         let b2 = b.clone();
-        let waiter = tokio::spawn(async move { b2.reserve(30, &Nothing).await.map(|r| r.len()) });
+        let waiter = tokio::spawn(async move { b2.reserve(3 * PAGE, &Nothing).await.map(|r| r.len()) });
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(held);
-        assert_eq!(waiter.await.unwrap().unwrap(), 30);
+        assert_eq!(waiter.await.unwrap().unwrap(), 3 * PAGE);
     }
 }

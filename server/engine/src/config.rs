@@ -136,6 +136,10 @@ pub struct CacheConfig {
     /// How long a read waits for memory before RESOURCE_EXHAUSTED.
     #[serde(with = "humantime_serde")]
     pub memory_wait: Duration,
+    /// Size of one shared-memory arena segment; the budget is split into
+    /// segments of this size. No object is buffered (and cached) in more
+    /// than one segment, so this also caps `max_object_size`.
+    pub segment_size: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -148,6 +152,9 @@ impl Default for CacheConfig {
             // per 10 s instead of one per read.
             revalidate_after: Duration::from_secs(10),
             memory_wait: Duration::from_secs(30),
+            // 256 MiB: few descriptors to hand out and map per client, and
+            // large enough for typical samples and shards to be cached whole.
+            segment_size: ByteSize::mib(256),
         }
     }
 }

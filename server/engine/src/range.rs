@@ -239,12 +239,12 @@ impl Job {
         memory: &Memory,
     ) -> Result<Bytes, ReadError> {
         let len = total.end - total.start;
-        let reservation = memory
+        let mut reservation = memory
             .budget
             .reserve(len, memory.evict.as_ref())
             .await
             .map_err(|source| ReadError::memory(&self.uri, source))?;
-        let mut buf = reservation.buffer();
+        let buf = reservation.as_mut_slice();
         let (first_range, first_body, permit) = first;
         let first_len = (first_range.end - first_range.start) as usize;
         let (head, rest) = buf.split_at_mut(first_len);
@@ -269,7 +269,7 @@ impl Job {
             .buffer_unordered(self.engine.config.per_object_concurrency.max(1))
             .try_collect::<()>()
             .await?;
-        Ok(reservation.into_bytes(buf))
+        Ok(reservation.into_bytes())
     }
 
     /// Streaming mode: parts in order, `per_object_concurrency` ahead.
@@ -287,17 +287,16 @@ impl Job {
                 .budget
                 .reserve(first_range.end - first_range.start, mem.evict.as_ref())
                 .await;
-            let reservation = reservation.map_err(|source| ReadError::memory(&job.uri, source))?;
-            let mut buf = reservation.buffer();
-            let res = drain(first_body, &job.uri, &mut buf).await;
+            let mut reservation =
+                reservation.map_err(|source| ReadError::memory(&job.uri, source))?;
+            let buf = reservation.as_mut_slice();
+            let res = drain(first_body, &job.uri, buf).await;
             drop(permit);
             match res {
-                Err(e) if e.kind().is_transient() => {
-                    job.part_into(first_range, &mut buf, 1).await?
-                }
+                Err(e) if e.kind().is_transient() => job.part_into(first_range, buf, 1).await?,
                 other => other?,
             }
-            Ok(reservation.into_bytes(buf))
+            Ok(reservation.into_bytes())
         });
         let ahead = self.engine.config.per_object_concurrency.max(1);
         let rest = stream::iter(split(
@@ -312,11 +311,10 @@ impl Job {
                     .budget
                     .reserve(range.end - range.start, mem.evict.as_ref())
                     .await;
-                let reservation =
+                let mut reservation =
                     reservation.map_err(|source| ReadError::memory(&job.uri, source))?;
-                let mut buf = reservation.buffer();
-                job.part_into(range, &mut buf, 0).await?;
-                Ok(reservation.into_bytes(buf))
+                job.part_into(range, reservation.as_mut_slice(), 0).await?;
+                Ok(reservation.into_bytes())
             }
         });
         Box::pin(head.chain(rest.buffered(ahead)))

@@ -56,6 +56,9 @@ pub struct ReadOutput {
     pub body: Body,
     /// Where they came from.
     pub source: Source,
+    /// The cache entry the bytes are a slice of, if any: holding it keeps
+    /// the entry from being evicted (leases hold it).
+    pub pin: Option<Arc<CachedObject>>,
 }
 
 #[derive(Clone)]
@@ -116,17 +119,19 @@ impl Drop for Leader {
 }
 
 impl Reader {
-    /// A reader over `backends` with a fresh cache and budget.
+    /// A reader over `backends` with a fresh cache and a fresh arena of
+    /// `cache.memory_budget` bytes.
     pub fn new(
         backends: Backends,
         engine: EngineConfig,
         cache: CacheConfig,
         metrics: EngineMetrics,
-    ) -> Self {
-        let budget = MemoryBudget::new(cache.memory_budget.0, cache.memory_wait);
+    ) -> std::io::Result<Self> {
+        let arena = crate::arena::Arena::new(cache.memory_budget.0, cache.segment_size.0)?;
+        let budget = MemoryBudget::new(arena, cache.memory_wait);
         metrics.memory.budget.set(budget.total() as i64);
         let store = Arc::new(Cache::new(metrics.cache.clone()));
-        Reader {
+        Ok(Reader {
             backends,
             engine: RangeEngine::new(engine, metrics.storage.clone()),
             memory: Memory {
@@ -137,7 +142,12 @@ impl Reader {
             config: cache,
             metrics,
             inflight: Arc::new(Mutex::new(HashMap::new())),
-        }
+        })
+    }
+
+    /// The shared-memory arena every payload byte lives in.
+    pub fn arena(&self) -> &Arc<crate::arena::Arena> {
+        self.memory.budget.arena()
     }
 
     /// The (instrumented) backend for `uri`.
@@ -169,12 +179,11 @@ impl Reader {
     }
 
     fn max_cached(&self) -> u64 {
-        // One reservation holds at most MAX_RESERVATION bytes: larger
-        // objects are streamed part by part instead of buffered.
+        // An extent lies within one arena segment: larger objects are
+        // streamed part by part instead of buffered.
         self.config
             .max_object_size()
-            .min(self.memory.budget.total())
-            .min(crate::budget::MAX_RESERVATION)
+            .min(self.memory.budget.max_reservation())
     }
 
     /// Reads `range` of `uri` (the whole object if `None`).
@@ -275,6 +284,7 @@ impl Reader {
                     range,
                     body: Body::Stream(body),
                     source: Source::Uncached,
+                    pin: None,
                 })
             }
             Err(e) => {
@@ -302,12 +312,14 @@ impl Reader {
                 range,
                 body: Body::Bytes(data),
                 source: Source::Uncached,
+                pin: None,
             },
             Fetched::Streaming { meta, range, body } => ReadOutput {
                 meta,
                 range,
                 body: Body::Stream(body),
                 source: Source::Uncached,
+                pin: None,
             },
         })
     }
@@ -362,7 +374,7 @@ impl Reader {
 
 fn slice(
     uri: &ObjectUri,
-    obj: &CachedObject,
+    obj: &Arc<CachedObject>,
     range: Option<Range<u64>>,
     source: Source,
 ) -> Result<ReadOutput, ReadError> {
@@ -372,5 +384,6 @@ fn slice(
         body: Body::Bytes(obj.data.slice(r.start as usize..r.end as usize)),
         range: r,
         source,
+        pin: Some(obj.clone()),
     })
 }

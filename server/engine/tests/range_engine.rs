@@ -62,7 +62,7 @@ fn engine(part: u64, per_object: usize, global: usize) -> RangeEngine {
 
 fn memory(total: u64) -> Memory {
     Memory {
-        budget: MemoryBudget::new(total, Duration::from_secs(5)),
+        budget: MemoryBudget::with_capacity(total, total.min(1 << 30), Duration::from_secs(5)).unwrap(),
         evict: Arc::new(NoEvict),
     }
 }
@@ -210,15 +210,13 @@ async fn not_found_is_not_retried() {
 #[tokio::test]
 async fn a_part_larger_than_the_budget_fails_with_resource_exhausted() {
     let fx = fixture();
-    let (uri, _) = fx.object("o", 8 * 1024);
-    let err = engine(4096, 2, 2)
-        .fetch(fx.fault.clone(), &uri, None, &memory(1024), u64::MAX)
+    let (uri, _) = fx.object("o", 64 * 1024);
+    // Parts of 16 KiB, an arena of one 8 KiB segment.
+    let err = engine(16 * 1024, 2, 2)
+        .fetch(fx.fault.clone(), &uri, None, &memory(8192), u64::MAX)
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, sluice_engine::ReadError::Memory { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, sluice_engine::ReadError::Memory { .. }), "{err}");
 }
 
 #[tokio::test]

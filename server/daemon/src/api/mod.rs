@@ -5,7 +5,7 @@
 //! polled by tonic — no spawned tasks — so a client that goes away drops its
 //! stream, which cancels the fetch behind it and frees its memory.
 
-mod convert;
+pub(crate) mod convert;
 mod meta;
 mod read;
 pub mod status;
@@ -84,6 +84,18 @@ impl Sluice for SluiceService {
         req: Request<Streaming<v1::WriteRequest>>,
     ) -> Result<Response<v1::WriteResponse>, Status> {
         write::write(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type SessionStream = ResponseStream<v1::SessionResponse>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<v1::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let (reader, config, metrics) = (self.reader.clone(), self.config.clone(), self.metrics.clone());
+        crate::session::open(reader, config, metrics, req.into_inner())
             .await
             .map(Response::new)
     }

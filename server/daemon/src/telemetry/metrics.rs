@@ -207,6 +207,81 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// `transport`: how session bytes reached the client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// `shm` or `stream`.
+    pub transport: &'static str,
+}
+
+/// Session metrics (`sluice_session_*`).
+#[derive(Debug, Clone)]
+pub struct SessionMetrics {
+    /// Sessions open now.
+    pub active: Gauge,
+    /// Bytes leased to clients now.
+    pub leased_bytes: Gauge,
+    delivered: Family<TransportLabels, Counter>,
+    wait: Histogram,
+}
+
+impl Default for SessionMetrics {
+    fn default() -> Self {
+        SessionMetrics {
+            active: Gauge::default(),
+            leased_bytes: Gauge::default(),
+            delivered: Family::default(),
+            wait: duration_histogram(),
+        }
+    }
+}
+
+/// Decrements the active-session gauge when the session ends.
+#[derive(Debug)]
+pub struct ActiveSession(Gauge);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl SessionMetrics {
+    /// Counts a session as active until the guard drops.
+    pub fn active_guard(&self) -> ActiveSession {
+        self.active.inc();
+        ActiveSession(self.active.clone())
+    }
+
+    /// Counter of payload bytes delivered by `transport`.
+    pub fn delivered(&self, transport: &'static str) -> Counter {
+        self.delivered.get_or_create(&TransportLabels { transport }).clone()
+    }
+
+    /// Records how long a fetch waited for its data.
+    pub fn observe_wait(&self, waited: std::time::Duration) {
+        self.wait.observe(waited.as_secs_f64());
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("session");
+        r.register("active", "Session streams open", self.active.clone());
+        r.register_with_unit("leased", "Payload bytes leased to clients", Unit::Bytes, self.leased_bytes.clone());
+        r.register_with_unit(
+            "delivered",
+            "Payload bytes delivered by sessions, by transport",
+            Unit::Bytes,
+            self.delivered.clone(),
+        );
+        r.register_with_unit(
+            "fetch_wait",
+            "Time a session fetch waited for its data (cache or backend)",
+            Unit::Seconds,
+            self.wait.clone(),
+        );
+    }
+}
+
 /// Every metric of one daemon, and the registry they live in.
 #[derive(Debug)]
 pub struct Metrics {
@@ -216,6 +291,8 @@ pub struct Metrics {
     pub rpc: RpcMetrics,
     /// Engine (cache, memory, backends).
     pub engine: EngineMetrics,
+    /// Sessions and leases.
+    pub session: SessionMetrics,
 }
 
 impl Metrics {
@@ -224,12 +301,15 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sluice");
         let rpc = RpcMetrics::default();
         let engine = EngineMetrics::default();
+        let session = SessionMetrics::default();
         rpc.register(&mut registry);
         engine.register(&mut registry);
+        session.register(&mut registry);
         Metrics {
             registry,
             rpc,
             engine,
+            session,
         }
     }
 }

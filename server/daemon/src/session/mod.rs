@@ -1,0 +1,144 @@
+//! The Session stream: pipelined fetches delivered as leased shared-memory
+//! extents (or as chunks), for one client process.
+//!
+//! One driver task per session reads the client's messages: fetches start
+//! as tasks of the session's `JoinSet` (at most `max_outstanding` at once;
+//! beyond that the driver stops reading, which is backpressure on the
+//! client), releases go to the lease table. Results go out through one
+//! bounded channel as they complete, tagged with the fetch id. The driver is
+//! owned by the response stream: when the client goes away — closes the
+//! stream, or dies and its connection drops — the response stream is
+//! dropped, the driver aborted, its fetches cancelled and its lease table
+//! dropped, which releases every lease of the session.
+
+mod deliver;
+pub mod fds;
+mod leases;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use sluice_engine::Reader;
+use sluice_proto::v1;
+use sluice_proto::v1::session_request::Msg as In;
+use sluice_proto::v1::session_response::Msg as Out;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
+use tonic::{Status, Streaming};
+
+use crate::api::ResponseStream;
+use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
+use leases::LeaseTable;
+
+/// Responses buffered per session before fetch tasks wait for the client.
+const OUTBOX: usize = 256;
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// What every fetch of one session shares.
+pub(crate) struct SessionCtx {
+    pub(crate) reader: Arc<Reader>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) leases: Arc<LeaseTable>,
+    pub(crate) shm: bool,
+    pub(crate) out: mpsc::Sender<Result<v1::SessionResponse, Status>>,
+}
+
+impl SessionCtx {
+    /// Sends one response; false when the client is gone.
+    pub(crate) async fn send(&self, msg: Out) -> bool {
+        self.out.send(Ok(v1::SessionResponse { msg: Some(msg) })).await.is_ok()
+    }
+}
+
+/// Opens a session: answers the open message, then drives the stream.
+pub(crate) async fn open(
+    reader: Arc<Reader>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    mut inbound: Streaming<v1::SessionRequest>,
+) -> Result<ResponseStream<v1::SessionResponse>, Status> {
+    let open = match inbound.message().await? {
+        Some(v1::SessionRequest { msg: Some(In::Open(o)) }) => o,
+        _ => return Err(Status::invalid_argument("the first session message must be open")),
+    };
+    let cfg = &config.session;
+    let shm = open.shared_memory && cfg.shared_memory;
+    let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let opened = v1::SessionOpened {
+        session_id: id,
+        shared_memory: shm,
+        lease_quota: cfg.lease_quota.0,
+        fd_socket: config.fd_socket().display().to_string(),
+        segments: reader
+            .arena()
+            .segments()
+            .map(|s| v1::ArenaSegment { id: s.id, size: s.len })
+            .collect(),
+    };
+    tx.send(Ok(v1::SessionResponse { msg: Some(Out::Opened(opened)) }))
+        .await
+        .map_err(|_| Status::cancelled("client left"))?;
+    let leased = metrics.session.leased_bytes.clone();
+    let leases = Arc::new(LeaseTable::new(cfg.lease_quota.0, cfg.lease_wait, leased));
+    let ctx = Arc::new(SessionCtx {
+        leases: leases.clone(),
+        reader,
+        config: config.clone(),
+        metrics: metrics.clone(),
+        shm,
+        out: tx,
+    });
+    tracing::debug!(session = id, pid = open.pid, shm, "session opened");
+    let driver = AbortOnDropHandle::new(tokio::spawn(drive(ctx, inbound, id)));
+    // The response stream owns the driver and the leases: the session —
+    // and every lease in it — lasts exactly as long as the call.
+    let stream = ReceiverStream::new(rx).map(move |m| {
+        let _owners = (&driver, &leases);
+        m
+    });
+    Ok(Box::pin(stream))
+}
+
+async fn drive(ctx: Arc<SessionCtx>, mut inbound: Streaming<v1::SessionRequest>, id: u64) {
+    let _active = ctx.metrics.session.active_guard();
+    let max = ctx.config.session.max_outstanding.max(1);
+    let mut fetches = JoinSet::new();
+    loop {
+        if fetches.len() >= max {
+            fetches.join_next().await;
+            continue;
+        }
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(v1::SessionRequest { msg: Some(In::Fetch(f)) })) => {
+                    fetches.spawn(deliver::fetch(ctx.clone(), f));
+                }
+                Ok(Some(v1::SessionRequest { msg: Some(In::Release(r)) })) => {
+                    ctx.leases.release(&r.lease_ids);
+                }
+                Ok(Some(_)) => {
+                    let status = Status::invalid_argument("open may only be the first session message");
+                    let _ = ctx.out.send(Err(status)).await;
+                    break;
+                }
+                Ok(None) => {
+                    // The client half-closed: finish what it asked for.
+                    while fetches.join_next().await.is_some() {}
+                    break;
+                }
+                Err(_) => break,
+            },
+            Some(_) = fetches.join_next(), if !fetches.is_empty() => {}
+        }
+    }
+    // Dropping `fetches` cancels what is still running; dropping the last
+    // `ctx` drops the lease table.
+    tracing::debug!(session = id, "session closed");
+}
