@@ -3,3 +3,4 @@
 pub mod daemon;
 pub mod grpc;
 pub mod s3server;
+pub mod shm;

@@ -288,10 +288,16 @@ impl Config {
             ));
         }
         if self.session.lease_quota.0 == 0 || self.session.lease_quota.0 > u64::from(u32::MAX) {
-            return Err(invalid("session.lease_quota", "must be between 1B and 4GiB"));
+            return Err(invalid(
+                "session.lease_quota",
+                "must be between 1B and 4GiB",
+            ));
         }
         if self.cache.segment_size.0 < self.engine.part_size.0 {
-            return Err(invalid("cache.segment_size", "must hold at least one engine.part_size"));
+            return Err(invalid(
+                "cache.segment_size",
+                "must hold at least one engine.part_size",
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
@@ -376,7 +382,10 @@ mod tests {
                 EngineConfig::default().max_concurrency
             );
             let mode = c.socket_mode().map_err(|e| e.to_string())?;
-            assert_eq!(mode, 0o640, "an unquoted environment value is read as octal digits");
+            assert_eq!(
+                mode, 0o640,
+                "an unquoted environment value is read as octal digits"
+            );
             Ok(())
         });
     }

@@ -1,0 +1,272 @@
+//! Sessions through a real daemon: leased shared-memory extents, stream
+//! fallback, quotas, release on session end, eviction under leases.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sluice_engine::ByteSize;
+use sluice_proto::v1;
+use sluice_proto::v1::session_response::Msg as Out;
+use sluice_tests::daemon::TestDaemon;
+use sluice_tests::grpc::{connect, http_get, metric, pattern, read};
+use sluice_tests::shm::{RawSession, map_segments};
+use tonic::Code;
+
+fn fd_socket(d: &TestDaemon) -> PathBuf {
+    let mut p = d.socket().as_os_str().to_owned();
+    p.push(".fds");
+    PathBuf::from(p)
+}
+
+/// Collects the extents of `n` fetches (or their errors), by id.
+async fn collect(
+    s: &mut RawSession,
+    n: usize,
+) -> HashMap<u64, Result<Vec<v1::LeasedExtent>, v1::FetchError>> {
+    let mut done = HashMap::new();
+    let mut parts: HashMap<u64, Vec<v1::LeasedExtent>> = HashMap::new();
+    while done.len() < n {
+        match s.next().await {
+            Out::Extent(e) => {
+                let id = e.id;
+                let last = e.last;
+                parts.entry(id).or_default().push(e);
+                if last {
+                    done.insert(id, Ok(parts.remove(&id).unwrap()));
+                }
+            }
+            Out::Error(e) => {
+                done.insert(e.id, Err(e));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    done
+}
+
+async fn leased_bytes(d: &TestDaemon) -> f64 {
+    metric(
+        &http_get(d.http(), "/metrics").await.1,
+        "sluice_session_leased_bytes",
+    )
+}
+
+async fn wait_leased(d: &TestDaemon, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = leased_bytes(d).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leased bytes stuck at {now}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_extents_are_byte_exact_and_released() {
+    let d = TestDaemon::start_with(|c| {
+        c.engine.part_size = ByteSize(256 << 10);
+        c.cache.max_object_size = Some(ByteSize::mib(2));
+    })
+    .await;
+    let small = pattern(128 << 10, 1);
+    let large = pattern((5 << 20) + 333, 2); // above max_object_size: leased part by part
+    std::fs::write(d.root().join("small"), &small).unwrap();
+    std::fs::write(d.root().join("large"), &large).unwrap();
+    std::fs::write(d.root().join("empty"), b"").unwrap();
+    let maps = map_segments(&fd_socket(&d));
+    let mut client = connect(d.socket()).await;
+    let mut s = RawSession::open(&mut client, true).await;
+    assert!(s.opened.shared_memory);
+    assert_eq!(s.opened.segments.len(), maps.len());
+    for seg in &s.opened.segments {
+        assert_eq!(maps[&seg.id].slice(0, 0).len(), 0);
+    }
+    let range = v1::ByteRange {
+        offset: 1000,
+        length: 50_000,
+        to_end: false,
+    };
+    s.fetch(1, &d.file_uri("small"), None).await;
+    s.fetch(2, &d.file_uri("large"), None).await;
+    s.fetch(3, &d.file_uri("missing"), None).await;
+    s.fetch(4, &d.file_uri("small"), Some(range)).await;
+    s.fetch(5, &d.file_uri("empty"), None).await;
+    let done = collect(&mut s, 5).await;
+    let bytes = |id: u64| -> Vec<u8> {
+        let extents = done[&id].as_ref().unwrap();
+        let mut out = Vec::new();
+        for e in extents {
+            assert_eq!(
+                e.object_offset,
+                extents[0].object_offset + out.len() as u64,
+                "extents in order"
+            );
+            out.extend_from_slice(maps[&e.segment].slice(e.segment_offset, e.length));
+        }
+        out
+    };
+    assert!(bytes(1) == small, "whole small object");
+    assert_eq!(
+        done[&1].as_ref().unwrap().len(),
+        1,
+        "a small object is one extent"
+    );
+    assert!(bytes(2) == large, "large object, part by part");
+    assert!(
+        done[&2].as_ref().unwrap().len() > 1,
+        "a large object comes in parts"
+    );
+    assert_eq!(done[&3].as_ref().unwrap_err().code, Code::NotFound as i32);
+    assert!(bytes(4) == small[1000..51_000], "ranged fetch");
+    assert!(bytes(5).is_empty());
+    assert_eq!(
+        done[&1].as_ref().unwrap()[0].meta.as_ref().unwrap().size,
+        small.len() as u64
+    );
+
+    let leased: u64 = done.values().flatten().flatten().map(|e| e.length).sum();
+    assert_eq!(leased_bytes(&d).await, leased as f64);
+    let ids: Vec<u64> = done[&1]
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| e.lease_id)
+        .collect();
+    s.release(ids).await;
+    wait_leased(&d, (leased - small.len() as u64) as f64).await;
+    // Ending the session releases the rest.
+    drop(s);
+    wait_leased(&d, 0.0).await;
+    let (_, body) = http_get(d.http(), "/metrics").await;
+    assert!(
+        metric(
+            &body,
+            "sluice_session_delivered_bytes_total{transport=\"shm\"}"
+        ) >= leased as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_shared_memory_results_come_as_chunks() {
+    let d = TestDaemon::start_with(|c| c.read.chunk_size = ByteSize(64 << 10)).await;
+    let data = pattern(300_000, 3);
+    std::fs::write(d.root().join("o"), &data).unwrap();
+    let mut client = connect(d.socket()).await;
+    let mut s = RawSession::open(&mut client, false).await;
+    assert!(!s.opened.shared_memory);
+    s.fetch(7, &d.file_uri("o"), None).await;
+    let mut got = Vec::new();
+    loop {
+        match s.next().await {
+            Out::Chunk(c) => {
+                assert_eq!((c.id, c.offset), (7, got.len() as u64));
+                got.extend_from_slice(&c.data);
+                if c.last {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got == data);
+    assert_eq!(leased_bytes(&d).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_quota_is_enforced() {
+    let d = TestDaemon::start_with(|c| {
+        c.session.lease_quota = ByteSize(1 << 20);
+        c.session.lease_wait = Duration::from_millis(200);
+    })
+    .await;
+    for i in 0..3 {
+        std::fs::write(d.root().join(format!("o{i}")), pattern(600 << 10, i)).unwrap();
+    }
+    std::fs::write(d.root().join("huge"), pattern(2 << 20, 9)).unwrap();
+    let mut client = connect(d.socket()).await;
+    let mut s = RawSession::open(&mut client, true).await;
+    assert_eq!(s.opened.lease_quota, 1 << 20);
+    s.fetch(1, &d.file_uri("o0"), None).await;
+    let first = collect(&mut s, 1).await.remove(&1).unwrap().unwrap();
+    s.fetch(2, &d.file_uri("o1"), None).await;
+    let err = collect(&mut s, 1).await.remove(&2).unwrap().unwrap_err();
+    assert_eq!(err.code, Code::ResourceExhausted as i32, "{}", err.message);
+    assert!(
+        err.message.contains("1048576"),
+        "names the quota: {}",
+        err.message
+    );
+    s.fetch(3, &d.file_uri("huge"), None).await;
+    let err = collect(&mut s, 1).await.remove(&3).unwrap().unwrap_err();
+    assert_eq!(err.code, Code::ResourceExhausted as i32, "{}", err.message);
+    // After a release the same fetch fits.
+    s.release(vec![first[0].lease_id]).await;
+    s.fetch(4, &d.file_uri("o2"), None).await;
+    assert!(collect(&mut s, 1).await.remove(&4).unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pressure_on_the_cache_never_frees_a_leased_extent() {
+    // An 8 MiB arena; one leased 1 MiB object, then 40 MiB of other
+    // objects read through it, so everything unleased is evicted many times.
+    let d = TestDaemon::start_with(|c| {
+        c.cache.memory_budget = ByteSize::mib(8);
+        c.cache.segment_size = ByteSize::mib(2);
+        c.engine.part_size = ByteSize::mib(1);
+        c.write.part_size = ByteSize::mib(1);
+    })
+    .await;
+    let held = pattern(1 << 20, 42);
+    std::fs::write(d.root().join("held"), &held).unwrap();
+    for i in 0..40 {
+        std::fs::write(d.root().join(format!("o{i}")), pattern(1 << 20, i)).unwrap();
+    }
+    let maps = map_segments(&fd_socket(&d));
+    let mut client = connect(d.socket()).await;
+    let mut s = RawSession::open(&mut client, true).await;
+    s.fetch(1, &d.file_uri("held"), None).await;
+    let extent = collect(&mut s, 1)
+        .await
+        .remove(&1)
+        .unwrap()
+        .unwrap()
+        .remove(0);
+    for round in 0..2 {
+        for i in 0..40 {
+            let (_, got) = read(&mut client, &d.file_uri(&format!("o{i}")), None)
+                .await
+                .unwrap();
+            assert!(got == pattern(1 << 20, i), "round {round} object {i}");
+        }
+    }
+    let seen = maps[&extent.segment].slice(extent.segment_offset, extent.length);
+    assert!(
+        seen == held,
+        "a leased extent was overwritten under cache pressure"
+    );
+    let (_, body) = http_get(d.http(), "/metrics").await;
+    assert!(
+        metric(&body, "sluice_cache_evictions_total") >= 30.0,
+        "the cache was under pressure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_arena_leaves_nothing_in_dev_shm() {
+    let before: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let d = TestDaemon::start().await;
+    let _maps = map_segments(&fd_socket(&d));
+    let after: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let new: Vec<_> = after.iter().filter(|n| !before.contains(n)).collect();
+    assert!(new.is_empty(), "{new:?}");
+}
