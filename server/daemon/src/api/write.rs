@@ -12,7 +12,9 @@
 //! aborts the upload and is reported; an upload is never completed unless
 //! every byte the client sent arrived and every part succeeded.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use sluice_engine::Reader;
+use sluice_engine::budget::Reservation;
 use sluice_proto::v1;
 use sluice_proto::v1::write_request::Msg;
 use sluice_storage::{MultipartUpload, ObjectUri, Storage};
@@ -43,23 +45,18 @@ pub(super) async fn write(
         let uri = parse_uri(&header.uri)?;
         let storage = svc.reader.storage(&uri).map_err(|e| read_status(&e))?;
         let part_size = svc.config.write.part_size.0.max(storage.min_part_size());
-        let reservation = svc
-            .reader
-            .budget()
-            .reserve(part_size, svc.reader.cache())
-            .await
-            .map_err(|e| Status::resource_exhausted(format!("{uri}: {e}")))?;
         let mut up = Upload {
             uri: &uri,
             storage: storage.as_ref(),
-            part_size: part_size as usize,
-            buf: BytesMut::with_capacity(part_size as usize),
+            reader: &svc.reader,
+            part_size,
+            part: None,
+            filled: 0,
             multipart: None,
             parts: 0,
             total: 0,
         };
         let result = up.run(&mut stream, header.size_hint, svc).await;
-        drop(reservation);
         svc.reader.invalidate(&uri);
         match result {
             Ok(resp) => Ok(resp),
@@ -76,8 +73,12 @@ pub(super) async fn write(
 struct Upload<'a> {
     uri: &'a ObjectUri,
     storage: &'a dyn Storage,
-    part_size: usize,
-    buf: BytesMut,
+    reader: &'a Reader,
+    part_size: u64,
+    /// The part being filled: an arena extent, so an upload's buffer counts
+    /// against the memory budget like every other payload byte.
+    part: Option<Reservation>,
+    filled: usize,
     multipart: Option<Box<dyn MultipartUpload>>,
     parts: u32,
     total: u64,
@@ -112,10 +113,24 @@ impl Upload<'_> {
                 return Err(self.size_mismatch(size_hint));
             }
             while !data.is_empty() {
-                let room = self.part_size - self.buf.len();
-                let take = room.min(data.len());
-                self.buf.extend_from_slice(&data.split_to(take));
-                if self.buf.len() == self.part_size {
+                if self.part.is_none() {
+                    let r = self
+                        .reader
+                        .budget()
+                        .reserve(self.part_size, self.reader.cache())
+                        .await;
+                    self.part =
+                        Some(r.map_err(|e| {
+                            Status::resource_exhausted(format!("{}: {e}", self.uri))
+                        })?);
+                    self.filled = 0;
+                }
+                let part = self.part.as_mut().expect("reserved above");
+                let dst = &mut part.as_mut_slice()[self.filled..];
+                let take = dst.len().min(data.len());
+                dst[..take].copy_from_slice(&data.split_to(take));
+                self.filled += take;
+                if self.filled as u64 == self.part_size {
                     self.send_part().await?;
                 }
             }
@@ -137,15 +152,15 @@ impl Upload<'_> {
         }
         let m = match self.multipart.take() {
             None => {
-                let data = self.buf.split().freeze();
+                let data = self.take_part();
                 self.storage
                     .put(self.uri, data)
                     .await
                     .map_err(|e| storage_status(&e))?
             }
             Some(mut mp) => {
-                if !self.buf.is_empty() {
-                    let last = self.buf.split().freeze();
+                if self.filled > 0 {
+                    let last = self.take_part();
                     let res = mp.put_part(last).await;
                     self.multipart = Some(mp);
                     res.map_err(|e| storage_status(&e))?;
@@ -170,11 +185,20 @@ impl Upload<'_> {
                 .map_err(|e| storage_status(&e))?;
             self.multipart = Some(mp);
         }
-        let part: Bytes = self.buf.split().freeze();
+        let part = self.take_part();
         let mp = self.multipart.as_mut().expect("started above");
         mp.put_part(part).await.map_err(|e| storage_status(&e))?;
         self.parts += 1;
         Ok(())
+    }
+
+    /// The filled bytes of the current part (empty if none).
+    fn take_part(&mut self) -> Bytes {
+        let filled = std::mem::take(&mut self.filled);
+        match self.part.take() {
+            Some(r) => r.into_bytes().slice(..filled),
+            None => Bytes::new(),
+        }
     }
 
     fn size_mismatch(&self, hint: u64) -> Status {
