@@ -2,8 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use sluice_proto::v1::session_response::Msg as Out;
 use sluice_tests::daemon::DaemonProcess;
 use sluice_tests::grpc::{connect, pattern, read};
+use sluice_tests::shm::{RawSession, map_segments};
 
 /// Peak resident set size of a process, in bytes.
 fn peak_rss(pid: u32) -> u64 {
@@ -104,6 +106,106 @@ async fn rss_stays_within_budget_plus_overhead_under_load() {
     // (11 GiB moved) or a cache ignoring its budget (352 MiB of distinct
     // objects) would exceed it by far.
     let overhead = (64 << 20) + 16 * (10 << 20);
+    assert!(
+        peak <= baseline + BUDGET + overhead,
+        "peak RSS {} MiB > baseline {} MiB + budget 64 MiB + {} MiB",
+        peak >> 20,
+        baseline >> 20,
+        overhead >> 20
+    );
+}
+
+fn fd_socket(p: &DaemonProcess) -> std::path::PathBuf {
+    let mut s = p.socket.as_os_str().to_owned();
+    s.push(".fds");
+    s.into()
+}
+
+/// Fetches `uri` on a raw session and returns its single extent.
+async fn fetch_one(s: &mut RawSession, id: u64, uri: &str) -> sluice_proto::v1::LeasedExtent {
+    s.fetch(id, uri, None).await;
+    match s.next().await {
+        Out::Extent(e) if e.id == id && e.last => e,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_gives_clients_an_error_not_a_hang() {
+    let mut p = DaemonProcess::spawn(&["--memory-budget", "64MiB"]);
+    let data = pattern(256 << 10, 5);
+    std::fs::write(p.root.join("o"), &data).unwrap();
+    let uri = format!("file://{}/o", p.root.display());
+    let maps = map_segments(&fd_socket(&p));
+    let mut client = connect(&p.socket).await;
+    let mut s = RawSession::open(&mut client, true).await;
+    let e = fetch_one(&mut s, 1, &uri).await;
+
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(10));
+    // The session ends with an error, promptly.
+    let next = tokio::time::timeout(Duration::from_secs(5), s.rx.message())
+        .await
+        .expect("no hang");
+    assert!(next.is_err() || matches!(next, Ok(None)), "{next:?}");
+    // New calls fail with a clear code, not a hang.
+    let err = tokio::time::timeout(Duration::from_secs(5), read(&mut client, &uri, None))
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    // What was leased stays readable: the memfd lives while it is mapped.
+    assert!(maps[&e.segment].slice(e.segment_offset, e.length) == data);
+    let shm: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!shm.iter().any(|n| n.contains("sluice")), "{shm:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_sessions_stay_within_budget_plus_overhead() {
+    const BUDGET: u64 = 64 << 20;
+    let p = DaemonProcess::spawn(&["--memory-budget", "64MiB"]);
+    let pid = p.child.id();
+    let mut uris = Vec::new();
+    for i in 0..40 {
+        std::fs::write(p.root.join(format!("o{i}")), pattern(1 << 20, i)).unwrap();
+        uris.push(format!("file://{}/o{i}", p.root.display()));
+    }
+    let maps = std::sync::Arc::new(map_segments(&fd_socket(&p)));
+    let baseline = peak_rss(pid);
+    let sessions = (0..100).map(|c| {
+        let (socket, uris, maps) = (p.socket.clone(), uris.clone(), maps.clone());
+        tokio::spawn(async move {
+            let mut client = connect(socket).await;
+            let mut s = RawSession::open(&mut client, true).await;
+            let mut checked = 0;
+            for k in 0..20u64 {
+                let i = (c * 7 + k as usize) % uris.len();
+                let e = fetch_one(&mut s, k + 1, &uris[i]).await;
+                let bytes = maps[&e.segment].slice(e.segment_offset, e.length);
+                assert!(bytes == pattern(1 << 20, i as u8), "session {c} object {i}");
+                checked += bytes.len();
+                s.release(vec![e.lease_id]).await;
+            }
+            checked
+        })
+    });
+    let total: usize = futures::future::join_all(sessions)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
+    assert_eq!(total, 100 * 20 * (1 << 20));
+    let peak = peak_rss(pid);
+    // Runtime and allocator (64 MiB) plus per-connection HTTP/2 state
+    // (512 KiB per session allowed). The payload itself lives only in the
+    // arena, whatever the number of sessions.
+    let overhead = (64 << 20) + 100 * (512 << 10);
     assert!(
         peak <= baseline + BUDGET + overhead,
         "peak RSS {} MiB > baseline {} MiB + budget 64 MiB + {} MiB",

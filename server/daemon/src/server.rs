@@ -74,7 +74,10 @@ impl Daemon {
         let unix = bind_unix(&config.server.socket, config.socket_mode()?)?;
         let fds = if config.session.shared_memory {
             let path = config.fd_socket();
-            Some((crate::session::fds::bind(&path, config.socket_mode()?)?, path))
+            Some((
+                crate::session::fds::bind(&path, config.socket_mode()?)?,
+                path,
+            ))
         } else {
             None
         };

@@ -138,7 +138,9 @@ impl MemoryBudget {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(extent) = self.arena.try_alloc(need) {
-                return Ok(Reservation { extent: Some(extent) });
+                return Ok(Reservation {
+                    extent: Some(extent),
+                });
             }
             if evict.evict_one() {
                 continue;
@@ -182,12 +184,19 @@ mod tests {
         assert!(bytes.iter().all(|&x| x == 7));
         let clone = bytes.slice(10..20);
         drop(bytes);
-        assert_eq!(b.available(), 4 * PAGE, "a live slice keeps the whole extent");
+        assert_eq!(
+            b.available(),
+            4 * PAGE,
+            "a live slice keeps the whole extent"
+        );
         let err = b.reserve(5 * PAGE, &Nothing).await.unwrap_err();
         assert!(matches!(err, BudgetError::Exhausted { .. }), "{err}");
         drop(clone);
         assert_eq!(b.available(), 10 * PAGE);
-        assert!(matches!(b.reserve(11 * PAGE, &Nothing).await, Err(BudgetError::TooLarge { .. })));
+        assert!(matches!(
+            b.reserve(11 * PAGE, &Nothing).await,
+            Err(BudgetError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -195,7 +204,8 @@ mod tests {
         let b = budget(10, Duration::from_secs(5));
         let held = b.reserve(10 * PAGE, &Nothing).await.unwrap();
         let b2 = b.clone();
-        let waiter = tokio::spawn(async move { b2.reserve(3 * PAGE, &Nothing).await.map(|r| r.len()) });
+        let waiter =
+            tokio::spawn(async move { b2.reserve(3 * PAGE, &Nothing).await.map(|r| r.len()) });
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(held);
         assert_eq!(waiter.await.unwrap().unwrap(), 3 * PAGE);

@@ -51,6 +51,11 @@ pub struct MemoryMetrics {
     pub reserved: Gauge,
     /// Reservations that failed past their deadline.
     pub exhausted: Counter,
+    /// Largest free extent of the arena (fragmentation: a reservation
+    /// larger than this must evict or wait even if enough bytes are free).
+    pub largest_free: Gauge,
+    /// Arena segments (descriptors each client maps).
+    pub segments: Gauge,
 }
 
 /// Backend operations, the `operation` label.
@@ -171,6 +176,17 @@ impl EngineMetrics {
         r.register_with_unit("size", "Bytes in the cache", Unit::Bytes, c.bytes.clone());
         let m = &self.memory;
         let r = registry.sub_registry_with_prefix("memory");
+        r.register_with_unit(
+            "largest_free",
+            "Largest free extent of the shared-memory arena",
+            Unit::Bytes,
+            m.largest_free.clone(),
+        );
+        r.register(
+            "segments",
+            "Shared-memory arena segments",
+            m.segments.clone(),
+        );
         r.register_with_unit(
             "budget",
             "Configured payload memory budget",

@@ -176,6 +176,15 @@ impl Reader {
             .memory
             .reserved
             .set((b.total() - b.available().min(b.total())) as i64);
+        let arena = b.arena();
+        self.metrics
+            .memory
+            .largest_free
+            .set(arena.largest_free() as i64);
+        self.metrics
+            .memory
+            .segments
+            .set(arena.segments().len() as i64);
     }
 
     fn max_cached(&self) -> u64 {

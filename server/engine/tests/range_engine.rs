@@ -62,7 +62,8 @@ fn engine(part: u64, per_object: usize, global: usize) -> RangeEngine {
 
 fn memory(total: u64) -> Memory {
     Memory {
-        budget: MemoryBudget::with_capacity(total, total.min(1 << 30), Duration::from_secs(5)).unwrap(),
+        budget: MemoryBudget::with_capacity(total, total.min(1 << 30), Duration::from_secs(5))
+            .unwrap(),
         evict: Arc::new(NoEvict),
     }
 }
@@ -216,7 +217,10 @@ async fn a_part_larger_than_the_budget_fails_with_resource_exhausted() {
         .fetch(fx.fault.clone(), &uri, None, &memory(8192), u64::MAX)
         .await
         .unwrap_err();
-    assert!(matches!(err, sluice_engine::ReadError::Memory { .. }), "{err}");
+    assert!(
+        matches!(err, sluice_engine::ReadError::Memory { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]

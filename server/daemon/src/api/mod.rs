@@ -94,7 +94,11 @@ impl Sluice for SluiceService {
         &self,
         req: Request<Streaming<v1::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let (reader, config, metrics) = (self.reader.clone(), self.config.clone(), self.metrics.clone());
+        let (reader, config, metrics) = (
+            self.reader.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+        );
         crate::session::open(reader, config, metrics, req.into_inner())
             .await
             .map(Response::new)

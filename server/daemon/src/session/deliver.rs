@@ -21,14 +21,21 @@ pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
     let res = async {
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
-        ctx.reader.read(&uri, range, false).await.map_err(|e| read_status(&e))
+        ctx.reader
+            .read(&uri, range, false)
+            .await
+            .map_err(|e| read_status(&e))
     }
     .await;
     ctx.metrics.session.observe_wait(started.elapsed());
     let delivered = match res {
         Ok(out) => {
             ctx.metrics.rpc.served(out.source);
-            if ctx.shm { extents(&ctx, req.id, out).await } else { chunks(&ctx, req.id, out).await }
+            if ctx.shm {
+                extents(&ctx, req.id, out).await
+            } else {
+                chunks(&ctx, req.id, out).await
+            }
         }
         Err(status) => Err(status),
     };
@@ -64,11 +71,9 @@ async fn extents(ctx: &SessionCtx, id: u64, out: ReadOutput) -> Result<(), Statu
         let (segment, segment_offset, lease_id) = if len == 0 {
             (0, 0, 0)
         } else {
-            let (segment, at) = ctx
-                .reader
-                .arena()
-                .locate(piece.as_ptr())
-                .ok_or_else(|| Status::internal(format!("{uri}: payload outside the shared-memory arena")))?;
+            let (segment, at) = ctx.reader.arena().locate(piece.as_ptr()).ok_or_else(|| {
+                Status::internal(format!("{uri}: payload outside the shared-memory arena"))
+            })?;
             let lease = ctx.leases.lease(&uri, piece, out.pin.clone()).await?;
             (segment, at, lease)
         };

@@ -59,7 +59,12 @@ impl LeaseTable {
     }
 
     /// Leases `bytes`; returns the lease id. Waits for quota, bounded.
-    pub(crate) async fn lease(&self, uri: &str, bytes: Bytes, pin: Option<Arc<CachedObject>>) -> Result<u64, Status> {
+    pub(crate) async fn lease(
+        &self,
+        uri: &str,
+        bytes: Bytes,
+        pin: Option<Arc<CachedObject>>,
+    ) -> Result<u64, Status> {
         let len = bytes.len() as u64;
         if len > self.quota_bytes || len > u64::from(u32::MAX) {
             return Err(Status::resource_exhausted(format!(
@@ -115,17 +120,28 @@ mod tests {
         let t = Arc::new(LeaseTable::new(100, Duration::from_secs(2), gauge.clone()));
         let a = t.lease("u", Bytes::from(vec![0; 60]), None).await.unwrap();
         assert_eq!(gauge.get(), 60);
-        let err = t.lease("u", Bytes::from(vec![0; 50]), None).await.unwrap_err();
+        let err = t
+            .lease("u", Bytes::from(vec![0; 50]), None)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        assert!(err.message().contains("quota of 100 bytes"), "{}", err.message());
+        assert!(
+            err.message().contains("quota of 100 bytes"),
+            "{}",
+            err.message()
+        );
         // A waiting lease gets in once another is released.
         let t2 = t.clone();
-        let waiter = tokio::spawn(async move { t2.lease("u", Bytes::from(vec![0; 50]), None).await });
+        let waiter =
+            tokio::spawn(async move { t2.lease("u", Bytes::from(vec![0; 50]), None).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(t.release(&[a, 9999]), 1);
         waiter.await.unwrap().unwrap();
         assert_eq!(t.leased(), 50);
-        let err = t.lease("u", Bytes::from(vec![0; 101]), None).await.unwrap_err();
+        let err = t
+            .lease("u", Bytes::from(vec![0; 101]), None)
+            .await
+            .unwrap_err();
         assert!(err.message().contains("exceeds"), "{}", err.message());
         drop(t);
         assert_eq!(gauge.get(), 0, "dropping the table releases everything");

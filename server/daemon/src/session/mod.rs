@@ -52,7 +52,10 @@ pub(crate) struct SessionCtx {
 impl SessionCtx {
     /// Sends one response; false when the client is gone.
     pub(crate) async fn send(&self, msg: Out) -> bool {
-        self.out.send(Ok(v1::SessionResponse { msg: Some(msg) })).await.is_ok()
+        self.out
+            .send(Ok(v1::SessionResponse { msg: Some(msg) }))
+            .await
+            .is_ok()
     }
 }
 
@@ -64,8 +67,14 @@ pub(crate) async fn open(
     mut inbound: Streaming<v1::SessionRequest>,
 ) -> Result<ResponseStream<v1::SessionResponse>, Status> {
     let open = match inbound.message().await? {
-        Some(v1::SessionRequest { msg: Some(In::Open(o)) }) => o,
-        _ => return Err(Status::invalid_argument("the first session message must be open")),
+        Some(v1::SessionRequest {
+            msg: Some(In::Open(o)),
+        }) => o,
+        _ => {
+            return Err(Status::invalid_argument(
+                "the first session message must be open",
+            ));
+        }
     };
     let cfg = &config.session;
     let shm = open.shared_memory && cfg.shared_memory;
@@ -79,12 +88,17 @@ pub(crate) async fn open(
         segments: reader
             .arena()
             .segments()
-            .map(|s| v1::ArenaSegment { id: s.id, size: s.len })
+            .map(|s| v1::ArenaSegment {
+                id: s.id,
+                size: s.len,
+            })
             .collect(),
     };
-    tx.send(Ok(v1::SessionResponse { msg: Some(Out::Opened(opened)) }))
-        .await
-        .map_err(|_| Status::cancelled("client left"))?;
+    tx.send(Ok(v1::SessionResponse {
+        msg: Some(Out::Opened(opened)),
+    }))
+    .await
+    .map_err(|_| Status::cancelled("client left"))?;
     let leased = metrics.session.leased_bytes.clone();
     let leases = Arc::new(LeaseTable::new(cfg.lease_quota.0, cfg.lease_wait, leased));
     let ctx = Arc::new(SessionCtx {

@@ -255,7 +255,9 @@ impl SessionMetrics {
 
     /// Counter of payload bytes delivered by `transport`.
     pub fn delivered(&self, transport: &'static str) -> Counter {
-        self.delivered.get_or_create(&TransportLabels { transport }).clone()
+        self.delivered
+            .get_or_create(&TransportLabels { transport })
+            .clone()
     }
 
     /// Records how long a fetch waited for its data.
@@ -266,7 +268,12 @@ impl SessionMetrics {
     fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("session");
         r.register("active", "Session streams open", self.active.clone());
-        r.register_with_unit("leased", "Payload bytes leased to clients", Unit::Bytes, self.leased_bytes.clone());
+        r.register_with_unit(
+            "leased",
+            "Payload bytes leased to clients",
+            Unit::Bytes,
+            self.leased_bytes.clone(),
+        );
         r.register_with_unit(
             "delivered",
             "Payload bytes delivered by sessions, by transport",
