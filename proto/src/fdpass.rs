@@ -55,12 +55,18 @@ pub fn recv_segments(sock: &UnixStream) -> io::Result<Vec<SegmentFd>> {
     loop {
         let (bytes, fds) = recv(sock)?;
         if bytes.len() < HEADER {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "descriptor socket closed early"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "descriptor socket closed early",
+            ));
         }
         let total = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
         let count = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
         if bytes.len() != HEADER + count * ENTRY || fds.len() != count {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed segment table"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed segment table",
+            ));
         }
         for (i, fd) in fds.into_iter().enumerate() {
             let e = &bytes[HEADER + i * ENTRY..HEADER + (i + 1) * ENTRY];
@@ -109,7 +115,11 @@ fn send(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
             (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg) as *mut RawFd, fds.len());
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(cmsg) as *mut RawFd,
+                fds.len(),
+            );
         }
     }
     // SAFETY: msg points at live buffers for the duration of the call.
@@ -118,7 +128,10 @@ fn send(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     if n as usize != data.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg of segment table"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short sendmsg of segment table",
+        ));
     }
     Ok(())
 }
@@ -161,7 +174,10 @@ fn recv(sock: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "descriptors truncated"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "descriptors truncated",
+        ));
     }
     data.truncate(n as usize);
     Ok((data, fds))
@@ -178,8 +194,11 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let mut files: Vec<std::fs::File> = (0..205).map(|_| tempfile_with(b"x")).collect();
         files[3].write_all(b"segment three").unwrap();
-        let table: Vec<(u32, u64, BorrowedFd<'_>)> =
-            files.iter().enumerate().map(|(i, f)| (i as u32 + 10, 4096 * i as u64, f.as_fd())).collect();
+        let table: Vec<(u32, u64, BorrowedFd<'_>)> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (i as u32 + 10, 4096 * i as u64, f.as_fd()))
+            .collect();
         send_segments(&a, &table).unwrap();
         let got = recv_segments(&b).unwrap();
         assert_eq!(got.len(), 205, "two batches");
