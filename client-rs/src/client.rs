@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::list::{self, Entry, ListPage};
 use crate::read::{self, ReadStream};
 use crate::read_many::{ReadItem, ReadManyStream};
+use crate::session::{self, Session, SessionOptions};
 use crate::write::{self, Written};
 
 /// A connection to a sluice daemon.
@@ -148,6 +149,13 @@ impl Client {
         };
         let stream = self.inner.clone().read_many(request).await?.into_inner();
         Ok(ReadManyStream::new(items, stream))
+    }
+
+    /// Opens a [`Session`]: one long-lived stream for pipelined fetches,
+    /// with results as leases on the daemon's shared memory where it offers
+    /// it (see [`SessionOptions`]).
+    pub async fn session(&self, options: SessionOptions) -> Result<Session> {
+        session::open(self.inner.clone(), &self.address, options).await
     }
 
     /// Uploads the bytes of `data` to `uri`, in chunks of

@@ -12,6 +12,7 @@
 //! themselves.
 
 use std::io;
+use std::path::PathBuf;
 
 use tonic::Code;
 
@@ -33,7 +34,8 @@ pub enum Error {
         #[source]
         status: tonic::Status,
     },
-    /// One item of a `ReadMany` call failed; the other items are unaffected.
+    /// One item of a `ReadMany` call, or one fetch of a session, failed; the
+    /// other items and fetches are unaffected.
     #[error("{message}")]
     Item {
         /// The item's status code.
@@ -77,6 +79,29 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// The session stream with the daemon ended (the daemon stopped or
+    /// restarted, the connection broke): every fetch still owed, and every
+    /// later fetch of the session, fails with this. Leases already held stay
+    /// readable.
+    #[error("the session with the sluice daemon at {address} ended")]
+    SessionClosed {
+        /// The daemon address.
+        address: String,
+        /// The status the stream ended with, if it ended with one.
+        #[source]
+        status: Option<tonic::Status>,
+    },
+    /// Shared-memory delivery was required but could not be set up.
+    #[error("shared memory through {}: {reason}", path.display())]
+    SharedMemory {
+        /// The daemon's descriptor socket.
+        path: PathBuf,
+        /// What failed.
+        reason: &'static str,
+        /// The system error, where there was one.
+        #[source]
+        source: Option<io::Error>,
+    },
     /// Reading the local data of an upload failed; the upload was cancelled.
     #[error("reading the data to upload to {uri}")]
     Io {
@@ -93,7 +118,9 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Status { code, .. } | Error::Item { code, .. } => *code,
-            Error::Connect { .. } => Code::Unavailable,
+            Error::Connect { .. } | Error::SessionClosed { .. } | Error::SharedMemory { .. } => {
+                Code::Unavailable
+            }
             Error::InvalidAddress { .. } | Error::InvalidRange { .. } => Code::InvalidArgument,
             Error::Protocol { .. } => Code::DataLoss,
             Error::Io { .. } => Code::Unknown,
@@ -207,5 +234,23 @@ mod tests {
         };
         assert!(error.is_invalid_argument());
         assert!(error.to_string().contains("ftp://x"));
+    }
+
+    #[test]
+    fn session_errors_are_unavailable_and_name_where() {
+        let error = Error::SessionClosed {
+            address: "unix:///run/s.sock".into(),
+            status: Some(tonic::Status::unavailable("connection reset")),
+        };
+        assert!(error.is_unavailable());
+        assert!(error.to_string().contains("unix:///run/s.sock"), "{error}");
+        assert!(std::error::Error::source(&error).is_some());
+        let error = Error::SharedMemory {
+            path: "/run/s.sock.fds".into(),
+            reason: "cannot connect to the descriptor socket",
+            source: Some(io::ErrorKind::NotFound.into()),
+        };
+        assert!(error.is_unavailable());
+        assert!(error.to_string().contains("/run/s.sock.fds"), "{error}");
     }
 }

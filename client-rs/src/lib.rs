@@ -16,10 +16,32 @@
 //! # }
 //! ```
 //!
+//! For training loops, a [`Session`] pipelines fetches over one stream and,
+//! on the daemon's node, hands out [`Lease`]s on its shared memory instead of
+//! copies:
+//!
+//! ```no_run
+//! # async fn demo(client: sluice_client::Client) -> sluice_client::Result<()> {
+//! use futures::StreamExt;
+//!
+//! let session = client.session(Default::default()).await?;
+//! let shards = (0..100).map(|i| format!("s3://bucket/train/shard-{i:04}.tar"));
+//! let mut results = std::pin::pin!(session.fetch_many(shards, false));
+//! while let Some((index, fetched)) = results.next().await {
+//!     for part in &fetched?.parts {
+//!         let bytes: &[u8] = part; // read-only, no copy; released on drop
+//!         # let _ = (index, bytes);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Module map: [`address`] parses daemon addresses and opens the channel,
 //! `client` holds [`Client`] and its calls, `read` the single-object
 //! [`ReadStream`], `read_many` the reassembly of batched reads, `write` the
-//! chunked uploads, `list` the paged listings, and `error` the one [`Error`]
+//! chunked uploads, `list` the paged listings, `session` the pipelined
+//! [`Session`] with shared-memory [`Lease`]s, and `error` the one [`Error`]
 //! type.
 
 pub mod address;
@@ -28,6 +50,7 @@ mod error;
 mod list;
 mod read;
 mod read_many;
+mod session;
 mod write;
 
 pub use address::{ADDRESS_ENV, Address, DEFAULT_ADDRESS};
@@ -36,6 +59,7 @@ pub use error::{Error, Result};
 pub use list::{Entry, ListPage};
 pub use read::ReadStream;
 pub use read_many::{ItemResult, ReadItem, ReadManyStream};
+pub use session::{Delivery, FetchParts, Fetched, Lease, Session, SessionOptions};
 pub use sluice_proto::v1::ObjectMeta;
 pub use tonic::Code;
 pub use write::Written;

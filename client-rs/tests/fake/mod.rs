@@ -1,7 +1,10 @@
 //! An in-memory stand-in for the daemon, serving the real `sluice.v1` API on
 //! a Unix socket, so the client's wire handling is tested end to end without
 //! the daemon crate. It cuts reads into small chunks and pages into two
-//! entries, so multi-chunk and multi-page paths run on small data.
+//! entries, so multi-chunk and multi-page paths run on small data. Its
+//! `Session` refuses shared memory (it has no arena) and delivers chunks;
+//! fetching [`HANG_UP`] ends the session with an error, as a daemon that
+//! goes away would.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -15,12 +18,16 @@ use futures::{Stream, StreamExt, stream};
 use sluice_proto::v1::sluice_server::{Sluice, SluiceServer};
 use sluice_proto::v1::*;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Read chunk size of the fake: small, so tests see several chunks.
 pub const CHUNK: usize = 64 << 10;
+/// Fetching this URI ends the session stream with `UNAVAILABLE`.
+pub const HANG_UP: &str = "fake://hang-up";
+/// Fetching this URI gets no answer (until the session ends).
+pub const NO_ANSWER: &str = "fake://no-answer";
 /// Entries per listing page: small, so tests walk several pages.
 const PAGE: usize = 2;
 
@@ -369,5 +376,73 @@ impl Sluice for Fake {
             return Err(Status::not_found(format!("not found: {}", request.uri)));
         };
         Ok(Response::new(DeleteResponse { deleted }))
+    }
+
+    type SessionStream = BoxStream<SessionResponse>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        use session_request::Msg as In;
+        use session_response::Msg as Out;
+        let mut requests = request.into_inner();
+        let Some(SessionRequest {
+            msg: Some(In::Open(_)),
+        }) = requests.message().await?
+        else {
+            return Err(Status::invalid_argument("first message must be `open`"));
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let fake = self.clone();
+        tokio::spawn(async move {
+            let send = |msg| {
+                let tx = tx.clone();
+                async move { tx.send(Ok(SessionResponse { msg: Some(msg) })).await }
+            };
+            let opened = SessionOpened {
+                session_id: 7,
+                lease_quota: 1 << 20,
+                ..Default::default()
+            };
+            send(Out::Opened(opened)).await?;
+            while let Ok(Some(request)) = requests.message().await {
+                let Some(In::Fetch(fetch)) = request.msg else {
+                    continue;
+                };
+                if fetch.uri == HANG_UP {
+                    let gone = Status::unavailable("fake daemon went away");
+                    return tx.send(Err(gone)).await;
+                }
+                if fetch.uri == NO_ANSWER {
+                    continue;
+                }
+                let chunks = match fake.chunks(&fetch.uri, fetch.range) {
+                    Ok(chunks) => chunks,
+                    Err(status) => {
+                        let error = FetchError {
+                            id: fetch.id,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        };
+                        send(Out::Error(error)).await?;
+                        continue;
+                    }
+                };
+                let n = chunks.len();
+                for (i, (meta, offset, data)) in chunks.into_iter().enumerate() {
+                    let chunk = FetchChunk {
+                        id: fetch.id,
+                        meta,
+                        offset,
+                        data,
+                        last: i + 1 == n,
+                    };
+                    send(Out::Chunk(chunk)).await?;
+                }
+            }
+            Ok(())
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
 }

@@ -6,6 +6,13 @@
 //! in flight whatever the objects' sizes. Each read runs in its own task so
 //! decoding spreads over all cores, as it would in a data loader.
 //!
+//! Three deliveries: `read` issues `Read` (or `ReadMany`) calls; `shm` and
+//! `stream` fetch through one [`Session`] with `--concurrency` fetches
+//! outstanding, leases on the daemon's shared memory or bytes in the stream.
+//! Each fetched object is touched, one byte per 4 KiB page, before its
+//! leases are dropped: reading mapped memory costs page faults, and a
+//! benchmark that never looks at the bytes would hide them.
+//!
 //! Throughput is reported in MB/s with MB = 10^6 bytes, the unit of network
 //! and disk datasheets.
 
@@ -14,7 +21,9 @@ use std::time::Instant;
 use anyhow::bail;
 use futures::{StreamExt, TryStreamExt, stream};
 use indicatif::ProgressBar;
-use sluice_client::{Client, Entry, ObjectMeta};
+use sluice_client::{
+    Address, Client, Delivery, Entry, Fetched, ObjectMeta, Session, SessionOptions,
+};
 
 use crate::commands::UriContext;
 use crate::progress;
@@ -32,6 +41,45 @@ pub struct BenchArgs {
     /// Objects per ReadMany call; 0 reads each object with its own Read call.
     #[arg(long, default_value_t = 0)]
     pub read_many_batch: u32,
+    /// How objects arrive: shm (session, leases on shared memory), stream
+    /// (session, bytes in the stream) or read (Read calls). Default: shm on
+    /// a Unix socket (stream if the daemon does not offer it), else read.
+    #[arg(long, value_enum)]
+    pub delivery: Option<DeliveryArg>,
+}
+
+/// The `--delivery` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryArg {
+    /// A session with shared-memory leases.
+    Shm,
+    /// A session with the bytes in the stream.
+    Stream,
+    /// `Read` or `ReadMany` calls.
+    Read,
+}
+
+/// How one bench runs: Read calls, or a session with this delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Read,
+    Session(Delivery),
+}
+
+/// The mode for the arguments and the daemon's address.
+fn mode(args: &BenchArgs, address: &str) -> anyhow::Result<Mode> {
+    let batched = args.read_many_batch > 0;
+    Ok(match args.delivery {
+        Some(DeliveryArg::Read) => Mode::Read,
+        Some(_) if batched => bail!("--read-many-batch needs --delivery read"),
+        Some(DeliveryArg::Shm) => Mode::Session(Delivery::SharedMemory),
+        Some(DeliveryArg::Stream) => Mode::Session(Delivery::Stream),
+        None if batched => Mode::Read,
+        None => match address.parse::<Address>() {
+            Ok(Address::Unix(_)) => Mode::Session(Delivery::Auto),
+            _ => Mode::Read,
+        },
+    })
 }
 
 /// What one pass read.
@@ -68,9 +116,21 @@ pub async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<()> {
         bail!("{}: no objects under the prefix", args.prefix);
     }
     let total: u64 = objects.iter().map(|m| m.size).sum();
-    let mode = match args.read_many_batch {
-        0 => "Read per object".to_owned(),
-        n => format!("ReadMany of {n} objects"),
+    let session = match mode(args, client.address())? {
+        Mode::Read => None,
+        Mode::Session(delivery) => {
+            let options = SessionOptions {
+                delivery,
+                window: args.concurrency as usize,
+            };
+            Some(client.session(options).await?)
+        }
+    };
+    let mode = match (&session, args.read_many_batch) {
+        (Some(s), _) if s.shared_memory() => "Session, shared memory".to_owned(),
+        (Some(_), _) => "Session, stream delivery".to_owned(),
+        (None, 0) => "Read per object".to_owned(),
+        (None, n) => format!("ReadMany of {n} objects"),
     };
     println!(
         "{} objects, {total} bytes under {}; {} in flight, {mode}",
@@ -81,9 +141,10 @@ pub async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<()> {
     for pass in 1..=args.passes {
         let bar = progress::bytes_bar(total, &format!("pass {pass}"));
         let started = Instant::now();
-        let totals = match args.read_many_batch {
-            0 => read_each(client, &objects, args.concurrency, &bar).await?,
-            n => read_batched(client, &objects, n, args.concurrency, &bar).await?,
+        let totals = match (&session, args.read_many_batch) {
+            (Some(session), _) => fetch_all(session, &objects, &bar).await?,
+            (None, 0) => read_each(client, &objects, args.concurrency, &bar).await?,
+            (None, n) => read_batched(client, &objects, n, args.concurrency, &bar).await?,
         };
         let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
         bar.finish_and_clear();
@@ -123,6 +184,40 @@ async fn read_each(
         })
     });
     sum_tasks(reads, concurrency).await
+}
+
+/// Every object through the session, its window full; each result is
+/// touched and dropped (so its leases are released) as soon as it arrives.
+async fn fetch_all(
+    session: &Session,
+    objects: &[ObjectMeta],
+    bar: &ProgressBar,
+) -> anyhow::Result<PassTotals> {
+    let uris = objects.iter().map(|meta| meta.uri.clone());
+    let mut results = std::pin::pin!(session.fetch_many(uris, false));
+    let mut totals = PassTotals::default();
+    while let Some((index, result)) = results.next().await {
+        let fetched = result.uri_context(&objects[index].uri)?;
+        std::hint::black_box(touch(&fetched));
+        totals = totals
+            + PassTotals {
+                objects: 1,
+                bytes: fetched.len(),
+            };
+        bar.inc(fetched.len());
+    }
+    Ok(totals)
+}
+
+/// Reads one byte of every 4 KiB page of the result; returns their sum.
+fn touch(fetched: &Fetched) -> u64 {
+    const PAGE: usize = 4096;
+    fetched
+        .parts
+        .iter()
+        .flat_map(|part| part.iter().step_by(PAGE))
+        .map(|&byte| u64::from(byte))
+        .sum()
 }
 
 /// `ReadMany` calls of `batch` objects, `concurrency` calls at a time.
@@ -177,6 +272,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(delivery: Option<DeliveryArg>, read_many_batch: u32) -> BenchArgs {
+        BenchArgs {
+            prefix: "file:///d/".into(),
+            concurrency: 8,
+            passes: 1,
+            read_many_batch,
+            delivery,
+        }
+    }
+
+    #[test]
+    fn delivery_defaults_to_a_session_on_unix_sockets() {
+        let unix = "unix:///run/s.sock";
+        let tcp = "http://127.0.0.1:7070";
+        assert_eq!(
+            mode(&args(None, 0), unix).unwrap(),
+            Mode::Session(Delivery::Auto)
+        );
+        assert_eq!(mode(&args(None, 0), tcp).unwrap(), Mode::Read);
+        assert_eq!(mode(&args(None, 8), unix).unwrap(), Mode::Read);
+        let shm = Some(DeliveryArg::Shm);
+        assert_eq!(
+            mode(&args(shm, 0), tcp).unwrap(),
+            Mode::Session(Delivery::SharedMemory)
+        );
+        let stream = Some(DeliveryArg::Stream);
+        assert_eq!(
+            mode(&args(stream, 0), unix).unwrap(),
+            Mode::Session(Delivery::Stream)
+        );
+        assert!(mode(&args(stream, 8), unix).is_err());
+        assert_eq!(
+            mode(&args(Some(DeliveryArg::Read), 8), unix).unwrap(),
+            Mode::Read
+        );
+    }
 
     #[test]
     fn report_uses_decimal_megabytes() {

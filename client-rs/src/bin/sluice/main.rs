@@ -175,6 +175,13 @@ mod tests {
             (args.concurrency, args.passes, args.read_many_batch),
             (32, 2, 0)
         );
+        assert_eq!(args.delivery, None);
+        let cli =
+            Cli::try_parse_from(["sluice", "bench", "--delivery", "stream", "f:///d/"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench");
+        };
+        assert_eq!(args.delivery, Some(bench::DeliveryArg::Stream));
     }
 
     #[test]

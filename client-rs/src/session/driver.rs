@@ -1,0 +1,326 @@
+//! The two directions of a session stream.
+//!
+//! Outgoing, [`Outgoing`] is the request body tonic pulls from: the open
+//! message first, then lease releases and fetches as they come. Releases
+//! go first, since they free quota that queued fetches may wait for; all
+//! the ids queued when the stream is polled go into one `ReleaseRequest`.
+//! The body ends when both the fetch sender (the `Session` handles) and the
+//! release sender (the session's [`Core`], held by handles and leases) are
+//! gone.
+//!
+//! Incoming, one driver task per session reads the responses and routes
+//! each to its fetch through [`Dispatch`], a map from fetch id to the
+//! fetch's [`Assembly`] and result channel. The driver, not the caller,
+//! turns extents into leases: a lease that cannot be delivered (its caller
+//! gave up, its fetch failed) is dropped there and so released, never
+//! leaked. When the stream ends or breaks, every fetch still owed fails with
+//! [`Error::SessionClosed`], and so does every later one: no caller waits on
+//! a session that is gone.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use sluice_proto::v1::session_request::Msg as Request;
+use sluice_proto::v1::session_response::Msg as Response;
+use sluice_proto::v1::{
+    FetchChunk, FetchError, LeasedExtent, ObjectMeta, ReleaseRequest, SessionRequest,
+};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::codec::Streaming;
+
+use super::assemble::{Accepted, Assembly, Piece};
+use super::lease::{Core, Lease};
+use crate::error::{Error, Result};
+
+/// Most lease ids in one `ReleaseRequest` (8 KiB of ids at most).
+const MAX_RELEASE_BATCH: usize = 1024;
+
+/// What a fetch's caller receives, in this order: the metadata, the parts,
+/// the end (or an error instead of any of them).
+#[derive(Debug)]
+pub(crate) enum Event {
+    Meta(ObjectMeta),
+    Part(Lease),
+    End,
+}
+
+/// A fetch waiting for pieces.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) assembly: Assembly,
+    pub(crate) events: mpsc::UnboundedSender<Result<Event>>,
+    /// The fetch's place in the session's window, freed when it completes.
+    pub(crate) _permit: OwnedSemaphorePermit,
+}
+
+/// The fetches of a session by id, and whether the session ended.
+#[derive(Debug)]
+pub(crate) struct Dispatch {
+    address: String,
+    fetches: HashMap<u64, Pending>,
+    /// Set when the stream ended, with the status it ended with, if any.
+    closed: Option<Option<tonic::Status>>,
+}
+
+impl Dispatch {
+    pub(crate) fn new(address: &str) -> Self {
+        Dispatch {
+            address: address.to_owned(),
+            fetches: HashMap::new(),
+            closed: None,
+        }
+    }
+
+    /// The error of every fetch once the session ended.
+    pub(crate) fn closed_error(&self) -> Error {
+        Error::SessionClosed {
+            address: self.address.clone(),
+            status: self.closed.clone().flatten(),
+        }
+    }
+
+    /// Adds a fetch; fails if the session already ended.
+    pub(crate) fn register(&mut self, id: u64, pending: Pending) -> Result<()> {
+        if self.closed.is_some() {
+            return Err(self.closed_error());
+        }
+        self.fetches.insert(id, pending);
+        Ok(())
+    }
+
+    /// Forgets a fetch whose caller gave up; its later pieces are released.
+    pub(crate) fn forget(&mut self, id: u64) {
+        self.fetches.remove(&id);
+    }
+
+    /// Ends the session: every fetch still owed fails.
+    fn close(&mut self, status: Option<tonic::Status>) {
+        self.closed = Some(status);
+        let error = self.closed_error();
+        for (_, pending) in self.fetches.drain() {
+            let _ = pending.events.send(Err(clone_closed(&error)));
+        }
+    }
+
+    /// Routes one response; `core` is `None` once the session is being torn
+    /// down (no lease can be made then, and none is needed).
+    fn handle(&mut self, response: Response, core: Option<&Arc<Core>>) {
+        match response {
+            Response::Extent(extent) => self.on_extent(extent, core),
+            Response::Chunk(chunk) => self.on_chunk(chunk),
+            Response::Error(error) => self.on_error(error),
+            // Only the first message may be `opened`; a repeat changes nothing.
+            Response::Opened(_) => {}
+        }
+    }
+
+    fn on_extent(&mut self, extent: LeasedExtent, core: Option<&Arc<Core>>) {
+        let (id, lease_id) = (extent.id, extent.lease_id);
+        let release = || {
+            if let Some(core) = core.filter(|_| lease_id != 0) {
+                core.release(lease_id);
+            }
+        };
+        let Some(pending) = self.fetches.get_mut(&id) else {
+            return release();
+        };
+        let mappings = core.and_then(|core| core.mappings());
+        let size = mappings.and_then(|m| m.size(extent.segment));
+        let accepted = match pending.assembly.extent(extent, size) {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                release();
+                return self.fail(id, error);
+            }
+        };
+        let part = match (&accepted.piece, core) {
+            (Piece::Extent { .. }, None) => {
+                let error = pending.assembly.error("session torn down");
+                return self.fail(id, error);
+            }
+            (
+                &Piece::Extent {
+                    segment,
+                    offset,
+                    len,
+                    lease_id,
+                },
+                Some(core),
+            ) => Lease::mapped(
+                Arc::clone(core),
+                segment,
+                offset,
+                len,
+                accepted.object_offset,
+                lease_id,
+            ),
+            (Piece::Empty, _) => {
+                release();
+                None
+            }
+            (Piece::Chunk(_), _) => None,
+        };
+        self.deliver(id, accepted, part);
+    }
+
+    fn on_chunk(&mut self, chunk: FetchChunk) {
+        let id = chunk.id;
+        let Some(pending) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        match pending.assembly.chunk(chunk) {
+            Ok(mut accepted) => {
+                let piece = std::mem::replace(&mut accepted.piece, Piece::Empty);
+                let part = match piece {
+                    Piece::Chunk(data) => Some(Lease::owned(accepted.object_offset, data)),
+                    _ => None,
+                };
+                self.deliver(id, accepted, part);
+            }
+            Err(error) => self.fail(id, error),
+        }
+    }
+
+    fn on_error(&mut self, error: FetchError) {
+        self.fail(error.id, Error::item(error.code, error.message));
+    }
+
+    /// Hands an accepted piece to its caller; forgets the fetch when it is
+    /// complete or the caller is gone (an undelivered lease is released as
+    /// it drops).
+    fn deliver(&mut self, id: u64, accepted: Accepted, part: Option<Lease>) {
+        let Some(pending) = self.fetches.get(&id) else {
+            return;
+        };
+        let mut open = true;
+        if let Some(meta) = accepted.meta {
+            open &= pending.events.send(Ok(Event::Meta(meta))).is_ok();
+        }
+        if let Some(part) = part {
+            open &= pending.events.send(Ok(Event::Part(part))).is_ok();
+        }
+        if accepted.last {
+            let _ = pending.events.send(Ok(Event::End));
+        }
+        if accepted.last || !open {
+            self.fetches.remove(&id);
+        }
+    }
+
+    fn fail(&mut self, id: u64, error: Error) {
+        if let Some(pending) = self.fetches.remove(&id) {
+            let _ = pending.events.send(Err(error));
+        }
+    }
+}
+
+fn clone_closed(error: &Error) -> Error {
+    match error {
+        Error::SessionClosed { address, status } => Error::SessionClosed {
+            address: address.clone(),
+            status: status.clone(),
+        },
+        _ => unreachable!("closed_error makes SessionClosed"),
+    }
+}
+
+/// Locks the dispatch; a panic elsewhere does not make its state unusable
+/// (every update is a single map operation).
+pub(crate) fn lock(dispatch: &Mutex<Dispatch>) -> MutexGuard<'_, Dispatch> {
+    dispatch.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads the session's responses until the stream ends, then fails what is
+/// still owed and signals `closed`.
+pub(crate) async fn run(
+    mut responses: Streaming<sluice_proto::v1::SessionResponse>,
+    dispatch: Arc<Mutex<Dispatch>>,
+    core: Weak<Core>,
+    closed: CancellationToken,
+) {
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(response)) => {
+                let Some(response) = response.msg else {
+                    continue;
+                };
+                let core = core.upgrade();
+                lock(&dispatch).handle(response, core.as_ref());
+            }
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    lock(&dispatch).close(status);
+    closed.cancel();
+}
+
+/// The request body of a session stream.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    open: Option<SessionRequest>,
+    releases: mpsc::UnboundedReceiver<u64>,
+    fetches: mpsc::Receiver<SessionRequest>,
+    releases_done: bool,
+    fetches_done: bool,
+}
+
+impl Outgoing {
+    pub(crate) fn new(
+        open: SessionRequest,
+        fetches: mpsc::Receiver<SessionRequest>,
+        releases: mpsc::UnboundedReceiver<u64>,
+    ) -> Self {
+        Outgoing {
+            open: Some(open),
+            releases,
+            fetches,
+            releases_done: false,
+            fetches_done: false,
+        }
+    }
+}
+
+impl Stream for Outgoing {
+    type Item = SessionRequest;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SessionRequest>> {
+        let this = &mut *self;
+        if let Some(open) = this.open.take() {
+            return Poll::Ready(Some(open));
+        }
+        if !this.releases_done {
+            let mut lease_ids = Vec::new();
+            match this
+                .releases
+                .poll_recv_many(cx, &mut lease_ids, MAX_RELEASE_BATCH)
+            {
+                Poll::Ready(0) => this.releases_done = true,
+                Poll::Ready(_) => {
+                    let release = Request::Release(ReleaseRequest { lease_ids });
+                    return Poll::Ready(Some(SessionRequest { msg: Some(release) }));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !this.fetches_done {
+            match this.fetches.poll_recv(cx) {
+                Poll::Ready(Some(fetch)) => return Poll::Ready(Some(fetch)),
+                Poll::Ready(None) => this.fetches_done = true,
+                Poll::Pending => {}
+            }
+        }
+        if this.releases_done && this.fetches_done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
