@@ -270,3 +270,20 @@ async fn the_arena_leaves_nothing_in_dev_shm() {
     let new: Vec<_> = after.iter().filter(|n| !before.contains(n)).collect();
     assert!(new.is_empty(), "{new:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_sessions_without_waiting_out_the_grace_period() {
+    let d = TestDaemon::start_with(|c| c.server.grace_period = Duration::from_secs(30)).await;
+    std::fs::write(d.root().join("o"), pattern(4096, 1)).unwrap();
+    let mut client = connect(d.socket()).await;
+    let mut s = RawSession::open(&mut client, true).await;
+    s.fetch(1, &d.file_uri("o"), None).await;
+    assert!(collect(&mut s, 1).await.remove(&1).unwrap().is_ok());
+    let started = Instant::now();
+    let stopping = tokio::spawn(d.stop());
+    let end = tokio::time::timeout(Duration::from_secs(10), s.rx.message()).await.expect("session ended");
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("daemon stopped").unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+}

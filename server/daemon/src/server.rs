@@ -121,10 +121,12 @@ impl Daemon {
     /// Serves until `shutdown` completes, then drains (see the module docs).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let addrs = self.addresses();
+        let stop = CancellationToken::new();
         let service = SluiceService::new(
             self.reader.clone(),
             self.config.clone(),
             self.metrics.clone(),
+            stop.clone(),
         );
         let grpc = SluiceServer::new(service)
             .max_decoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
@@ -141,7 +143,6 @@ impl Daemon {
             .add_service(reflection)
             .add_service(grpc);
 
-        let stop = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(true));
         let mut tasks = JoinSet::new();
         let uds = UnixListenerStream::new(self.unix);

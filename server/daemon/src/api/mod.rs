@@ -18,6 +18,7 @@ use futures::Stream;
 use sluice_engine::Reader;
 use sluice_proto::v1;
 use sluice_proto::v1::sluice_server::Sluice;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
@@ -32,15 +33,25 @@ pub struct SluiceService {
     reader: Arc<Reader>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins: sessions stop taking fetches, finish
+    /// the ones in flight and end.
+    draining: CancellationToken,
 }
 
 impl SluiceService {
-    /// A service reading through `reader`.
-    pub fn new(reader: Arc<Reader>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+    /// A service reading through `reader`; `draining` is cancelled when
+    /// shutdown begins.
+    pub fn new(
+        reader: Arc<Reader>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        draining: CancellationToken,
+    ) -> Self {
         SluiceService {
             reader,
             config,
             metrics,
+            draining,
         }
     }
 }
@@ -99,7 +110,8 @@ impl Sluice for SluiceService {
             self.config.clone(),
             self.metrics.clone(),
         );
-        crate::session::open(reader, config, metrics, req.into_inner())
+        let draining = self.draining.clone();
+        crate::session::open(reader, config, metrics, draining, req.into_inner())
             .await
             .map(Response::new)
     }

@@ -64,6 +64,7 @@ async fn extents(ctx: &SessionCtx, id: u64, out: ReadOutput) -> Result<(), Statu
     let mut offset = out.range.start;
     let mut parts = pieces(out.body).peekable();
     let delivered = ctx.metrics.session.delivered("shm");
+    let mut sent_any = false;
     while let Some(piece) = parts.next().await {
         let piece = piece.map_err(|e| read_status(&e))?;
         let last = std::pin::Pin::new(&mut parts).peek().await.is_none();
@@ -89,9 +90,21 @@ async fn extents(ctx: &SessionCtx, id: u64, out: ReadOutput) -> Result<(), Statu
         };
         offset += len;
         delivered.inc_by(len);
+        sent_any = true;
         if !ctx.send(Out::Extent(extent)).await {
             return Ok(()); // the client is gone; its leases go with the session
         }
+    }
+    if !sent_any {
+        // A body with no pieces still completes the fetch.
+        let extent = v1::LeasedExtent {
+            id,
+            meta: first.take(),
+            object_offset: offset,
+            last: true,
+            ..Default::default()
+        };
+        ctx.send(Out::Extent(extent)).await;
     }
     Ok(())
 }

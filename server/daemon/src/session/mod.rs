@@ -9,7 +9,9 @@
 //! owned by the response stream: when the client goes away — closes the
 //! stream, or dies and its connection drops — the response stream is
 //! dropped, the driver aborted, its fetches cancelled and its lease table
-//! dropped, which releases every lease of the session.
+//! dropped, which releases every lease of the session. On shutdown the
+//! driver stops taking fetches, finishes those in flight and ends the
+//! session with UNAVAILABLE.
 
 mod deliver;
 pub mod fds;
@@ -26,6 +28,7 @@ use sluice_proto::v1::session_response::Msg as Out;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::{Status, Streaming};
 
@@ -64,6 +67,7 @@ pub(crate) async fn open(
     reader: Arc<Reader>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    draining: CancellationToken,
     mut inbound: Streaming<v1::SessionRequest>,
 ) -> Result<ResponseStream<v1::SessionResponse>, Status> {
     let open = match inbound.message().await? {
@@ -110,7 +114,7 @@ pub(crate) async fn open(
         out: tx,
     });
     tracing::debug!(session = id, pid = open.pid, shm, "session opened");
-    let driver = AbortOnDropHandle::new(tokio::spawn(drive(ctx, inbound, id)));
+    let driver = AbortOnDropHandle::new(tokio::spawn(drive(ctx, inbound, draining, id)));
     // The response stream owns the driver and the leases: the session —
     // and every lease in it — lasts exactly as long as the call.
     let stream = ReceiverStream::new(rx).map(move |m| {
@@ -120,7 +124,12 @@ pub(crate) async fn open(
     Ok(Box::pin(stream))
 }
 
-async fn drive(ctx: Arc<SessionCtx>, mut inbound: Streaming<v1::SessionRequest>, id: u64) {
+async fn drive(
+    ctx: Arc<SessionCtx>,
+    mut inbound: Streaming<v1::SessionRequest>,
+    draining: CancellationToken,
+    id: u64,
+) {
     let _active = ctx.metrics.session.active_guard();
     let max = ctx.config.session.max_outstanding.max(1);
     let mut fetches = JoinSet::new();
@@ -130,6 +139,14 @@ async fn drive(ctx: Arc<SessionCtx>, mut inbound: Streaming<v1::SessionRequest>,
             continue;
         }
         tokio::select! {
+            () = draining.cancelled() => {
+                // Shutdown: take no more fetches, finish those in flight
+                // (the server's grace period bounds this), then end the
+                // session so the drain does not wait on an idle stream.
+                while fetches.join_next().await.is_some() {}
+                let _ = ctx.out.send(Err(Status::unavailable("the daemon is shutting down"))).await;
+                break;
+            }
             msg = inbound.message() => match msg {
                 Ok(Some(v1::SessionRequest { msg: Some(In::Fetch(f)) })) => {
                     fetches.spawn(deliver::fetch(ctx.clone(), f));
