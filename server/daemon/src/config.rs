@@ -181,9 +181,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            // Off EC2 the AWS SDK's region lookup in instance metadata fails
-            // at every start; that is expected, not worth a warning.
-            level: "info,aws_config::imds=error".into(),
+            level: "info".into(),
             format: "text".into(),
         }
     }

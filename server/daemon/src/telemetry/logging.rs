@@ -6,8 +6,14 @@ use crate::config::LogConfig;
 
 /// Installs the global subscriber: `RUST_LOG` overrides `log.level`.
 pub fn init(config: &LogConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    // Off EC2 the AWS SDK's region lookup in instance metadata fails at
+    // every start; that is expected, so it is quiet unless asked for.
+    let level = if config.level.contains("aws_config") {
+        config.level.clone()
+    } else {
+        format!("{},aws_config::imds=error", config.level)
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
