@@ -1,14 +1,15 @@
-//! The client library against an in-memory fake of the daemon, over a real
-//! Unix socket and the real generated gRPC stubs.
+//! The client library against the real daemon, started in-process and
+//! serving `file://` from a temporary directory, over its Unix socket.
 
-mod fake;
+mod common;
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use fake::{CHUNK, FakeDaemon};
+use common::{CHUNK, TestDaemon, eventually};
 use futures::{StreamExt, TryStreamExt, stream};
 use sluice_client::{Client, Entry, Error};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -20,80 +21,96 @@ fn pattern(len: usize) -> Bytes {
         .into()
 }
 
-async fn connect(daemon: &FakeDaemon) -> Client {
+/// A daemon that reads in [`CHUNK`]s and uploads in parts of one client
+/// chunk, so multi-chunk and multipart paths run on small data.
+async fn daemon() -> TestDaemon {
+    TestDaemon::start_with(|c| {
+        c.read.chunk_size = format!("{CHUNK}B").parse().unwrap();
+        c.write.part_size = format!("{}B", sluice_proto::DEFAULT_CHUNK_SIZE)
+            .parse()
+            .unwrap();
+    })
+    .await
+}
+
+async fn connect(daemon: &TestDaemon) -> Client {
     Client::connect(&daemon.address()).await.unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_then_read_round_trips_through_chunks() {
-    let daemon = FakeDaemon::start();
+    let daemon = daemon().await;
     let client = connect(&daemon).await;
-    // Several upload chunks and many read chunks, with a ragged tail.
+    let uri = daemon.file_uri("a.bin");
+    // Several upload chunks and parts, many read chunks, a ragged tail.
     let data = pattern(2 * sluice_proto::DEFAULT_CHUNK_SIZE + 12_345);
-    let written = client.put("f:///a.bin", data.clone()).await.unwrap();
+    let written = client.put(&uri, data.clone()).await.unwrap();
+    assert_eq!(written.meta.uri, uri);
     assert_eq!(written.meta.size, data.len() as u64);
     assert_eq!(written.parts, 3);
-    assert_eq!(daemon.get("f:///a.bin").unwrap(), data);
-
-    let meta = client.stat("f:///a.bin").await.unwrap();
-    assert_eq!(meta.size, data.len() as u64);
-    assert_eq!(
-        client.read_to_bytes("f:///a.bin", None).await.unwrap(),
-        data
+    assert!(
+        daemon.read("a.bin").unwrap() == data,
+        "bytes on disk differ"
     );
 
-    let stream = client.read("f:///a.bin", None).await.unwrap();
-    assert_eq!(stream.meta().uri, "f:///a.bin");
+    let meta = client.stat(&uri).await.unwrap();
+    assert_eq!(meta.size, data.len() as u64);
+    assert_eq!(client.read_to_bytes(&uri, None).await.unwrap(), data);
+
+    let stream = client.read(&uri, None).await.unwrap();
+    assert_eq!(stream.meta().uri, uri);
     let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
     assert!(chunks.len() > 2 && chunks.iter().all(|c| c.len() <= CHUNK));
     assert_eq!(chunks.concat(), data);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_reads_return_the_range() {
-    let daemon = FakeDaemon::start();
+    let daemon = daemon().await;
     let data = pattern(3 * CHUNK);
-    daemon.insert("f:///r", data.clone());
+    let uri = daemon.write("r", &data);
     let client = connect(&daemon).await;
     let middle = client
-        .read_to_bytes("f:///r", Some(100..CHUNK as u64 + 7))
+        .read_to_bytes(&uri, Some(100..CHUNK as u64 + 7))
         .await
         .unwrap();
     assert_eq!(middle, data.slice(100..CHUNK + 7));
     let tail = client
-        .read_to_bytes("f:///r", Some(5000..u64::MAX))
+        .read_to_bytes(&uri, Some(5000..u64::MAX))
         .await
         .unwrap();
     assert_eq!(tail, data.slice(5000..));
     let past_end = client
-        .read_to_bytes("f:///r", Some(10..u64::MAX - 1))
+        .read_to_bytes(&uri, Some(10..u64::MAX - 1))
         .await
         .unwrap();
     assert_eq!(past_end, data.slice(10..));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_object_is_not_found_naming_the_uri() {
-    let daemon = FakeDaemon::start();
+    let daemon = daemon().await;
     let client = connect(&daemon).await;
+    let uri = daemon.file_uri("nope");
     for error in [
-        client.stat("f:///nope").await.unwrap_err(),
-        client.read("f:///nope", None).await.unwrap_err(),
-        client.delete("f:///nope", false).await.unwrap_err(),
+        client.stat(&uri).await.unwrap_err(),
+        client.read(&uri, None).await.unwrap_err(),
+        client.delete(&uri, false).await.unwrap_err(),
     ] {
         assert!(error.is_not_found(), "{error}");
-        assert!(error.to_string().contains("f:///nope"), "{error}");
+        assert!(error.to_string().contains(&uri), "{error}");
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_walk_every_page_in_order() {
-    let daemon = FakeDaemon::start();
+    let daemon = daemon().await;
     for key in ["a", "b/1", "b/2", "c", "d/x/1", "e"] {
-        daemon.insert(&format!("f:///d/{key}"), "x");
+        daemon.write(&format!("d/{key}"), "x");
     }
-    daemon.insert("f:///other", "x");
+    daemon.write("other", "x");
     let client = connect(&daemon).await;
+    let d = |key: &str| daemon.file_uri(&format!("d/{key}"));
 
     let uris = |entries: Vec<Entry>| {
         entries
@@ -101,51 +118,51 @@ async fn listings_walk_every_page_in_order() {
             .map(|e| e.uri().to_owned())
             .collect::<Vec<_>>()
     };
-    let all: Vec<Entry> = client.list("f:///d/", true).try_collect().await.unwrap();
-    assert_eq!(
-        uris(all),
-        [
-            "f:///d/a",
-            "f:///d/b/1",
-            "f:///d/b/2",
-            "f:///d/c",
-            "f:///d/d/x/1",
-            "f:///d/e"
-        ]
-    );
-    let level: Vec<Entry> = client.list("f:///d/", false).try_collect().await.unwrap();
+    let all: Vec<Entry> = client.list(&d(""), true).try_collect().await.unwrap();
+    assert_eq!(uris(all), ["a", "b/1", "b/2", "c", "d/x/1", "e"].map(d));
+    let level: Vec<Entry> = client.list(&d(""), false).try_collect().await.unwrap();
     assert!(matches!(level[1], Entry::Prefix(_)));
-    assert_eq!(
-        uris(level),
-        ["f:///d/a", "f:///d/b/", "f:///d/c", "f:///d/d/", "f:///d/e"]
-    );
+    assert_eq!(uris(level), ["a", "b/", "c", "d/", "e"].map(d));
 
-    let page = client.list_page("f:///d/", "", 0, None).await.unwrap();
+    let page = client.list_page(&d(""), "", 2, None).await.unwrap();
     assert_eq!(page.objects.len(), 2);
     let token = page.next_page_token.expect("more pages");
-    let next = client
-        .list_page("f:///d/", "", 0, Some(&token))
-        .await
-        .unwrap();
-    assert_eq!(next.objects[0].uri, "f:///d/b/2");
+    let next = client.list_page(&d(""), "", 2, Some(&token)).await.unwrap();
+    assert_eq!(next.objects[0].uri, d("b/2"));
+
+    // More entries than one page of the walk (1000), every tenth a
+    // "directory", so a page boundary falls among objects and prefixes.
+    let keys: Vec<String> = (0..1203)
+        .map(|i| match i % 10 {
+            0 => format!("{i:04}/x"),
+            _ => format!("{i:04}"),
+        })
+        .collect();
+    for key in &keys {
+        daemon.write(&format!("many/{key}"), "y");
+    }
+    let many = |key: &str| daemon.file_uri(&format!("many/{key}"));
+    let all: Vec<Entry> = client.list(&many(""), true).try_collect().await.unwrap();
+    assert_eq!(uris(all), keys.iter().map(|k| many(k)).collect::<Vec<_>>());
+    let level: Vec<Entry> = client.list(&many(""), false).try_collect().await.unwrap();
+    let want: Vec<String> = keys
+        .iter()
+        .map(|k| many(k.strip_suffix('x').unwrap_or(k)))
+        .collect();
+    assert_eq!(uris(level), want);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_many_returns_every_item_once() {
-    let daemon = FakeDaemon::start();
+    let daemon = daemon().await;
     let big = pattern(2 * CHUNK + 3);
-    daemon.insert("f:///m/big", big.clone());
-    daemon.insert("f:///m/small", "tiny");
-    daemon.insert("f:///m/empty", Bytes::new());
+    daemon.write("m/big", &big);
+    daemon.write("m/small", "tiny");
+    daemon.write("m/empty", "");
     let client = connect(&daemon).await;
-    let items = [
-        "f:///m/big",
-        "f:///m/missing",
-        "f:///m/small",
-        "f:///m/empty",
-    ];
+    let items = ["m/big", "m/missing", "m/small", "m/empty"].map(|k| daemon.file_uri(k));
     let mut results: Vec<_> = client
-        .read_many(items, 4, true)
+        .read_many(items.clone(), 4, true)
         .await
         .unwrap()
         .collect()
@@ -157,12 +174,15 @@ async fn read_many_returns_every_item_once() {
     );
     assert_eq!(results[0].1.as_ref().unwrap().1, big);
     let error = results[1].1.as_ref().unwrap_err();
-    assert!(error.is_not_found() && error.to_string().contains("f:///m/missing"));
+    assert!(
+        error.is_not_found() && error.to_string().contains(&items[1]),
+        "{error}"
+    );
     let (meta, small) = results[2].1.as_ref().unwrap();
     assert_eq!((meta.size, small.as_ref()), (4, &b"tiny"[..]));
     assert!(results[3].1.as_ref().unwrap().1.is_empty());
 
-    let ranged = vec![("f:///m/big".to_owned(), 10..CHUNK as u64 + 10)];
+    let ranged = vec![(items[0].clone(), 10..CHUNK as u64 + 10)];
     let results: Vec<_> = client
         .read_many(ranged, 0, false)
         .await
@@ -172,28 +192,37 @@ async fn read_many_returns_every_item_once() {
     assert_eq!(results[0].1.as_ref().unwrap().1, big.slice(10..CHUNK + 10));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_streams_and_reader_uploads_are_chunked() {
-    let daemon = FakeDaemon::start();
+    let daemon = daemon().await;
     let client = connect(&daemon).await;
     let pieces = stream::iter((0..1000).map(|i| Bytes::from(vec![i as u8; 3000])));
     let written = client
-        .write("f:///w/pieces", pieces, 3_000_000)
+        .write(&daemon.file_uri("w/pieces"), pieces, 3_000_000)
         .await
         .unwrap();
     assert_eq!(written.meta.size, 3_000_000);
-    assert_eq!(daemon.get("f:///w/pieces").unwrap().len(), 3_000_000);
+    let on_disk = daemon.read("w/pieces").unwrap();
+    let want: Vec<u8> = (0..1000).flat_map(|i| vec![i as u8; 3000]).collect();
+    assert!(on_disk == want, "bytes on disk differ");
 
     let data = pattern(sluice_proto::DEFAULT_CHUNK_SIZE + 1);
     let reader = io::Cursor::new(data.to_vec());
-    client
-        .write_reader("f:///w/reader", reader, 0)
+    let written = client
+        .write_reader(&daemon.file_uri("w/reader"), reader, 0)
         .await
         .unwrap();
-    assert_eq!(daemon.get("f:///w/reader").unwrap(), data);
+    assert_eq!((written.meta.size, written.parts), (data.len() as u64, 2));
+    assert!(
+        daemon.read("w/reader").unwrap() == data,
+        "bytes on disk differ"
+    );
 
-    client.put("f:///w/empty", Bytes::new()).await.unwrap();
-    assert_eq!(daemon.get("f:///w/empty").unwrap().len(), 0);
+    client
+        .put(&daemon.file_uri("w/empty"), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(daemon.read("w/empty").unwrap().len(), 0);
 }
 
 /// Yields `good` bytes, then fails once `gate` resolves.
@@ -219,47 +248,82 @@ impl AsyncRead for FailsAfter {
     }
 }
 
-#[tokio::test]
+/// Sizes of the daemon's temporary upload files in `dir`.
+fn uploads_in_progress(dir: &std::path::Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().contains(".sluice-tmp-"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_reader_aborts_the_upload() {
-    let mut daemon = FakeDaemon::start();
+    let daemon = daemon().await;
     let client = connect(&daemon).await;
-    // Fail only once the daemon holds data: a reset that looked like a
-    // clean end would now commit a truncated object.
+    let dir = daemon.root().join("w");
+    // Fail only once the daemon has written a part of the upload: a reset
+    // that looked like a clean end would now commit a truncated object.
+    let part = sluice_proto::DEFAULT_CHUNK_SIZE as u64;
+    let gate_dir = dir.clone();
     let reader = FailsAfter {
         good: 2 * sluice_proto::DEFAULT_CHUNK_SIZE,
-        gate: Box::pin(daemon.data_messages_reached(2)),
+        gate: Box::pin(async move {
+            eventually(
+                "a part of the upload on disk",
+                Duration::from_secs(10),
+                || uploads_in_progress(&gate_dir).iter().any(|&n| n >= part),
+            )
+            .await;
+        }),
     };
-    let error = client
-        .write_reader("f:///w/broken", reader, 0)
-        .await
-        .unwrap_err();
+    let uri = daemon.file_uri("w/broken");
+    let error = client.write_reader(&uri, reader, 0).await.unwrap_err();
     assert!(matches!(error, Error::Io { .. }), "{error:?}");
-    assert!(error.to_string().contains("f:///w/broken"), "{error}");
-    daemon.wait_aborted_writes(1).await;
+    assert!(error.to_string().contains(&uri), "{error}");
+    eventually("the upload discarded", Duration::from_secs(10), || {
+        uploads_in_progress(&dir).is_empty()
+    })
+    .await;
     assert!(
-        daemon.get("f:///w/broken").is_none(),
+        daemon.read("w/broken").is_none(),
         "a truncated object was committed"
     );
+    assert!(client.stat(&uri).await.unwrap_err().is_not_found());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recursive_delete_counts_objects() {
-    let daemon = FakeDaemon::start();
-    for key in ["x/1", "x/2", "x/3/4", "y"] {
-        daemon.insert(&format!("f:///{key}"), "z");
+    let daemon = daemon().await;
+    for key in ["x/1", "x/2", "x/3/4", "y", "xy"] {
+        daemon.write(key, "z");
     }
     let client = connect(&daemon).await;
-    assert_eq!(client.delete("f:///x/", true).await.unwrap(), 3);
-    assert_eq!(client.delete("f:///y", false).await.unwrap(), 1);
-    assert!(client.stat("f:///y").await.unwrap_err().is_not_found());
+    assert_eq!(
+        client.delete(&daemon.file_uri("x/"), true).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        client.delete(&daemon.file_uri("y"), false).await.unwrap(),
+        1
+    );
+    for key in ["x/1", "x/2", "x/3/4", "y"] {
+        assert!(daemon.read(key).is_none(), "{key} still there");
+    }
+    assert!(daemon.read("xy").is_some(), "outside the prefix");
+    let error = client.stat(&daemon.file_uri("y")).await.unwrap_err();
+    assert!(error.is_not_found(), "{error}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_socket_path_connects() {
-    let daemon = FakeDaemon::start();
-    daemon.insert("f:///p", "abc");
+    let daemon = daemon().await;
+    let uri = daemon.write("p", "abc");
     let client = Client::connect(daemon.socket().to_str().unwrap())
         .await
         .unwrap();
-    assert_eq!(client.stat("f:///p").await.unwrap().size, 3);
+    assert_eq!(client.stat(&uri).await.unwrap().size, 3);
 }

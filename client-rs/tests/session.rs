@@ -1,14 +1,15 @@
-//! The session API over the wire, against the in-memory fake: stream
-//! delivery only (the fake has no arena). Shared memory is tested against
-//! the real daemon in the workspace's end-to-end tests.
+//! The session API over the wire, against the real daemon started
+//! in-process: stream delivery byte-exact, fallback and refusal of shared
+//! memory, fetch_many, and a daemon that shuts down under a session. Lease
+//! handling over shared memory is tested end to end in the workspace's
+//! `tests/` crate.
 
-#[allow(dead_code)]
-mod fake;
+mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use fake::{CHUNK, FakeDaemon, HANG_UP, NO_ANSWER};
+use common::{CHUNK, TestDaemon};
 use futures::StreamExt;
 use sluice_client::{Client, Delivery, Session, SessionOptions};
 
@@ -16,7 +17,20 @@ fn pattern(len: usize) -> Bytes {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
 
-async fn session(daemon: &FakeDaemon, delivery: Delivery) -> Session {
+const LEASE_QUOTA: u64 = 64 << 20;
+
+/// A daemon that streams in [`CHUNK`]s; `shared_memory` says whether it
+/// offers shared-memory delivery at all.
+async fn daemon(shared_memory: bool) -> TestDaemon {
+    TestDaemon::start_with(|c| {
+        c.read.chunk_size = format!("{CHUNK}B").parse().unwrap();
+        c.session.shared_memory = shared_memory;
+        c.session.lease_quota = format!("{LEASE_QUOTA}B").parse().unwrap();
+    })
+    .await
+}
+
+async fn session(daemon: &TestDaemon, delivery: Delivery) -> Session {
     let client = Client::connect(&daemon.address()).await.unwrap();
     let options = SessionOptions {
         delivery,
@@ -32,24 +46,29 @@ async fn soon<F: Future>(future: F) -> F::Output {
         .expect("no answer within 5 s")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_falls_back_to_the_stream_and_fetches_exact_bytes() {
-    let daemon = FakeDaemon::start();
+    let daemon = daemon(false).await;
     let data = pattern(3 * CHUNK + 5);
-    daemon.insert("f://big", data.clone());
-    daemon.insert("f://empty", Bytes::new());
+    let big = daemon.write("big", &data);
+    let empty = daemon.write("empty", "");
     let session = session(&daemon, Delivery::Auto).await;
     assert!(!session.shared_memory());
-    assert_eq!((session.session_id(), session.window()), (7, 3));
+    assert_eq!(session.window(), 3);
+    assert_eq!(session.lease_quota(), LEASE_QUOTA);
+    let other = self::session(&daemon, Delivery::Auto).await;
+    assert_ne!(session.session_id(), other.session_id());
+    assert!(session.session_id() > 0 && other.session_id() > 0);
 
-    let whole = soon(session.fetch("f://big", None)).await.unwrap();
+    let whole = soon(session.fetch(&big, None)).await.unwrap();
+    assert_eq!(whole.meta.uri, big);
     assert_eq!(whole.meta.size, data.len() as u64);
     assert_eq!(whole.parts.len(), 1, "chunks joined into one part");
     assert_eq!(&*whole.parts[0], &data[..]);
     assert!(!whole.parts[0].is_mapped() && whole.parts[0].lease_id() == 0);
 
     let range = CHUNK as u64 - 3..2 * CHUNK as u64 + 9;
-    let ranged = soon(session.fetch("f://big", Some(range.clone())))
+    let ranged = soon(session.fetch(&big, Some(range.clone())))
         .await
         .unwrap();
     assert_eq!(ranged.parts[0].object_offset(), range.start);
@@ -58,22 +77,23 @@ async fn auto_falls_back_to_the_stream_and_fetches_exact_bytes() {
         &data[range.start as usize..range.end as usize]
     );
 
-    let tail = soon(session.fetch("f://big", Some(3 * CHUNK as u64..u64::MAX)))
+    let tail = soon(session.fetch(&big, Some(3 * CHUNK as u64..u64::MAX)))
         .await
         .unwrap();
     assert_eq!(tail.to_vec(), &data[3 * CHUNK..]);
 
-    let empty = soon(session.fetch("f://empty", None)).await.unwrap();
+    let empty = soon(session.fetch(&empty, None)).await.unwrap();
     assert!(empty.is_empty() && empty.parts.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_stream_in_object_order() {
-    let daemon = FakeDaemon::start();
+    let daemon = daemon(true).await;
     let data = pattern(2 * CHUNK + 1);
-    daemon.insert("f://a", data.clone());
+    let uri = daemon.write("a", &data);
     let session = session(&daemon, Delivery::Stream).await;
-    let mut parts = soon(session.fetch_parts("f://a", None)).await.unwrap();
+    assert!(!session.shared_memory());
+    let mut parts = soon(session.fetch_parts(&uri, None)).await.unwrap();
     assert_eq!(parts.meta().size, data.len() as u64);
     let mut offsets = Vec::new();
     let mut joined = Vec::new();
@@ -86,24 +106,26 @@ async fn parts_stream_in_object_order() {
     assert_eq!(joined, data);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fetch_leaves_the_session_working() {
-    let daemon = FakeDaemon::start();
-    daemon.insert("f://a", pattern(10));
+    let daemon = daemon(true).await;
+    let uri = daemon.write("a", pattern(10));
+    let missing = daemon.file_uri("missing");
     let session = session(&daemon, Delivery::Stream).await;
-    let error = soon(session.fetch("f://missing", None)).await.unwrap_err();
+    let error = soon(session.fetch(&missing, None)).await.unwrap_err();
     assert!(error.is_not_found(), "{error}");
-    assert!(error.to_string().contains("f://missing"), "{error}");
+    assert!(error.to_string().contains(&missing), "{error}");
     #[allow(clippy::reversed_empty_ranges)]
-    let error = soon(session.fetch("f://a", Some(5..2))).await.unwrap_err();
+    let error = soon(session.fetch(&uri, Some(5..2))).await.unwrap_err();
     assert!(error.is_invalid_argument(), "{error}");
-    let fetched = soon(session.fetch("f://a", None)).await.unwrap();
+    let fetched = soon(session.fetch(&uri, None)).await.unwrap();
     assert_eq!(fetched.to_vec(), &pattern(10)[..]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_shared_memory_names_the_descriptor_socket() {
-    let daemon = FakeDaemon::start();
+    // A daemon with shared memory off serves no descriptor socket.
+    let daemon = daemon(false).await;
     let client = Client::connect(&daemon.address()).await.unwrap();
     let options = SessionOptions {
         delivery: Delivery::SharedMemory,
@@ -115,16 +137,16 @@ async fn required_shared_memory_names_the_descriptor_socket() {
     assert!(error.to_string().contains(&fds), "{error}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_many_yields_every_item_once() {
-    let daemon = FakeDaemon::start();
-    let uris: Vec<String> = (0..10).map(|i| format!("f://obj/{i}")).collect();
-    for (i, uri) in uris.iter().enumerate() {
-        daemon.insert(uri, pattern(i * 1000 + 1));
+    let daemon = daemon(false).await;
+    let mut keys: Vec<String> = (0..10).map(|i| format!("obj/{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        daemon.write(key, pattern(i * 1000 + 1));
     }
     let session = session(&daemon, Delivery::Auto).await;
-    let mut items: Vec<String> = uris.clone();
-    items.insert(4, "f://missing".into());
+    keys.insert(4, "missing".into());
+    let items: Vec<String> = keys.iter().map(|k| daemon.file_uri(k)).collect();
     for ordered in [true, false] {
         let results: Vec<_> = soon(session.fetch_many(items.clone(), ordered).collect()).await;
         assert_eq!(results.len(), items.len());
@@ -137,38 +159,57 @@ async fn fetch_many_yields_every_item_once() {
             assert!(!std::mem::replace(&mut seen[index], true), "twice: {index}");
             match result {
                 Ok(fetched) => {
-                    let data = daemon.get(&items[index]).unwrap();
-                    assert_eq!(fetched.to_vec(), &data[..], "{}", items[index]);
+                    let data = daemon.read(&keys[index]).unwrap();
+                    assert_eq!(fetched.to_vec(), data, "{}", items[index]);
                 }
                 Err(error) => {
                     assert_eq!(index, 4);
-                    assert!(error.is_not_found());
+                    assert!(error.is_not_found(), "{error}");
                 }
             }
         }
     }
 }
 
-#[tokio::test]
-async fn a_session_that_ends_fails_every_fetch_promptly() {
-    let daemon = FakeDaemon::start();
-    daemon.insert("f://a", pattern(100));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_stops_fails_pending_and_later_fetches_promptly() {
+    let daemon = daemon(false).await;
+    let data = pattern(100);
+    let uri = daemon.write("a", &data);
+    let address = daemon.address();
     let session = session(&daemon, Delivery::Stream).await;
-    let held = soon(session.fetch("f://a", None)).await.unwrap();
-    // `join!` polls in order: the first fetch is sent, and waits, before
-    // the hang-up goes out on the same stream.
-    let (waiting, hang_up) =
-        soon(async { tokio::join!(session.fetch(NO_ANSWER, None), session.fetch(HANG_UP, None)) })
-            .await;
-    for error in [waiting.unwrap_err(), hang_up.unwrap_err()] {
-        assert!(error.is_unavailable(), "{error}");
-        assert!(error.to_string().contains(&daemon.address()), "{error}");
+    let held = soon(session.fetch(&uri, None)).await.unwrap();
+
+    // Fetches in flight while the daemon shuts down: the daemon finishes
+    // those it took, and ends the session with UNAVAILABLE, failing those
+    // it did not. The stop itself must not wait for the grace period (20 s)
+    // on the session this client keeps open.
+    let many = session.fetch_many(vec![uri.clone(); 2000], false);
+    let mut many = std::pin::pin!(many);
+    let (_, first) = soon(many.next()).await.expect("a first result");
+    assert_eq!(first.unwrap().to_vec(), data);
+    let (stopped, rest) =
+        soon(async { tokio::join!(daemon.stop(), many.collect::<Vec<_>>()) }).await;
+    stopped.unwrap();
+    assert_eq!(rest.len(), 1999, "every fetch answered");
+    let mut failed = 0;
+    for (index, result) in rest {
+        match result {
+            Ok(fetched) => assert_eq!(fetched.to_vec(), data, "fetch {index}"),
+            Err(error) => {
+                assert!(error.is_unavailable(), "{error}");
+                assert!(error.to_string().contains(&address), "{error}");
+                failed += 1;
+            }
+        }
     }
-    let error = soon(session.fetch("f://a", None)).await.unwrap_err();
-    assert!(error.is_unavailable(), "later fetches fail too: {error}");
-    assert_eq!(
-        held.to_vec(),
-        &pattern(100)[..],
-        "held results stay readable"
+    assert!(
+        failed > 0,
+        "the daemon answered every fetch despite stopping"
     );
+
+    let error = soon(session.fetch(&uri, None)).await.unwrap_err();
+    assert!(error.is_unavailable(), "later fetches fail too: {error}");
+    assert!(error.to_string().contains(&address), "{error}");
+    assert_eq!(held.to_vec(), &data[..], "held results stay readable");
 }
