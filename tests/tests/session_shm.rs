@@ -183,6 +183,8 @@ async fn the_lease_quota_is_enforced() {
     let d = TestDaemon::start_with(|c| {
         c.session.lease_quota = ByteSize(1 << 20);
         c.session.lease_wait = Duration::from_millis(200);
+        c.cache.max_object_size = Some(ByteSize(1 << 20));
+        c.engine.part_size = ByteSize(1 << 20);
     })
     .await;
     for i in 0..3 {

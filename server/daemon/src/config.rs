@@ -141,8 +141,6 @@ pub struct SessionConfig {
     /// Deliver session results through shared memory to clients that map
     /// the arena. Off: every session gets stream chunks.
     pub shared_memory: bool,
-    /// The descriptor socket; unset: the gRPC socket path + `.fds`.
-    pub fd_socket: Option<PathBuf>,
     /// Bytes one session may hold leased at once.
     pub lease_quota: ByteSize,
     /// How long a fetch over quota waits for releases before
@@ -158,7 +156,6 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             shared_memory: true,
-            fd_socket: None,
             // A quarter of the default budget: one client cannot pin the
             // whole cache, four busy ones still can use all of it.
             lease_quota: ByteSize::mib(512),
@@ -291,6 +288,23 @@ impl Config {
                 "must be between 1B and 4GiB",
             ));
         }
+        if self.cache.segment_size.0 == 0 || !self.cache.segment_size.0.is_multiple_of(4096) {
+            return Err(invalid(
+                "cache.segment_size",
+                "must be a positive multiple of 4KiB",
+            ));
+        }
+        let largest_piece = self
+            .cache
+            .max_object_size()
+            .min(self.cache.segment_size.0)
+            .max(self.engine.part_size.0);
+        if self.session.lease_quota.0 < largest_piece {
+            return Err(invalid(
+                "session.lease_quota",
+                "must hold the largest piece a fetch leases at once: min(cache.max_object_size, cache.segment_size) and engine.part_size",
+            ));
+        }
         if self.cache.segment_size.0 < self.engine.part_size.0 {
             return Err(invalid(
                 "cache.segment_size",
@@ -303,13 +317,12 @@ impl Config {
         Ok(())
     }
 
-    /// Where segment descriptors are handed out.
+    /// Where segment descriptors are handed out: always the gRPC socket
+    /// path + `.fds`, so that clients find it before opening a session.
     pub fn fd_socket(&self) -> PathBuf {
-        self.session.fd_socket.clone().unwrap_or_else(|| {
-            let mut p = self.server.socket.clone().into_os_string();
-            p.push(".fds");
-            PathBuf::from(p)
-        })
+        let mut p = self.server.socket.clone().into_os_string();
+        p.push(".fds");
+        PathBuf::from(p)
     }
 
     /// `server.socket_mode` as bits.

@@ -184,6 +184,9 @@ impl Daemon {
                 stop.cancel();
                 tasks.abort_all();
                 let _ = std::fs::remove_file(&addrs.socket);
+                if let Some(p) = &fd_socket {
+                    let _ = std::fs::remove_file(p);
+                }
                 res.context("grpc server task panicked")?.context("grpc server failed")?;
                 anyhow::bail!("grpc server stopped unexpectedly");
             }

@@ -7,10 +7,12 @@
 //! beyond that interval (`0s`: never).
 //!
 //! The cache does not count bytes against a limit of its own: each entry's
-//! bytes hold permits of the [`MemoryBudget`](crate::budget::MemoryBudget),
-//! and the budget evicts through [`Evict`] when a reservation does not fit.
-//! An evicted object that is still being sent stays in memory — and keeps
-//! its permits — until the send finishes, so the budget stays exact.
+//! bytes are an extent of the shared-memory arena that is the
+//! [`MemoryBudget`](crate::budget::MemoryBudget), and the budget evicts
+//! through [`Evict`] when a reservation does not fit. An evicted object that
+//! is still being sent or is leased stays in memory — its extent is not
+//! freed — until the last user lets go, so the budget stays exact. Leased
+//! entries are skipped by eviction altogether.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

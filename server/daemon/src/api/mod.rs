@@ -36,6 +36,8 @@ pub struct SluiceService {
     /// Cancelled when shutdown begins: sessions stop taking fetches, finish
     /// the ones in flight and end.
     draining: CancellationToken,
+    /// Leases of sessions ended by shutdown, held until the daemon exits.
+    retired: crate::session::Retired,
 }
 
 impl SluiceService {
@@ -52,6 +54,7 @@ impl SluiceService {
             config,
             metrics,
             draining,
+            retired: Default::default(),
         }
     }
 }
@@ -110,8 +113,8 @@ impl Sluice for SluiceService {
             self.config.clone(),
             self.metrics.clone(),
         );
-        let draining = self.draining.clone();
-        crate::session::open(reader, config, metrics, draining, req.into_inner())
+        let (draining, retired) = (self.draining.clone(), self.retired.clone());
+        crate::session::open(reader, config, metrics, draining, retired, req.into_inner())
             .await
             .map(Response::new)
     }

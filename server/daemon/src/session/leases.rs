@@ -44,6 +44,15 @@ pub(crate) struct LeaseTable {
     gauge: Gauge,
 }
 
+impl std::fmt::Debug for LeaseTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseTable")
+            .field("quota_bytes", &self.quota_bytes)
+            .field("leases", &self.held.lock().unwrap().len())
+            .finish()
+    }
+}
+
 impl LeaseTable {
     /// A table of `quota_bytes`, reporting leased bytes to `gauge`.
     pub(crate) fn new(quota_bytes: u64, wait: Duration, gauge: Gauge) -> Self {

@@ -15,8 +15,9 @@
 
 mod deliver;
 pub mod fds;
-mod leases;
+pub(crate) mod leases;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,6 +42,9 @@ use leases::LeaseTable;
 const OUTBOX: usize = 256;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Lease tables of sessions ended by shutdown, kept until the daemon exits.
+pub(crate) type Retired = Arc<std::sync::Mutex<Vec<Arc<LeaseTable>>>>;
 
 /// What every fetch of one session shares.
 pub(crate) struct SessionCtx {
@@ -68,6 +72,7 @@ pub(crate) async fn open(
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     draining: CancellationToken,
+    retired: Retired,
     mut inbound: Streaming<v1::SessionRequest>,
 ) -> Result<ResponseStream<v1::SessionResponse>, Status> {
     let open = match inbound.message().await? {
@@ -114,7 +119,7 @@ pub(crate) async fn open(
         out: tx,
     });
     tracing::debug!(session = id, pid = open.pid, shm, "session opened");
-    let driver = AbortOnDropHandle::new(tokio::spawn(drive(ctx, inbound, draining, id)));
+    let driver = AbortOnDropHandle::new(tokio::spawn(drive(ctx, inbound, draining, retired, id)));
     // The response stream owns the driver and the leases: the session —
     // and every lease in it — lasts exactly as long as the call.
     let stream = ReceiverStream::new(rx).map(move |m| {
@@ -128,28 +133,44 @@ async fn drive(
     ctx: Arc<SessionCtx>,
     mut inbound: Streaming<v1::SessionRequest>,
     draining: CancellationToken,
+    retired: Retired,
     id: u64,
 ) {
     let _active = ctx.metrics.session.active_guard();
     let max = ctx.config.session.max_outstanding.max(1);
     let mut fetches = JoinSet::new();
+    // Fetches beyond `max` wait here; past another `max` the driver stops
+    // reading (backpressure) — but until then releases keep being read, so
+    // a client waiting on its quota can always free some.
+    let mut queued: VecDeque<v1::FetchRequest> = VecDeque::new();
+    let (mut shutting_down, mut half_closed) = (false, false);
     loop {
-        if fetches.len() >= max {
-            fetches.join_next().await;
-            continue;
+        while fetches.len() < max
+            && let Some(f) = queued.pop_front()
+        {
+            fetches.spawn(deliver::fetch(ctx.clone(), f));
         }
+        if (shutting_down || half_closed) && fetches.is_empty() {
+            break;
+        }
+        let reading = !half_closed && queued.len() < max;
         tokio::select! {
-            () = draining.cancelled() => {
+            () = draining.cancelled(), if !shutting_down => {
                 // Shutdown: take no more fetches, finish those in flight
                 // (the server's grace period bounds this), then end the
                 // session so the drain does not wait on an idle stream.
-                while fetches.join_next().await.is_some() {}
-                let _ = ctx.out.send(Err(Status::unavailable("the daemon is shutting down"))).await;
-                break;
+                shutting_down = true;
+                for f in queued.drain(..) {
+                    refuse(&ctx, f.id).await;
+                }
             }
-            msg = inbound.message() => match msg {
+            msg = inbound.message(), if reading => match msg {
                 Ok(Some(v1::SessionRequest { msg: Some(In::Fetch(f)) })) => {
-                    fetches.spawn(deliver::fetch(ctx.clone(), f));
+                    if shutting_down {
+                        refuse(&ctx, f.id).await;
+                    } else {
+                        queued.push_back(f);
+                    }
                 }
                 Ok(Some(v1::SessionRequest { msg: Some(In::Release(r)) })) => {
                     ctx.leases.release(&r.lease_ids);
@@ -159,17 +180,33 @@ async fn drive(
                     let _ = ctx.out.send(Err(status)).await;
                     break;
                 }
-                Ok(None) => {
-                    // The client half-closed: finish what it asked for.
-                    while fetches.join_next().await.is_some() {}
-                    break;
-                }
+                // The client half-closed: finish what it asked for.
+                Ok(None) => half_closed = true,
                 Err(_) => break,
             },
             Some(_) = fetches.join_next(), if !fetches.is_empty() => {}
         }
     }
+    if shutting_down {
+        // The daemon is still draining other calls that may reuse freed
+        // arena memory, while this client may still read what it leased:
+        // keep its leases until the daemon exits.
+        retired.lock().unwrap().push(ctx.leases.clone());
+        let _ = ctx
+            .out
+            .send(Err(Status::unavailable("the daemon is shutting down")))
+            .await;
+    }
     // Dropping `fetches` cancels what is still running; dropping the last
     // `ctx` drops the lease table.
     tracing::debug!(session = id, "session closed");
+}
+
+async fn refuse(ctx: &SessionCtx, id: u64) {
+    let error = v1::FetchError {
+        id,
+        code: tonic::Code::Unavailable as i32,
+        message: "the daemon is shutting down".into(),
+    };
+    ctx.send(Out::Error(error)).await;
 }
