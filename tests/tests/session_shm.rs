@@ -283,9 +283,19 @@ async fn shutdown_ends_sessions_without_waiting_out_the_grace_period() {
     assert!(collect(&mut s, 1).await.remove(&1).unwrap().is_ok());
     let started = Instant::now();
     let stopping = tokio::spawn(d.stop());
-    let end = tokio::time::timeout(Duration::from_secs(10), s.rx.message()).await.expect("session ended");
+    let end = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
+        .await
+        .expect("session ended");
     assert_eq!(end.unwrap_err().code(), Code::Unavailable);
     drop(s);
-    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("daemon stopped").unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("daemon stopped")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?}",
+        started.elapsed()
+    );
 }

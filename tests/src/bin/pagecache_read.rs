@@ -22,7 +22,10 @@ fn files(dir: &PathBuf, out: &mut Vec<PathBuf>) {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().expect("usage: pagecache-read DIR [THREADS] [PASSES]"));
+    let dir = PathBuf::from(
+        args.next()
+            .expect("usage: pagecache-read DIR [THREADS] [PASSES]"),
+    );
     let threads: usize = args.next().map_or(32, |s| s.parse().expect("threads"));
     let passes: usize = args.next().map_or(2, |s| s.parse().expect("passes"));
     let mut all = Vec::new();
