@@ -1,0 +1,273 @@
+"""Python client of sluice, the node-local data-loading daemon.
+
+::
+
+    import sluice
+
+    client = sluice.Client()  # $SLUICE_ADDRESS, else unix:///run/sluice/sluiced.sock
+    with client.get("s3://bucket/train/shard-0000.tar") as buf:
+        header = bytes(memoryview(buf)[:512])  # no copy until bytes()
+
+See docs/PYTHON.md for the whole API, zero-copy semantics, fork/spawn and
+exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Optional, Union
+
+from . import _native
+from ._native import Buffer
+from ._types import (
+    AbortedError,
+    AlreadyExistsError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    ObjectMeta,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    SluiceError,
+    UnavailableError,
+)
+
+__all__ = [
+    "ADDRESS_ENV",
+    "DEFAULT_ADDRESS",
+    "AbortedError",
+    "AlreadyExistsError",
+    "Buffer",
+    "BytesLike",
+    "Client",
+    "DeadlineExceededError",
+    "InvalidArgumentError",
+    "Item",
+    "NotFoundError",
+    "ObjectMeta",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "SluiceError",
+    "UnavailableError",
+    "Writer",
+    "default_address",
+]
+
+__version__: str = _native.__version__
+
+#: Where the daemon listens unless told otherwise.
+DEFAULT_ADDRESS: str = _native.DEFAULT_ADDRESS
+#: The environment variable naming the daemon address.
+ADDRESS_ENV: str = _native.ADDRESS_ENV
+
+#: Anything with the buffer protocol: bytes, bytearray, memoryview, numpy arrays...
+BytesLike = Union[bytes, bytearray, memoryview]
+#: An item of ``get_many``: a URI, or ``(uri, offset, length)`` for a byte range.
+Item = Union[str, tuple[str, Optional[int], Optional[int]]]
+
+
+def default_address() -> str:
+    """``$SLUICE_ADDRESS`` if set and not empty, else :data:`DEFAULT_ADDRESS`."""
+    return os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+def _as_bytes_view(data: object) -> memoryview:
+    """A 1-D, C-contiguous view of unsigned bytes over ``data``, copying only
+    a non-contiguous buffer."""
+    view = memoryview(data)  # type: ignore[arg-type]
+    if view.format == "B" and view.ndim == 1 and view.c_contiguous:
+        return view
+    try:
+        return view.cast("B")
+    except TypeError:
+        return memoryview(view.tobytes())
+
+
+class Writer:
+    """A streaming upload of one object, written to like a binary file
+    (``torch.save(state, writer)`` works). Obtain one from
+    :meth:`Client.open_writer`.
+
+    Bytes go to the daemon as they are written, a few MiB in memory at most.
+    The object is committed by :meth:`close` (or a ``with`` block that ends
+    normally), never before. If the ``with`` block raises, or the writer is
+    aborted or collected without ``close()``, the daemon discards the upload
+    and the object is not created (an existing one keeps its content). A
+    failed upload raises from ``write``, ``flush`` or ``close``.
+    """
+
+    def __init__(self, native: _native.Writer) -> None:
+        self._native = native
+        self._meta: Optional[ObjectMeta] = None
+
+    @property
+    def name(self) -> str:
+        """The destination URI."""
+        return self._native.name
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    @property
+    def meta(self) -> Optional[ObjectMeta]:
+        """The new object's metadata, once closed."""
+        return self._meta
+
+    def write(self, data: BytesLike) -> int:
+        """Appends ``data`` (any bytes-like object); returns its size in
+        bytes. Blocks while the daemon is behind."""
+        return self._native.write(_as_bytes_view(data))
+
+    def flush(self) -> None:
+        """Passes buffered bytes on to the upload (nothing is committed
+        before :meth:`close`)."""
+        self._native.flush()
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._native.tell()
+
+    def close(self) -> ObjectMeta:
+        """Commits the object and returns its metadata; raises if the upload
+        failed. Closing again returns the same metadata."""
+        self._meta = self._native.close()
+        return self._meta
+
+    def abort(self) -> None:
+        """Abandons the upload: the object is not created."""
+        self._native.abort()
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<sluice.Writer {self.name} ({state})>"
+
+
+class Client:
+    """A client of the sluice daemon.
+
+    ``address`` is ``unix:///path/to/sluiced.sock`` (or a bare socket path),
+    or ``http://host:port`` for a daemon on TCP; default
+    :func:`default_address`. The client connects on first use, and reads
+    open one session whose results are leases on the daemon's shared memory
+    (when the daemon is on this node's Unix socket).
+
+    Fork-safe: a client created before ``fork`` reconnects in the child on
+    first use. Picklable (by address), so it can be handed to ``spawn``
+    workers. Thread-safe: calls from several threads run concurrently, each
+    releasing the GIL while it waits.
+    """
+
+    def __init__(self, address: Optional[str] = None) -> None:
+        self._native = _native.Client(address or default_address())
+
+    @property
+    def address(self) -> str:
+        """The daemon address."""
+        return self._native.address
+
+    def stat(self, uri: str) -> ObjectMeta:
+        """Metadata of one object."""
+        return self._native.stat(uri)
+
+    def list(self, prefix: str, recursive: bool = True) -> Iterator[Union[ObjectMeta, str]]:
+        """The entries under ``prefix`` in URI order, fetched page by page.
+        Recursive: every object below (``ObjectMeta``). Not recursive: one
+        level, objects as ``ObjectMeta`` and directories as prefix strings
+        ending in ``/``."""
+        return self._native.list(prefix, recursive)
+
+    def get(
+        self, uri: str, offset: Optional[int] = None, length: Optional[int] = None
+    ) -> Buffer:
+        """Reads ``uri`` whole, or ``length`` bytes from ``offset`` (an
+        offset alone reads to the end). Returns a :class:`Buffer` over the
+        daemon's shared memory when it is local, without a copy; release it
+        with ``close()`` or a ``with`` block, or let it be collected."""
+        return self._native.get(uri, offset, length)
+
+    def get_many(
+        self, items: Iterable[Item], ordered: bool = True, window: int = 16
+    ) -> Iterator[tuple[int, Buffer]]:
+        """Reads many objects (URIs, or ``(uri, offset, length)`` tuples),
+        keeping up to ``window`` reads in flight, and yields
+        ``(index, buffer)`` as results arrive: in request order when
+        ``ordered``, else in completion order. At most ``window`` results
+        are held ahead of the consumer. A failed item raises its exception
+        from the iterator at its turn; iterating on goes on with the next."""
+        normalized = [
+            (item, None, None) if isinstance(item, str) else tuple(item) for item in items
+        ]
+        return self._native.get_many(normalized, ordered, window)
+
+    def put(self, uri: str, data: BytesLike) -> ObjectMeta:
+        """Uploads ``data`` (any bytes-like object, copied first) as
+        ``uri``; returns the new object's metadata. For large objects, stream
+        with :meth:`open_writer`."""
+        return self._native.put(uri, _as_bytes_view(data))
+
+    def open_writer(self, uri: str) -> Writer:
+        """A file-like streaming upload to ``uri``, committed on close."""
+        return Writer(self._native.open_writer(uri))
+
+    def delete(self, uri: str, recursive: bool = False) -> int:
+        """Deletes ``uri`` (or, with ``recursive``, every object under the
+        prefix ``uri``); returns the number of objects deleted."""
+        return self._native.delete(uri, recursive)
+
+    def __reduce__(self) -> tuple[type[Client], tuple[str]]:
+        return (Client, (self.address,))
+
+    def __repr__(self) -> str:
+        return f"sluice.Client({self.address!r})"
+
+    # For tests and diagnostics.
+
+    def _session_info(self) -> dict[str, object]:
+        """The session: ``shared_memory``, ``session_id``, ``lease_quota``,
+        ``window`` (opens it if needed)."""
+        return self._native._session_info()
+
+    def _is_mapped(self, address: int) -> bool:
+        """Whether ``address`` lies in a segment mapped by this client's
+        session."""
+        return self._native._is_mapped(address)
+
+    @staticmethod
+    def _mapped_ranges() -> list[tuple[int, int]]:
+        """``[start, end)`` of every read-only shared mapping of the daemon's
+        arena in this process (from ``/proc/self/maps``)."""
+        ranges = []
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and "memfd:sluice-arena" in fields[5]:
+                    start, end = fields[0].split("-")
+                    if fields[1].startswith("r") and "w" not in fields[1]:
+                        ranges.append((int(start, 16), int(end, 16)))
+        return ranges

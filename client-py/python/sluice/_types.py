@@ -1,0 +1,136 @@
+"""Exceptions and object metadata of the sluice client.
+
+The native module builds these through ``_error_from_native`` and
+``_meta_from_native``; users import them from ``sluice``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Optional
+
+__all__ = [
+    "AbortedError",
+    "AlreadyExistsError",
+    "DeadlineExceededError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "ObjectMeta",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "SluiceError",
+    "UnavailableError",
+]
+
+
+class SluiceError(Exception):
+    """A failed call to the sluice daemon. ``code`` is the gRPC status code
+    name (``"NOT_FOUND"``, ``"UNAVAILABLE"``, ...); the subclasses below
+    also derive from the matching built-in exception."""
+
+    code: str = "UNKNOWN"
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class NotFoundError(SluiceError, FileNotFoundError):
+    """The object or prefix does not exist (``NOT_FOUND``)."""
+
+    code = "NOT_FOUND"
+
+
+class PermissionDeniedError(SluiceError, PermissionError):
+    """A path outside the daemon's roots, or access refused by the backend
+    (``PERMISSION_DENIED``)."""
+
+    code = "PERMISSION_DENIED"
+
+
+class InvalidArgumentError(SluiceError, ValueError):
+    """A malformed URI or address, a bad range (``INVALID_ARGUMENT``,
+    ``OUT_OF_RANGE``)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class AlreadyExistsError(SluiceError, FileExistsError):
+    """``ALREADY_EXISTS``."""
+
+    code = "ALREADY_EXISTS"
+
+
+class UnavailableError(SluiceError, ConnectionError):
+    """The daemon (or its backend) cannot be reached, the session with it
+    ended, or it is shutting down (``UNAVAILABLE``)."""
+
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceededError(SluiceError, TimeoutError):
+    """``DEADLINE_EXCEEDED``."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class ResourceExhaustedError(SluiceError):
+    """A limit of the daemon was reached, such as the session's lease quota
+    (``RESOURCE_EXHAUSTED``); retrying later may work."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class AbortedError(SluiceError):
+    """The object changed while it was being read (``ABORTED``)."""
+
+    code = "ABORTED"
+
+
+_BY_CODE: dict[str, type[SluiceError]] = {
+    "NOT_FOUND": NotFoundError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "INVALID_ARGUMENT": InvalidArgumentError,
+    "OUT_OF_RANGE": InvalidArgumentError,
+    "ALREADY_EXISTS": AlreadyExistsError,
+    "UNAVAILABLE": UnavailableError,
+    "DEADLINE_EXCEEDED": DeadlineExceededError,
+    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "ABORTED": AbortedError,
+}
+
+
+def _error_from_native(code: str, message: str) -> SluiceError:
+    error = _BY_CODE.get(code, SluiceError)(message)
+    error.code = code
+    return error
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectMeta:
+    """Metadata of one object."""
+
+    uri: str
+    size: int
+    etag: str
+    last_modified: Optional[datetime.datetime]
+    """UTC, when the backend reports it."""
+    version: Optional[str]
+    """The backend's version id, when it versions objects."""
+
+
+def _meta_from_native(
+    uri: str,
+    size: int,
+    etag: str,
+    modified: Optional[tuple[int, int]],
+    version: str,
+) -> ObjectMeta:
+    last_modified = None
+    if modified is not None:
+        seconds, nanos = modified
+        last_modified = datetime.datetime.fromtimestamp(
+            seconds, tz=datetime.timezone.utc
+        ) + datetime.timedelta(microseconds=nanos // 1000)
+    return ObjectMeta(uri, size, etag, last_modified, version or None)

@@ -1,0 +1,271 @@
+//! `Client`: the calls of the `sluice.v1` API, blocking, for Python.
+//!
+//! A client holds only its address until the first call, which connects
+//! (and the first read opens a session). The connection belongs to the
+//! process that made it: after a `fork` the child sees a different pid and
+//! connects anew (see `runtime`).
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex, TryLockError};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, stream};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use sluice_client::{Address, Entry, Result as SluiceResult};
+
+use crate::buffer::Buffer;
+use crate::conn::Conn;
+use crate::convert;
+use crate::runtime::{PidBound, lock, spawn_thread, wait};
+use crate::writer::Writer;
+
+/// A client of the sluice daemon at one address.
+#[pyclass(module = "sluice._native", frozen)]
+#[derive(Debug)]
+pub(crate) struct Client {
+    address: String,
+    conn: Mutex<Option<PidBound<Arc<Conn>>>>,
+}
+
+impl Client {
+    /// This process's connection, made on first use.
+    fn conn(&self, py: Python<'_>) -> PyResult<Arc<Conn>> {
+        if let Some(conn) = lock(&self.conn).as_ref().and_then(PidBound::get) {
+            return Ok(Arc::clone(conn));
+        }
+        // Not under the lock: connecting releases the GIL, and another
+        // thread waiting for the lock would hold it.
+        let conn = wait(py, Conn::connect(&self.address))?.map_err(|e| convert::error(py, e))?;
+        let mut slot = lock(&self.conn);
+        if let Some(raced) = slot.as_ref().and_then(PidBound::get) {
+            return Ok(Arc::clone(raced));
+        }
+        let conn = Arc::new(conn);
+        // A parent's connection is replaced (and leaked by its PidBound).
+        *slot = Some(PidBound::new(Arc::clone(&conn)));
+        Ok(conn)
+    }
+
+    /// Runs a call on this process's connection, blocking without the GIL.
+    fn call<T, F, Fut>(&self, py: Python<'_>, call: F) -> PyResult<T>
+    where
+        F: FnOnce(Arc<Conn>) -> Fut,
+        Fut: Future<Output = SluiceResult<T>> + Send,
+        T: Send,
+    {
+        let conn = self.conn(py)?;
+        wait(py, call(conn))?.map_err(|e| convert::error(py, e))
+    }
+}
+
+#[pymethods]
+impl Client {
+    /// A client of the daemon at `address` (`unix:///path`, a bare socket
+    /// path, or `http://host:port`). Connects on first use.
+    #[new]
+    fn new(py: Python<'_>, address: String) -> PyResult<Self> {
+        if let Err(error) = address.parse::<Address>() {
+            return Err(convert::error(py, error));
+        }
+        Ok(Client {
+            address,
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// The daemon address.
+    #[getter]
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Metadata of one object.
+    fn stat(&self, py: Python<'_>, uri: &str) -> PyResult<Py<PyAny>> {
+        let meta = self.call(py, |conn| async move { conn.client.stat(uri).await })?;
+        convert::meta(py, &meta)
+    }
+
+    /// Entries under `prefix`: metadata of objects, and with
+    /// `recursive=False` directory prefixes as strings.
+    #[pyo3(signature = (prefix, recursive = true))]
+    fn list(&self, py: Python<'_>, prefix: &str, recursive: bool) -> PyResult<ListIter> {
+        let conn = self.conn(py)?;
+        let entries = conn.client.list(prefix, recursive).boxed();
+        Ok(ListIter {
+            entries: Mutex::new(PidBound::new(entries)),
+        })
+    }
+
+    /// Reads `uri`, whole or `length` bytes from `offset`, into a `Buffer`.
+    #[pyo3(signature = (uri, offset = None, length = None))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        uri: &str,
+        offset: Option<u64>,
+        length: Option<u64>,
+    ) -> PyResult<Buffer> {
+        let range = convert::range(py, uri, offset, length)?;
+        self.call(py, |conn| async move {
+            conn.fetch(uri, range).await.map(Buffer::new)
+        })
+    }
+
+    /// Reads many objects (each `(uri, offset, length)`), up to `window` at
+    /// a time; yields `(index, Buffer)`, in request order when `ordered`.
+    #[pyo3(signature = (items, ordered = true, window = 16))]
+    fn get_many(
+        &self,
+        py: Python<'_>,
+        items: Vec<(String, Option<u64>, Option<u64>)>,
+        ordered: bool,
+        window: usize,
+    ) -> PyResult<FetchIter> {
+        if window == 0 {
+            return Err(PyValueError::new_err("window must be at least 1"));
+        }
+        let items = items
+            .into_iter()
+            .map(|(uri, offset, length)| {
+                let range = convert::range(py, &uri, offset, length)?;
+                Ok((uri, range))
+            })
+            .collect::<PyResult<Vec<(String, Option<Range<u64>>)>>>()?;
+        let conn = self.conn(py)?;
+        let fetches =
+            stream::iter(items.into_iter().enumerate()).map(move |(index, (uri, range))| {
+                let conn = Arc::clone(&conn);
+                async move { (index, conn.fetch(&uri, range).await.map(Buffer::new)) }
+            });
+        let results = if ordered {
+            fetches.buffered(window).boxed()
+        } else {
+            fetches.buffer_unordered(window).boxed()
+        };
+        Ok(FetchIter {
+            results: Mutex::new(PidBound::new(results)),
+        })
+    }
+
+    /// Uploads the bytes of `data` (copied first) to `uri`; returns the new
+    /// object's metadata.
+    fn put(&self, py: Python<'_>, uri: &str, data: PyBuffer<u8>) -> PyResult<Py<PyAny>> {
+        let bytes = Bytes::from(data.to_vec(py)?);
+        drop(data);
+        let client = self.conn(py)?.client.clone();
+        let target = uri.to_owned();
+        let done = spawn_thread("sluice-put", move || async move {
+            client.put(&target, bytes).await
+        })?;
+        let written = match wait(py, done)? {
+            Ok(result) => result.map_err(|e| convert::error(py, e))?,
+            Err(_) => return Err(PyRuntimeError::new_err("the upload thread ended early")),
+        };
+        convert::meta(py, &written.meta)
+    }
+
+    /// A streaming upload to `uri`, committed on `close()`.
+    fn open_writer(&self, py: Python<'_>, uri: String) -> PyResult<Writer> {
+        let conn = self.conn(py)?;
+        Writer::start(conn.client.clone(), uri)
+    }
+
+    /// Deletes `uri`, or every object under it with `recursive`; returns
+    /// how many were deleted.
+    #[pyo3(signature = (uri, recursive = false))]
+    fn delete(&self, py: Python<'_>, uri: &str, recursive: bool) -> PyResult<u64> {
+        self.call(py, |conn| async move {
+            conn.client.delete(uri, recursive).await
+        })
+    }
+
+    /// The session (opened if needed): `shared_memory`, `session_id`,
+    /// `lease_quota`, `window`.
+    fn _session_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let session = self.call(py, |conn| async move { conn.session().await })?;
+        let info = PyDict::new(py);
+        info.set_item("shared_memory", session.shared_memory())?;
+        info.set_item("session_id", session.session_id())?;
+        info.set_item("lease_quota", session.lease_quota())?;
+        info.set_item("window", session.window())?;
+        Ok(info)
+    }
+
+    /// Whether `address` lies in a segment mapped by this client's session.
+    fn _is_mapped(&self, py: Python<'_>, address: usize) -> PyResult<bool> {
+        let session = self.call(py, |conn| async move { conn.session().await })?;
+        Ok(session.is_mapped(address as *const u8))
+    }
+}
+
+/// Locks an iterator's stream for one step; fails if another thread is in
+/// the middle of one.
+fn step<T>(mutex: &Mutex<T>) -> PyResult<std::sync::MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Ok(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => Err(PyRuntimeError::new_err(
+            "a sluice iterator is in use by another thread",
+        )),
+    }
+}
+
+fn forked() -> PyErr {
+    PyRuntimeError::new_err("a sluice iterator cannot be used in a forked child; start it there")
+}
+
+/// The entries of a listing.
+#[pyclass(module = "sluice._native", frozen)]
+pub(crate) struct ListIter {
+    entries: Mutex<PidBound<BoxStream<'static, SluiceResult<Entry>>>>,
+}
+
+#[pymethods]
+impl ListIter {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let mut guard = step(&self.entries)?;
+        let entries = guard.get_mut().ok_or_else(forked)?;
+        match wait(py, entries.next())? {
+            None => Ok(None),
+            Some(Ok(Entry::Object(meta))) => convert::meta(py, &meta).map(Some),
+            Some(Ok(Entry::Prefix(prefix))) => {
+                Ok(Some(prefix.into_pyobject(py)?.into_any().unbind()))
+            }
+            Some(Err(error)) => Err(convert::error(py, error)),
+        }
+    }
+}
+
+/// The results of `get_many`, tagged with the items' indexes.
+type Results = BoxStream<'static, (usize, SluiceResult<Buffer>)>;
+
+/// The results of `get_many`.
+#[pyclass(module = "sluice._native", frozen)]
+pub(crate) struct FetchIter {
+    results: Mutex<PidBound<Results>>,
+}
+
+#[pymethods]
+impl FetchIter {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<(usize, Buffer)>> {
+        let mut guard = step(&self.results)?;
+        let results = guard.get_mut().ok_or_else(forked)?;
+        match wait(py, results.next())? {
+            None => Ok(None),
+            Some((index, Ok(buffer))) => Ok(Some((index, buffer))),
+            Some((_, Err(error))) => Err(convert::error(py, error)),
+        }
+    }
+}
