@@ -101,6 +101,28 @@ impl TestDaemon {
         self.tcp
     }
 
+    /// Bytes leased to clients now (`sluice_session_leased_bytes`).
+    pub async fn leased_bytes(&self) -> f64 {
+        let body = crate::grpc::http_get(self.http(), "/metrics").await.1;
+        crate::grpc::metric(&body, "sluice_session_leased_bytes")
+    }
+
+    /// Polls the leased bytes until they equal `want`; fails after `within`.
+    pub async fn wait_leased(&self, want: f64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.leased_bytes().await;
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leased bytes at {now} after {within:?}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Shuts down and waits for `serve` to return.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.stop.take() {

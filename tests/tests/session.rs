@@ -4,12 +4,12 @@
 //! with each delivery.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_client::{Client, Delivery, Fetched, Session, SessionOptions};
 use sluice_engine::ByteSize;
 use sluice_tests::daemon::{DaemonProcess, TestDaemon, bin};
-use sluice_tests::grpc::{http_get, metric, pattern};
+use sluice_tests::grpc::pattern;
 use tokio::io::AsyncBufReadExt;
 
 const MIB: usize = 1 << 20;
@@ -37,27 +37,6 @@ async fn session(d: &TestDaemon, delivery: Delivery) -> Session {
         window: 8,
     };
     client.session(options).await.unwrap()
-}
-
-async fn leased_bytes(d: &TestDaemon) -> f64 {
-    let body = http_get(d.http(), "/metrics").await.1;
-    metric(&body, "sluice_session_leased_bytes")
-}
-
-/// Polls the daemon's leased bytes until they equal `want`.
-async fn wait_leased(d: &TestDaemon, want: f64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let now = leased_bytes(d).await;
-        if now == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leased bytes at {now} after {within:?}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Checks that the parts follow each other from `start` and hold `want`.
@@ -159,9 +138,10 @@ async fn dropping_leases_releases_them_and_parts_stream_in_order() {
         assert_exact(&fetched, 0, &large);
         held.push((index, fetched));
     }
-    assert_eq!(leased_bytes(&d).await, 3.0 * large.len() as f64);
+    assert_eq!(d.leased_bytes().await, 3.0 * large.len() as f64);
     held.truncate(1);
-    wait_leased(&d, large.len() as f64, Duration::from_secs(1)).await;
+    d.wait_leased(large.len() as f64, Duration::from_secs(1))
+        .await;
 
     // Parts one by one: each can be read and dropped before the next.
     let mut parts = s.fetch_parts(&d.file_uri("large"), None).await.unwrap();
@@ -176,7 +156,7 @@ async fn dropping_leases_releases_them_and_parts_stream_in_order() {
     }
     assert_eq!(offset, large.len());
     drop(held);
-    wait_leased(&d, 0.0, Duration::from_secs(1)).await;
+    d.wait_leased(0.0, Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,12 +179,12 @@ async fn a_killed_client_releases_its_leases() {
         .expect("a line");
     let total = 3 * MIB + 1000;
     assert_eq!(line, format!("holding {total}"));
-    assert_eq!(leased_bytes(&d).await, total as f64);
+    assert_eq!(d.leased_bytes().await, total as f64);
     let pid = child.id().unwrap() as i32;
     // SAFETY: kill(2) on the pid of a child this test owns and has not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     child.wait().await.unwrap();
-    wait_leased(&d, 0.0, Duration::from_secs(1)).await;
+    d.wait_leased(0.0, Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,5 +256,5 @@ async fn bench_runs_with_every_delivery() {
             assert!(line.starts_with(&head), "{delivery}: {line}");
         }
     }
-    wait_leased(&d, 0.0, Duration::from_secs(1)).await;
+    d.wait_leased(0.0, Duration::from_secs(1)).await;
 }

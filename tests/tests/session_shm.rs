@@ -45,28 +45,6 @@ async fn collect(
     done
 }
 
-async fn leased_bytes(d: &TestDaemon) -> f64 {
-    metric(
-        &http_get(d.http(), "/metrics").await.1,
-        "sluice_session_leased_bytes",
-    )
-}
-
-async fn wait_leased(d: &TestDaemon, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = leased_bytes(d).await;
-        if now == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leased bytes stuck at {now}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leased_extents_are_byte_exact_and_released() {
     let d = TestDaemon::start_with(|c| {
@@ -131,7 +109,7 @@ async fn leased_extents_are_byte_exact_and_released() {
     );
 
     let leased: u64 = done.values().flatten().flatten().map(|e| e.length).sum();
-    assert_eq!(leased_bytes(&d).await, leased as f64);
+    assert_eq!(d.leased_bytes().await, leased as f64);
     let ids: Vec<u64> = done[&1]
         .as_ref()
         .unwrap()
@@ -139,10 +117,11 @@ async fn leased_extents_are_byte_exact_and_released() {
         .map(|e| e.lease_id)
         .collect();
     s.release(ids).await;
-    wait_leased(&d, (leased - small.len() as u64) as f64).await;
+    d.wait_leased((leased - small.len() as u64) as f64, Duration::from_secs(5))
+        .await;
     // Ending the session releases the rest.
     drop(s);
-    wait_leased(&d, 0.0).await;
+    d.wait_leased(0.0, Duration::from_secs(5)).await;
     let (_, body) = http_get(d.http(), "/metrics").await;
     assert!(
         metric(
@@ -175,7 +154,7 @@ async fn without_shared_memory_results_come_as_chunks() {
         }
     }
     assert!(got == data);
-    assert_eq!(leased_bytes(&d).await, 0.0);
+    assert_eq!(d.leased_bytes().await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
