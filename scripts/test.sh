@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs, checks
 # formatting and lints, builds the workspace once, runs every test against
-# real servers (the daemon, an S3-compatible server) that the tests start.
+# real servers (the daemon, an S3-compatible server) that the tests start,
+# then installs the Python client and runs its tests (pytest) the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,5 +40,25 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
 cargo test --workspace --locked -- --test-threads 2
+
+# The Python client: installed into the current interpreter with the
+# documented command, built in the dev profile so that it reuses the
+# workspace build's artifacts in $CARGO_TARGET_DIR; tested against the
+# sluiced just built.
+python="${PYTHON:-python3}"
+pip=(env PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 "$python" -m pip)
+
+step "python client: install"
+"${pip[@]}" install --quiet "maturin==1.16.0" "pytest==8.4.2" "pytest-timeout==2.4.0" "numpy==2.2.6"
+MATURIN_PEP517_ARGS="--profile dev --locked" "${pip[@]}" install --quiet --force-reinstall --no-deps ./client-py
+
+step "python client: tests"
+rc=0
+SLUICED="$CARGO_TARGET_DIR/debug/sluiced" "$python" -m pytest client-py/tests -p no:cacheprovider || rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests" >&2
+  exit 1
+fi
+[ "$rc" -eq 0 ] || exit "$rc"
 
 step "all tests passed"

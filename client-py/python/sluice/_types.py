@@ -88,6 +88,20 @@ class AbortedError(SluiceError):
     code = "ABORTED"
 
 
+for _public in (
+    SluiceError,
+    NotFoundError,
+    PermissionDeniedError,
+    InvalidArgumentError,
+    AlreadyExistsError,
+    UnavailableError,
+    DeadlineExceededError,
+    ResourceExhaustedError,
+    AbortedError,
+):
+    # Shown (and pickled) as the names users import.
+    _public.__module__ = "sluice"
+
 _BY_CODE: dict[str, type[SluiceError]] = {
     "NOT_FOUND": NotFoundError,
     "PERMISSION_DENIED": PermissionDeniedError,
@@ -118,6 +132,9 @@ class ObjectMeta:
     """UTC, when the backend reports it."""
     version: Optional[str]
     """The backend's version id, when it versions objects."""
+
+
+ObjectMeta.__module__ = "sluice"
 
 
 def _meta_from_native(

@@ -1,0 +1,84 @@
+"""get_many: order, completion order, errors, and the bounded window."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import pytest
+
+import sluice
+from conftest import MiB, Daemon, Files, wait_for
+
+
+def test_ordered_results_come_in_request_order(client: sluice.Client, files: Files) -> None:
+    objects = [files.make(f"o{i}.bin", 1000 + 997 * i) for i in range(20)]
+    items = [uri for uri, _ in objects]
+    seen = []
+    for index, buf in client.get_many(items, ordered=True, window=4):
+        with buf:
+            assert bytes(buf) == objects[index][1]
+            assert buf.meta.uri == items[index]
+        seen.append(index)
+    assert seen == list(range(20))
+
+
+def test_unordered_results_cover_every_item_once(client: sluice.Client, files: Files) -> None:
+    objects = [files.make(f"u{i}.bin", 5000 + i) for i in range(20)]
+    seen = []
+    for index, buf in client.get_many((uri for uri, _ in objects), ordered=False, window=8):
+        with buf:
+            assert bytes(buf) == objects[index][1]
+        seen.append(index)
+    assert sorted(seen) == list(range(20))
+
+
+def test_ranges_and_empty_input(client: sluice.Client, files: Files) -> None:
+    uri, data = files.make("r.bin", 10_000)
+    items = [(uri, 0, 10), uri, (uri, 9_990, None), (uri, None, 3)]
+    got = [(i, bytes(b)) for i, b in client.get_many(items)]
+    assert got == [(0, data[:10]), (1, data), (2, data[9_990:]), (3, data[:3])]
+    assert list(client.get_many([])) == []
+    with pytest.raises(ValueError):
+        client.get_many([uri], window=0)
+
+
+def test_a_failed_item_raises_at_its_turn_and_the_rest_follow(
+    client: sluice.Client, files: Files
+) -> None:
+    a, data = files.make("a.bin", 100)
+    results = client.get_many([a, files.uri("missing.bin"), a], ordered=True)
+    index, buf = next(results)
+    assert (index, bytes(buf)) == (0, data)
+    with pytest.raises(sluice.NotFoundError) as missing:
+        next(results)
+    assert "missing.bin" in str(missing.value)
+    index, buf = next(results)
+    assert (index, bytes(buf)) == (2, data)
+    with pytest.raises(StopIteration):
+        next(results)
+
+
+def test_results_ahead_of_the_consumer_stay_within_the_window(
+    client: sluice.Client, files: Files, no_leases: Daemon
+) -> None:
+    size, count, window = MiB, 24, 4
+    items = [files.make(f"w{i}.bin", size)[0] for i in range(count)]
+    results = client.get_many(items, ordered=True, window=window)
+    index, first = next(results)
+    assert index == 0
+    # The fetches already asked for complete, and then nothing more is
+    # fetched until the consumer asks: never more than the window leased.
+    deadline = time.monotonic() + 0.5
+    peak = 0.0
+    while time.monotonic() < deadline:
+        peak = max(peak, no_leases.leased_bytes())
+        time.sleep(0.02)
+    assert size <= peak <= window * size, f"{peak / MiB} MiB leased"
+    first.close()
+    for _, buf in results:
+        assert no_leases.leased_bytes() <= (window + 1) * size
+        buf.close()
+    del results
+    gc.collect()
+    wait_for(lambda: no_leases.leased_bytes() == 0, what="every lease released")
