@@ -77,6 +77,7 @@ class Daemon:
         run.mkdir()
         self.socket = run / "sluiced.sock"
         self.port = free_port()
+        self.tcp_port = free_port()
         self.log = run / "sluiced.log"
         # The daemon rejects SLUICE_* variables that are not config keys.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
@@ -92,6 +93,7 @@ class Daemon:
                     "--socket", str(self.socket),
                     "--file-root", str(self.root),
                     "--http", f"127.0.0.1:{self.port}",
+                    "--tcp", f"127.0.0.1:{self.tcp_port}",
                     "--memory-budget", "256MiB",
                     "--log-level", "warn",
                 ],
@@ -126,6 +128,11 @@ class Daemon:
     @property
     def address(self) -> str:
         return f"unix://{self.socket}"
+
+    @property
+    def tcp_address(self) -> str:
+        """gRPC over TCP: no shared memory."""
+        return f"http://127.0.0.1:{self.tcp_port}"
 
     def uri(self, rel: str) -> str:
         return f"file://{self.root}/{rel}"

@@ -181,3 +181,18 @@ def test_writable_export_is_refused(client: sluice.Client, files: Files) -> None
             np.frombuffer(buf, dtype=np.uint8).setflags(write=True)
         # bytearray() copies; it must not need a writable export.
         assert len(bytearray(buf)) == 100
+
+
+def test_over_tcp_the_buffer_owns_the_bytes(daemon: Daemon, files: Files) -> None:
+    client = sluice.Client(daemon.tcp_address)
+    assert client._session_info()["shared_memory"] is False
+    uri, data = files.make("tcp.bin", 3 * MiB + 5)
+    with client.get(uri) as buf:
+        assert not buf.shared_memory and buf.zero_copy
+        assert not client._is_mapped(buf._address)
+        array = np.frombuffer(buf, dtype=np.uint8)
+        assert array.__array_interface__["data"][0] == buf._address
+        assert array.tobytes() == data
+        del array
+    with client.get(uri, offset=10, length=10) as buf:
+        assert bytes(buf) == data[10:20]
