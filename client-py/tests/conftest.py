@@ -79,6 +79,9 @@ class Daemon:
         self.port = free_port()
         self.tcp_port = free_port()
         self.log = run / "sluiced.log"
+        self._start()
+
+    def _start(self) -> None:
         # The daemon rejects SLUICE_* variables that are not config keys.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
         env.update(
@@ -86,7 +89,7 @@ class Daemon:
             SLUICE_CACHE__MAX_OBJECT_SIZE="8MiB",
             SLUICE_ENGINE__PART_SIZE="1MiB",
         )
-        with open(self.log, "wb") as log:
+        with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
                     str(sluiced_binary()),
@@ -103,6 +106,11 @@ class Daemon:
                 stderr=log,
             )
         self._wait_ready()
+
+    def restart(self) -> None:
+        """Stops the daemon and starts it again on the same socket and root."""
+        self.stop()
+        self._start()
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
