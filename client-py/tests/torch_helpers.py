@@ -1,0 +1,61 @@
+"""Transforms and DataLoader plumbing for test_torch, importable by spawned
+DataLoader workers."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import sluice
+from sluice.torch import as_tensor
+
+
+def name_and_digest(buf: sluice.Buffer) -> tuple[str, str]:
+    """The object's file name and the SHA-256 of its bytes, read in place."""
+    return buf.meta.uri.rsplit("/", 1)[1], hashlib.sha256(buf).hexdigest()
+
+
+def uint8_view(buf: sluice.Buffer) -> torch.Tensor:
+    """A zero-copy tensor over the leased bytes."""
+    return as_tensor(buf)
+
+
+def plain_frombuffer(buf: sluice.Buffer) -> torch.Tensor:
+    """What a user might write: torch.frombuffer on the buffer itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # not writable
+        return torch.frombuffer(buf, dtype=torch.uint8)
+
+
+#: Buffers kept by `hoard`, as a worker holding on to its samples would.
+HOARD: list[sluice.Buffer] = []
+
+
+def hoard(buf: sluice.Buffer) -> bytes:
+    """The bytes, keeping the buffer (and its lease) for the process's life."""
+    HOARD.append(buf)
+    return bytes(buf)
+
+
+def names(batches: Iterable[Any], by_content: dict[bytes, str]) -> list[str]:
+    """The objects' names, in the order a loader yielded them (batches of
+    ``bytes``, collated into lists)."""
+    return [by_content[sample] for batch in batches for sample in batch]
+
+
+def loader(
+    dataset: Dataset[Any], workers: int, start_method: str, batch_size: int = 3, **kwargs: Any
+) -> DataLoader[Any]:
+    context = start_method if workers else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        multiprocessing_context=context,
+        **kwargs,
+    )
