@@ -50,6 +50,8 @@ pip=(env PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 "$python" -
 
 step "python client: install"
 "${pip[@]}" install --quiet "maturin==1.16.0" "pytest==8.4.2" "pytest-timeout==2.4.0" "numpy==2.2.6"
+# For sluice.torch: PyPI's torch is the CUDA build (~0.5 GB, once per machine), fine on CPU.
+"${pip[@]}" install --quiet "torch==2.15.0" "torchdata==0.11.0"
 MATURIN_PEP517_ARGS="--profile dev --locked" "${pip[@]}" install --quiet --force-reinstall --no-deps ./client-py
 
 step "python client: tests"

@@ -8,11 +8,10 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
 import sluice
+import torch
 from sluice.torch import as_tensor
+from torch.utils.data import DataLoader, Dataset
 
 
 def name_and_digest(buf: sluice.Buffer) -> tuple[str, str]:
@@ -49,7 +48,11 @@ def names(batches: Iterable[Any], by_content: dict[bytes, str]) -> list[str]:
 
 
 def loader(
-    dataset: Dataset[Any], workers: int, start_method: str, batch_size: int = 3, **kwargs: Any
+    dataset: Dataset[Any],
+    workers: int,
+    start_method: str,
+    batch_size: int | None = 3,
+    **kwargs: Any,
 ) -> DataLoader[Any]:
     context = start_method if workers else None
     return DataLoader(

@@ -84,9 +84,10 @@ __all__ = [
     "as_tensor",
 ]
 
-#: Reads in flight per worker. 16 keeps a few milliseconds of object-store
-#: latency hidden behind decoding; its bytes count against the session's lease
-#: quota (512 MiB by default), so lower it for objects of tens of MiB.
+#: Reads in flight per worker: at ~20 ms a cold object-store read, 16 sustain
+#: ~800 samples/s per worker. The results held ahead count against the
+#: session's lease quota (512 MiB by default): lower it for objects of tens
+#: of MiB.
 DEFAULT_PREFETCH = 16
 
 #: A prefix to list, or the objects' URIs.
@@ -123,8 +124,10 @@ def _sample(buffer: Buffer, transform: Optional[Transform]) -> Any:
     """``transform(buffer)``, or the buffer's bytes; the lease is released
     unless something (the result) still refers to the buffer."""
     if transform is None:
-        with buffer:
+        try:
             return bytes(buffer)
+        finally:
+            buffer.close()
     held = sys.getrefcount(buffer)
     try:
         result = transform(buffer)
@@ -176,7 +179,11 @@ class _Objects:
             with self._locked():
                 if self._uris is None:
                     assert self.prefix is not None
-                    listed = [meta.uri for meta in self.client.list(self.prefix)]
+                    listed = [
+                        meta.uri
+                        for meta in self.client.list(self.prefix, recursive=True)
+                        if not isinstance(meta, str)
+                    ]
                     if not listed:
                         raise ValueError(f"no objects under {self.prefix!r}")
                     self._uris = listed
