@@ -153,7 +153,15 @@ async fn a_killed_daemon_gives_clients_an_error_not_a_hang() {
         .await
         .expect("no hang")
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    // UNAVAILABLE once the connection is known dead; CANCELLED when the call
+    // raced the connection's teardown. Either is a clear, prompt error.
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled
+        ),
+        "{err}"
+    );
     // What was leased stays readable: the memfd lives while it is mapped.
     assert!(maps[&e.segment].slice(e.segment_offset, e.length) == data);
     let shm: Vec<_> = std::fs::read_dir("/dev/shm")
