@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import multiprocessing
 import os
+import pathlib
 import pickle
 import signal
 from collections import Counter
@@ -145,6 +147,28 @@ def test_iterable_reads_every_sample_once_across_ranks_and_workers(
         per_rank.append(names(loader(dataset, 2, start_method), objects.by_content))
     assert [len(got) for got in per_rank] == [12, 11]
     assert Counter(per_rank[0] + per_rank[1]) == Counter(objects.names)
+
+
+def test_ranks_come_from_torch_distributed(
+    daemon: Daemon, objects: Objects, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gloo ranks; the environment says otherwise, and the spawned
+    DataLoader workers have no process group: the rank still holds."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    args = (str(tmp_path / "rendezvous"), objects.prefix, daemon.address, out)
+    ranks = [context.Process(target=torch_helpers.ddp_rank, args=(r, 2, *args)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    results = sorted(out.get(timeout=90) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    assert [(rank, length, len(got)) for rank, length, got in results] == [(0, 12, 12), (1, 11, 11)]
+    everything = [objects.by_content[s] for _, _, got in results for s in got]
+    assert sorted(everything) == objects.names
 
 
 def test_iterable_split_follows_the_documented_order(

@@ -10,7 +10,7 @@ from typing import Any
 
 import sluice
 import torch
-from sluice.torch import as_tensor
+from sluice.torch import SluiceIterableDataset, as_tensor
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -62,3 +62,21 @@ def loader(
         multiprocessing_context=context,
         **kwargs,
     )
+
+
+def ddp_rank(
+    rank: int, world_size: int, init_file: str, prefix: str, address: str, out: Any
+) -> None:
+    """One DDP rank (a gloo process group): reads its share of ``prefix``
+    through a DataLoader with 2 spawned workers; puts ``(rank, len, samples)``."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        dataset = SluiceIterableDataset(prefix, seed=4, client=sluice.Client(address))
+        samples = [s for batch in loader(dataset, 2, "spawn") for s in batch]
+        out.put((rank, len(dataset), samples))
+    finally:
+        dist.destroy_process_group()
