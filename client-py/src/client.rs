@@ -141,13 +141,28 @@ impl Client {
                 let conn = Arc::clone(&conn);
                 async move { (index, conn.fetch(&uri, range).await.map(Buffer::new)) }
             });
-        let results = if ordered {
+        let mut results: Results = if ordered {
             fetches.buffered(window).boxed()
         } else {
             fetches.buffer_unordered(window).boxed()
         };
+        // A task drives the fetches, so the window stays full while Python
+        // works on the previous result (not only inside `__next__`). It
+        // takes a result only once the one-slot channel has room, so at most
+        // `window` results are fetched ahead of the consumer: the one ready
+        // in the channel and the others in flight.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let driver = crate::runtime::runtime()?.spawn(async move {
+            while let Ok(slot) = tx.reserve().await {
+                match results.next().await {
+                    Some(item) => slot.send(item),
+                    None => break,
+                }
+            }
+        });
         Ok(FetchIter {
-            results: Mutex::new(PidBound::new(results)),
+            results: Mutex::new(PidBound::new(rx)),
+            driver: PidBound::new(driver.abort_handle()),
         })
     }
 
@@ -250,7 +265,18 @@ type Results = BoxStream<'static, (usize, SluiceResult<Buffer>)>;
 /// The results of `get_many`.
 #[pyclass(module = "sluice._native", frozen)]
 pub(crate) struct FetchIter {
-    results: Mutex<PidBound<Results>>,
+    results: Mutex<PidBound<tokio::sync::mpsc::Receiver<(usize, SluiceResult<Buffer>)>>>,
+    driver: PidBound<tokio::task::AbortHandle>,
+}
+
+impl Drop for FetchIter {
+    fn drop(&mut self) {
+        // Stop fetching for a consumer that is gone (in the process that
+        // started it; a forked child's copy owns nothing).
+        if let Some(driver) = self.driver.get() {
+            driver.abort();
+        }
+    }
 }
 
 #[pymethods]
@@ -262,7 +288,7 @@ impl FetchIter {
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<(usize, Buffer)>> {
         let mut guard = step(&self.results)?;
         let results = guard.get_mut().ok_or_else(forked)?;
-        match wait(py, results.next())? {
+        match wait(py, results.recv())? {
             None => Ok(None),
             Some((index, Ok(buffer))) => Ok(Some((index, buffer))),
             Some((_, Err(error))) => Err(convert::error(py, error)),
