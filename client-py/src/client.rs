@@ -259,13 +259,16 @@ impl ListIter {
     }
 }
 
-/// The results of `get_many`, tagged with the items' indexes.
-type Results = BoxStream<'static, (usize, SluiceResult<Buffer>)>;
+/// One result of `get_many`, tagged with its item's index.
+type Tagged = (usize, SluiceResult<Buffer>);
+
+/// The results of `get_many`, in the order they are handed out.
+type Results = BoxStream<'static, Tagged>;
 
 /// The results of `get_many`.
 #[pyclass(module = "sluice._native", frozen)]
 pub(crate) struct FetchIter {
-    results: Mutex<PidBound<tokio::sync::mpsc::Receiver<(usize, SluiceResult<Buffer>)>>>,
+    results: Mutex<PidBound<tokio::sync::mpsc::Receiver<Tagged>>>,
     driver: PidBound<tokio::task::AbortHandle>,
 }
 
