@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import sluice
+from s3server import S3Server
 
 START_TIMEOUT = 20.0
 MiB = 1 << 20
@@ -70,7 +71,8 @@ _SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
 class Daemon:
     """A `sluiced` process on a temporary socket and file root."""
 
-    def __init__(self, base: pathlib.Path) -> None:
+    def __init__(self, base: pathlib.Path, env: dict[str, str] | None = None) -> None:
+        self.extra_env = env or {}
         self.root = (base / "data").resolve()
         self.root.mkdir()
         run = base / "run"
@@ -89,6 +91,7 @@ class Daemon:
             SLUICE_CACHE__MAX_OBJECT_SIZE="8MiB",
             SLUICE_ENGINE__PART_SIZE="1MiB",
         )
+        env.update(self.extra_env)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -181,6 +184,21 @@ class Daemon:
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = Daemon(tmp_path_factory.mktemp("sluiced"))
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3s-fs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_daemon(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[Daemon]:
+    """A second daemon whose default S3 endpoint is the test's s3s-fs."""
+    d = Daemon(tmp_path_factory.mktemp("sluiced-s3"), env=s3.daemon_env())
     yield d
     d.stop()
 
