@@ -9,8 +9,7 @@
 //! before `serve` returns.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -71,7 +70,7 @@ impl Daemon {
         metrics
             .registry
             .register("build", "sluiced version", build_info());
-        let unix = bind_unix(&config.server.socket, config.socket_mode()?)?;
+        let unix = crate::listen::bind_unix(&config.server.socket, config.socket_mode()?)?;
         let fds = if config.session.shared_memory {
             let path = config.fd_socket();
             Some((
@@ -230,30 +229,4 @@ fn build_info() -> prometheus_client::metrics::info::Info<Vec<(String, String)>>
         "version".to_owned(),
         env!("CARGO_PKG_VERSION").to_owned(),
     )])
-}
-
-/// Binds the Unix socket, replacing a stale socket file left by a crash
-/// but never a live daemon's socket or a non-socket file.
-pub(crate) fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-    }
-    if let Ok(md) = std::fs::symlink_metadata(path) {
-        anyhow::ensure!(
-            md.file_type().is_socket(),
-            "{} exists and is not a socket",
-            path.display()
-        );
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another daemon is listening on {}", path.display());
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
-    Ok(listener)
 }

@@ -49,6 +49,6 @@ pub async fn serve(listener: UnixListener, arena: Arc<Arena>, stop: Cancellation
 
 /// Binds the descriptor socket (replacing a stale one) with `mode`.
 pub fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
-    crate::server::bind_unix(path, mode)
+    crate::listen::bind_unix(path, mode)
         .with_context(|| format!("descriptor socket {}", path.display()))
 }

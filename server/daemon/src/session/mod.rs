@@ -33,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::{Status, Streaming};
 
-use crate::api::ResponseStream;
 use crate::config::Config;
 use crate::telemetry::metrics::Metrics;
 use leases::LeaseTable;
@@ -74,7 +73,7 @@ pub(crate) async fn open(
     draining: CancellationToken,
     retired: Retired,
     mut inbound: Streaming<v1::SessionRequest>,
-) -> Result<ResponseStream<v1::SessionResponse>, Status> {
+) -> Result<futures::stream::BoxStream<'static, Result<v1::SessionResponse, Status>>, Status> {
     let open = match inbound.message().await? {
         Some(v1::SessionRequest {
             msg: Some(In::Open(o)),
