@@ -169,6 +169,13 @@ impl Arena {
             .collect();
         by_addr.sort_unstable();
         let capacity = segments.iter().map(|s| s.map.len() as u64).sum();
+        // A budget below one segment makes one smaller segment: that is the
+        // largest extent there can be.
+        let segment_size = segments
+            .iter()
+            .map(|s| s.map.len() as u64)
+            .max()
+            .unwrap_or(0);
         Ok(Arc::new(Arena {
             segments: segments.into_boxed_slice(),
             by_addr: by_addr.into_boxed_slice(),
@@ -271,7 +278,8 @@ impl Arena {
         (off < self.segments[id as usize].map.len()).then_some((id, off as u64))
     }
 
-    /// Largest extent that can ever be allocated: the segment size.
+    /// Largest extent that can ever be allocated: the largest segment (the
+    /// configured segment size, or the whole capacity when that is smaller).
     pub fn max_extent(&self) -> u64 {
         self.segment_size
     }

@@ -425,3 +425,11 @@ fn timing_and_fragmentation() {
     );
     check_invariants(&arena, &live);
 }
+
+#[test]
+fn a_budget_below_one_segment_caps_the_largest_extent() {
+    let arena = Arena::new(8192, 1 << 20).unwrap();
+    assert_eq!(arena.max_extent(), 8192);
+    assert_eq!(arena.capacity(), 8192);
+    assert!(arena.try_alloc(8192).is_some());
+}
