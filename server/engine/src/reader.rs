@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use sluice_storage::{Backends, ObjectMeta, ObjectUri, Storage, file::clamp_range};
+use sluice_storage::{Backends, ObjectMeta, ObjectUri, Storage, clamp_range};
 use tokio::sync::watch;
 
 use crate::budget::MemoryBudget;

@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::{
     ErrorKind, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta,
-    ObjectUri, Result, Storage, StorageError,
+    ObjectUri, Result, Storage, StorageError, clamp_range,
 };
 
 /// Bytes per `pread`: large enough to amortise the blocking-pool hop (a few
@@ -222,34 +222,6 @@ impl Storage for FileStorage {
         })
         .await
     }
-}
-
-/// `requested ∩ [0, size)`, with the contract's rules for empty objects and
-/// ranges past the end.
-pub fn clamp_range(
-    uri: &ObjectUri,
-    requested: Option<std::ops::Range<u64>>,
-    size: u64,
-) -> Result<std::ops::Range<u64>> {
-    let Some(r) = requested else {
-        return Ok(0..size);
-    };
-    if r.start > r.end {
-        return Err(StorageError::invalid(
-            uri.to_string(),
-            "range start is after its end",
-        ));
-    }
-    if r.start >= size && !(r.start == 0 && size == 0) {
-        return Err(StorageError::invalid(
-            uri.to_string(),
-            format!(
-                "range starts at {} but the object has {size} bytes",
-                r.start
-            ),
-        ));
-    }
-    Ok(r.start..r.end.min(size))
 }
 
 fn read_stream(file: Arc<File>, uri: String, range: std::ops::Range<u64>) -> crate::ByteStream {

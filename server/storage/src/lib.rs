@@ -151,3 +151,31 @@ pub trait MultipartUpload: Send + Debug {
     /// Discards every part uploaded so far.
     async fn abort(self: Box<Self>) -> Result<()>;
 }
+
+/// `requested ∩ [0, size)`, with the contract's rules for empty objects and
+/// ranges past the end.
+pub fn clamp_range(
+    uri: &ObjectUri,
+    requested: Option<std::ops::Range<u64>>,
+    size: u64,
+) -> Result<std::ops::Range<u64>> {
+    let Some(r) = requested else {
+        return Ok(0..size);
+    };
+    if r.start > r.end {
+        return Err(StorageError::invalid(
+            uri.to_string(),
+            "range start is after its end",
+        ));
+    }
+    if r.start >= size && !(r.start == 0 && size == 0) {
+        return Err(StorageError::invalid(
+            uri.to_string(),
+            format!(
+                "range starts at {} but the object has {size} bytes",
+                r.start
+            ),
+        ));
+    }
+    Ok(r.start..r.end.min(size))
+}

@@ -123,7 +123,7 @@ fn answer(
     let (sent, size) = sent_span(&out, &shown)?;
     // The contract's clamping; also catches a start past the end that a
     // server ignoring `Range` answered with the whole object.
-    let range = crate::file::clamp_range(uri, requested, size)?;
+    let range = crate::clamp_range(uri, requested, size)?;
     // A server that ignored the range sends the whole object; that is only
     // usable when the whole object is what was asked for.
     let wanted = if range.is_empty() {
