@@ -342,6 +342,23 @@ impl Storage for Instrumented {
         self.record(Operation::delete, t, &res);
         res
     }
+
+    async fn read_into(
+        &self,
+        uri: &ObjectUri,
+        offset: u64,
+        etag: Option<&str>,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        let t = Instant::now();
+        let len = dst.len() as u64;
+        let res = self.inner.read_into(uri, offset, etag, dst).await;
+        self.record(Operation::get, t, &res);
+        if res.is_ok() {
+            self.count_bytes("read").inc_by(len);
+        }
+        res
+    }
 }
 
 #[derive(Debug)]

@@ -30,9 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use sluice_storage::{
-    ByteStream, ErrorKind, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError,
-};
+use sluice_storage::{ByteStream, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, drain};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::budget::{Evict, MemoryBudget};
@@ -350,48 +348,14 @@ impl Job {
     }
 
     async fn try_part(&self, range: Range<u64>, dst: &mut [u8]) -> Result<(), StorageError> {
-        let uri = self.uri.to_string();
-        let opts = GetOptions {
-            range: Some(range.clone()),
-            if_match: self.etag.clone(),
-        };
-        let res = self.storage.get(&self.uri, opts).await?;
-        if res.meta.etag != self.etag {
-            return Err(StorageError::new(
-                ErrorKind::Changed,
-                uri,
-                "object changed while being read (etag differs)",
-            ));
-        }
-        if res.range != range {
-            let msg = format!("asked for bytes {range:?}, got {:?}", res.range);
-            return Err(StorageError::protocol(uri, msg));
-        }
-        drain(res.body, &self.uri, dst).await
+        debug_assert_eq!(range.end - range.start, dst.len() as u64);
+        self.storage
+            .read_into(&self.uri, range.start, self.etag.as_deref(), dst)
+            .await
     }
 }
 
 /// What is left of `total` after its first part.
 fn first_range_end(total: &Range<u64>, part: u64) -> Range<u64> {
     (total.start + part).min(total.end)..total.end
-}
-
-/// Copies `body` into `dst`, which it must fill exactly.
-async fn drain(mut body: ByteStream, uri: &ObjectUri, dst: &mut [u8]) -> Result<(), StorageError> {
-    let mut at = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        let end = at + chunk.len();
-        if end > dst.len() {
-            let msg = format!("body longer than the {} bytes asked for", dst.len());
-            return Err(StorageError::protocol(uri.to_string(), msg));
-        }
-        dst[at..end].copy_from_slice(&chunk);
-        at = end;
-    }
-    if at != dst.len() {
-        let msg = format!("short body: {at} of {} bytes", dst.len());
-        return Err(StorageError::protocol(uri.to_string(), msg));
-    }
-    Ok(())
 }

@@ -135,6 +135,71 @@ pub trait Storage: Send + Sync + Debug + 'static {
 
     /// Deletes one object. Deleting a missing object is `NotFound`.
     async fn delete(&self, uri: &ObjectUri) -> Result<()>;
+
+    /// Reads exactly `dst.len()` bytes at `offset` of the object version
+    /// `etag` into `dst`: a part of a ranged fetch whose first part gave the
+    /// size and etag. A different etag is [`ErrorKind::Changed`]. The
+    /// default is a ranged [`get`](Storage::get) drained into `dst`;
+    /// backends that can read straight into memory override it.
+    async fn read_into(
+        &self,
+        uri: &ObjectUri,
+        offset: u64,
+        etag: Option<&str>,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        read_into_via_get(self, uri, offset, etag, dst).await
+    }
+}
+
+/// [`Storage::read_into`] through a ranged `get`: checks the etag and the
+/// returned range, then copies the body into `dst`, which it must fill.
+pub async fn read_into_via_get<S: Storage + ?Sized>(
+    storage: &S,
+    uri: &ObjectUri,
+    offset: u64,
+    etag: Option<&str>,
+    dst: &mut [u8],
+) -> Result<()> {
+    let range = offset..offset + dst.len() as u64;
+    let opts = GetOptions {
+        range: Some(range.clone()),
+        if_match: etag.map(str::to_owned),
+    };
+    let res = storage.get(uri, opts).await?;
+    if res.meta.etag.as_deref() != etag {
+        return Err(StorageError::new(
+            ErrorKind::Changed,
+            uri.to_string(),
+            "object changed while being read (etag differs)",
+        ));
+    }
+    if res.range != range {
+        let msg = format!("asked for bytes {range:?}, got {:?}", res.range);
+        return Err(StorageError::protocol(uri.to_string(), msg));
+    }
+    drain(res.body, uri, dst).await
+}
+
+/// Copies `body` into `dst`, which it must fill exactly.
+pub async fn drain(mut body: ByteStream, uri: &ObjectUri, dst: &mut [u8]) -> Result<()> {
+    use futures::StreamExt;
+    let mut at = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        let end = at + chunk.len();
+        if end > dst.len() {
+            let msg = format!("body longer than the {} bytes asked for", dst.len());
+            return Err(StorageError::protocol(uri.to_string(), msg));
+        }
+        dst[at..end].copy_from_slice(&chunk);
+        at = end;
+    }
+    if at != dst.len() {
+        let msg = format!("short body: {at} of {} bytes", dst.len());
+        return Err(StorageError::protocol(uri.to_string(), msg));
+    }
+    Ok(())
 }
 
 /// An upload in progress. Dropping it without `complete` or `abort` leaves
