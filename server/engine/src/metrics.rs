@@ -72,6 +72,8 @@ pub enum Operation {
     put,
     /// One part of a multipart upload (start and complete included).
     put_part,
+    /// A later part of a ranged fetch, read into its buffer (whole transfer).
+    read_part,
     /// Delete.
     delete,
 }
@@ -353,7 +355,7 @@ impl Storage for Instrumented {
         let t = Instant::now();
         let len = dst.len() as u64;
         let res = self.inner.read_into(uri, offset, etag, dst).await;
-        self.record(Operation::get, t, &res);
+        self.record(Operation::read_part, t, &res);
         if res.is_ok() {
             self.count_bytes("read").inc_by(len);
         }
