@@ -189,12 +189,23 @@ impl Client {
         Writer::start(conn.client.clone(), uri)
     }
 
-    /// Deletes `uri`, or every object under it with `recursive`; returns
+    /// Deletes `uri`, or with `recursive` the object and everything under
+    /// `uri/`; a whole bucket or file root needs `whole_bucket`. Returns
     /// how many were deleted.
-    #[pyo3(signature = (uri, recursive = false))]
-    fn delete(&self, py: Python<'_>, uri: &str, recursive: bool) -> PyResult<u64> {
+    #[pyo3(signature = (uri, recursive = false, whole_bucket = false))]
+    fn delete(
+        &self,
+        py: Python<'_>,
+        uri: &str,
+        recursive: bool,
+        whole_bucket: bool,
+    ) -> PyResult<u64> {
         self.call(py, |conn| async move {
-            conn.client.delete(uri, recursive).await
+            if whole_bucket {
+                conn.client.delete_whole_bucket(uri).await
+            } else {
+                conn.client.delete(uri, recursive).await
+            }
         })
     }
 

@@ -186,13 +186,32 @@ impl Client {
         self.write(uri, futures::stream::iter([data]), size).await
     }
 
-    /// Deletes `uri`, or with `recursive` every object under the prefix
-    /// `uri`. Returns the number of objects deleted.
+    /// Deletes `uri`, or with `recursive` the object `uri` and every
+    /// object below `uri/` (whole path components: `run1` never touches
+    /// `run10`). A whole bucket or file root is refused
+    /// (`FailedPrecondition`); see [`Client::delete_whole_bucket`]. Returns
+    /// the number of objects deleted.
     pub async fn delete(&self, uri: &str, recursive: bool) -> Result<u64> {
-        let request = DeleteRequest {
+        self.delete_request(DeleteRequest {
             uri: uri.to_owned(),
             recursive,
-        };
+            whole_bucket: false,
+        })
+        .await
+    }
+
+    /// Deletes every object under `uri`, which may name a whole bucket
+    /// (`s3://bucket/`) or file root. Returns the number deleted.
+    pub async fn delete_whole_bucket(&self, uri: &str) -> Result<u64> {
+        self.delete_request(DeleteRequest {
+            uri: uri.to_owned(),
+            recursive: true,
+            whole_bucket: true,
+        })
+        .await
+    }
+
+    async fn delete_request(&self, request: DeleteRequest) -> Result<u64> {
         Ok(self
             .inner
             .clone()

@@ -101,6 +101,7 @@ async fn write_list_delete(d: &TestDaemon, base: &str) {
         .delete(v1::DeleteRequest {
             uri: format!("{base}a"),
             recursive: false,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -109,6 +110,7 @@ async fn write_list_delete(d: &TestDaemon, base: &str) {
         .delete(v1::DeleteRequest {
             uri: format!("{base}a"),
             recursive: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -117,6 +119,7 @@ async fn write_list_delete(d: &TestDaemon, base: &str) {
         .delete(v1::DeleteRequest {
             uri: base.into(),
             recursive: true,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -242,4 +245,89 @@ async fn a_cancelled_upload_leaves_nothing() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(!d.root().join("partial").exists());
+}
+
+/// `rm -r …/run1` takes the object `run1` and what lies below `run1/`, never
+/// `run10/` or `run1.log`; a whole bucket or root needs the explicit flag.
+async fn recursive_delete_matches_components(d: &TestDaemon, base: &str, whole: &str) {
+    let mut client = connect(d.socket()).await;
+    let keep = ["run10/a", "run10/b", "run1.log", "run1-x/c", "solo2"];
+    let gone = ["run1/a", "run1/sub/b", "solo"];
+    for k in keep.iter().chain(&gone) {
+        let data = pattern(100, k.len() as u8);
+        write(&mut client, &format!("{base}{k}"), &data, 1 << 20, 100)
+            .await
+            .unwrap();
+    }
+    let delete = |uri: String, recursive: bool, whole_bucket: bool| v1::DeleteRequest {
+        uri,
+        recursive,
+        whole_bucket,
+    };
+    let resp = client
+        .delete(delete(format!("{base}run1"), true, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.deleted, 2);
+    // An object named exactly: itself, not its namesakes.
+    let resp = client
+        .delete(delete(format!("{base}solo"), true, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.deleted, 1);
+    let (objects, _, _) = list_all(&mut client, base, "", 1000).await;
+    let mut left: Vec<String> = objects
+        .iter()
+        .map(|o| o.strip_prefix(base).unwrap().to_owned())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = keep.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        left, want,
+        "a recursive delete crossed a component boundary"
+    );
+
+    // The whole bucket / root: refused without the flag, nothing deleted.
+    let err = client
+        .delete(delete(whole.to_owned(), true, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains(whole), "{}", err.message());
+    let (objects, _, _) = list_all(&mut client, base, "", 1000).await;
+    assert_eq!(objects.len(), keep.len(), "a refused delete deleted");
+    // The flag only means something for recursive deletes.
+    let err = client
+        .delete(delete(format!("{base}run10/a"), false, true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let resp = client
+        .delete(delete(whole.to_owned(), true, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.deleted, keep.len() as u64);
+    let (objects, _, _) = list_all(&mut client, base, "", 1000).await;
+    assert!(objects.is_empty(), "{objects:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_delete_matches_components_on_files() {
+    let d = TestDaemon::start().await;
+    let base = d.file_uri("runs/");
+    let root = format!("file://{}/", d.root().display());
+    recursive_delete_matches_components(&d, &base, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_delete_matches_components_on_s3() {
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket("components").await;
+    let cfg = s3.config();
+    let d = TestDaemon::start_with(move |c| c.storage.s3 = cfg).await;
+    recursive_delete_matches_components(&d, &format!("{bucket}runs/"), &bucket.to_string()).await;
 }

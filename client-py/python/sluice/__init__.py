@@ -235,10 +235,13 @@ class Client:
         """A file-like streaming upload to ``uri``, committed on close."""
         return Writer(self._native.open_writer(uri))
 
-    def delete(self, uri: str, recursive: bool = False) -> int:
-        """Deletes ``uri`` (or, with ``recursive``, every object under the
-        prefix ``uri``); returns the number of objects deleted."""
-        return self._native.delete(uri, recursive)
+    def delete(self, uri: str, recursive: bool = False, whole_bucket: bool = False) -> int:
+        """Deletes ``uri``; with ``recursive``, the object ``uri`` and every
+        object under ``uri/`` (whole path components: ``run1`` never touches
+        ``run10``). Deleting everything in a bucket or file root needs
+        ``whole_bucket=True`` (implies ``recursive``). Returns the number of
+        objects deleted."""
+        return self._native.delete(uri, recursive, whole_bucket)
 
     def __reduce__(self) -> tuple[type[Client], tuple[str]]:
         return (Client, (self.address,))

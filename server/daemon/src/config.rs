@@ -226,7 +226,7 @@ impl Config {
             .merge(env)
             .merge(overrides)
             .extract()
-            .map_err(Box::new)?;
+            .map_err(|e| Box::new(scrub(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -348,6 +348,52 @@ impl Config {
     }
 }
 
+/// Whether a config key (its last path element) holds a credential.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "secret",
+        "token",
+        "password",
+        "sas",
+        "account_key",
+        "private_key",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+        && !key.ends_with("_file")
+        && !key.ends_with("_path")
+}
+
+/// A load error that cannot show a secret: errors about a key that holds a
+/// credential lose their value ("found unsigned int `123…`"), and parse
+/// errors lose the source line that a TOML error quotes.
+fn scrub(error: figment::Error) -> figment::Error {
+    let mut errors: Vec<figment::Error> = error.into_iter().collect();
+    for e in &mut errors {
+        if e.path.last().is_some_and(|k| is_secret_key(k)) {
+            e.kind = figment::error::Kind::Message(
+                "invalid value for a secret (the value is not shown)".into(),
+            );
+        } else if let figment::error::Kind::Message(m) = &e.kind {
+            // TOML parse errors quote the offending line: `3 | key = "…`.
+            let kept: Vec<&str> = m
+                .lines()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !(t.starts_with('|')
+                        || t.split_once('|')
+                            .is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit())))
+                })
+                .collect();
+            e.kind = figment::error::Kind::Message(kept.join(" "));
+        }
+    }
+    let mut rest = errors.into_iter().rev();
+    let last = rest.next().expect("an error has at least one error");
+    rest.fold(last, figment::Error::chain)
+}
+
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
 mod tests {
@@ -412,6 +458,32 @@ mod tests {
             assert!(err.to_string().contains("soket"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn config_errors_never_show_secret_values() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            // A numeric secret from the environment is still a secret.
+            jail.set_env("SLUICE_STORAGE__S3__SECRET_ACCESS_KEY", "918273645");
+            jail.set_env("SLUICE_STORAGE__S3__ACCESS_KEY_ID", "AKIDNUMERIC");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            let secret = c.storage.s3.secret_access_key.as_ref().map(|s| s.expose());
+            assert_eq!(secret, Some("918273645"));
+            assert!(!c.to_redacted_toml().contains("918273645"));
+            // Wrong types are errors that name the key, not the value.
+            jail.set_env("SLUICE_STORAGE__S3__SESSION_TOKEN", "[\"tok-847362\"]");
+            let err = Config::load(None, Figment::new()).unwrap_err().to_string();
+            assert!(err.contains("SESSION_TOKEN"), "{err}");
+            assert!(!err.contains("847362"), "{err}");
+            Ok(())
+        });
+        // A TOML syntax error on a secret's line does not quote the line.
+        let err = load("[storage.s3]\nsecret_access_key = \"unterminated-5551234\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("5551234"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

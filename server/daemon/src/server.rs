@@ -54,7 +54,7 @@ pub struct Addresses {
 
 impl Daemon {
     /// Builds backends, engine and metrics, and binds every listener.
-    pub async fn bind(config: Config) -> anyhow::Result<Daemon> {
+    pub async fn bind(mut config: Config) -> anyhow::Result<Daemon> {
         let backends = Backends::new(&config.storage)
             .await
             .context("cannot set up storage backends")?;
@@ -67,6 +67,15 @@ impl Daemon {
         )
         .context("cannot create the shared-memory arena")?;
         let reader = Arc::new(reader);
+        if config.session.shared_memory && !reader.arena().clients_read_only() {
+            // Handing out a segment a client could write would let it change
+            // the bytes every other client reads: stream instead.
+            tracing::warn!(
+                "shared-memory delivery disabled: this kernel cannot seal the arena against \
+                 writes by clients (needs F_SEAL_FUTURE_WRITE, Linux 5.1); sessions get streams"
+            );
+            config.session.shared_memory = false;
+        }
         metrics
             .registry
             .register("build", "sluiced version", build_info());

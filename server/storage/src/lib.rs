@@ -36,7 +36,7 @@ use futures::stream::BoxStream;
 
 pub use error::{BoxError, ErrorKind, Result, StorageError};
 pub use registry::Backends;
-pub use uri::{ObjectUri, Scheme};
+pub use uri::{MAX_URI_LEN, ObjectUri, Scheme};
 
 /// The body of a `get`: chunks in order, each at most a few MiB.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;

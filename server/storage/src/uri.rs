@@ -9,6 +9,11 @@
 //! An S3 authority with a port is an endpoint: bucket names cannot contain
 //! `:`. Keys are taken literally (no percent-decoding), so any S3 key that
 //! is valid UTF-8 can be named.
+//!
+//! A URI is at most [`MAX_URI_LEN`] bytes: room for any S3 object (keys are
+//! at most 1,024 bytes) and any local path (`PATH_MAX` is 4,096). Longer
+//! ones are refused before anything is copied, and an error names only
+//! their first bytes.
 
 use std::fmt;
 
@@ -45,9 +50,35 @@ pub struct ObjectUri {
     key: String,
 }
 
+/// The longest URI accepted, in bytes.
+pub const MAX_URI_LEN: usize = 4096;
+
+/// How much of an overlong URI an error message shows.
+const SHOWN_PREFIX: usize = 96;
+
+/// Refuses a URI longer than [`MAX_URI_LEN`], naming only its beginning so
+/// that the error itself stays small.
+pub fn check_len(uri: &str) -> Result<()> {
+    if uri.len() <= MAX_URI_LEN {
+        return Ok(());
+    }
+    let mut cut = SHOWN_PREFIX;
+    while !uri.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Err(StorageError::invalid(
+        format!("{}…", &uri[..cut]),
+        format!(
+            "uri of {} bytes exceeds the limit of {MAX_URI_LEN} bytes",
+            uri.len()
+        ),
+    ))
+}
+
 impl ObjectUri {
     /// Parses `uri`; errors are `InvalidArgument` naming the URI.
     pub fn parse(uri: &str) -> Result<Self> {
+        check_len(uri)?;
         let (scheme, rest) = uri
             .split_once("://")
             .ok_or_else(|| StorageError::invalid(uri, "not a uri: expected scheme://…"))?;
@@ -199,7 +230,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn overlong_uris_are_refused_naming_only_their_start() {
+        let at_limit = format!("s3://bkt/{}", "k".repeat(MAX_URI_LEN - 9));
+        assert_eq!(at_limit.len(), MAX_URI_LEN);
+        assert!(ObjectUri::parse(&at_limit).is_ok());
+        let over = format!("{at_limit}é");
+        let e = ObjectUri::parse(&over).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_string().len() < 300, "{e}");
+        assert!(
+            e.to_string().contains(&format!("{} bytes", over.len())),
+            "{e}"
+        );
+        // A multi-byte character across the cut does not panic.
+        let wide = "file:///".to_owned() + &"é".repeat(MAX_URI_LEN);
+        assert_eq!(
+            ObjectUri::parse(&wide).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+    }
+
     proptest! {
+        #[test]
+        fn arbitrary_strings_never_panic(s in ".{0,200}") {
+            if let Ok(u) = ObjectUri::parse(&s) {
+                // What parses prints back to something that parses the same.
+                prop_assert_eq!(ObjectUri::parse(&u.to_string()).unwrap(), u);
+            }
+        }
+
         #[test]
         fn display_round_trips(bucket in "[a-z0-9][a-z0-9.-]{2,20}", key in "[a-zA-Z0-9/ _.-]{0,40}", port in proptest::option::of(1u16..)) {
             let uri = match port {

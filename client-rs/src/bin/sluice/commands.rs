@@ -203,8 +203,18 @@ pub async fn put(client: &Client, file: &Path, uri: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub async fn rm(client: &Client, uri: &str, recursive: bool) -> anyhow::Result<()> {
-    let deleted = client.delete(uri, recursive).await.uri_context(uri)?;
+pub async fn rm(
+    client: &Client,
+    uri: &str,
+    recursive: bool,
+    whole_bucket: bool,
+) -> anyhow::Result<()> {
+    let deleted = if whole_bucket {
+        client.delete_whole_bucket(uri).await
+    } else {
+        client.delete(uri, recursive).await
+    }
+    .uri_context(uri)?;
     if recursive && io::stderr().is_terminal() {
         eprintln!(
             "deleted {deleted} object{}",

@@ -81,11 +81,14 @@ enum Command {
         /// The destination object.
         uri: String,
     },
-    /// Delete an object, or with -r every object under a prefix.
+    /// Delete an object, or with -r a "directory": the object and everything under URI/.
     Rm {
-        /// Treat the URI as a prefix and delete everything under it.
+        /// Delete the object and every object under URI/ (whole path components).
         #[arg(short, long)]
         recursive: bool,
+        /// Allow -r on a whole bucket (s3://bucket/) or file root.
+        #[arg(long, requires = "recursive")]
+        whole_bucket: bool,
         /// The object or prefix.
         uri: String,
     },
@@ -139,7 +142,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => commands::get(&client, &uri, file, offset, length).await,
         Command::Cat { uri } => commands::cat(&client, &uri).await,
         Command::Put { file, uri } => commands::put(&client, &file, &uri).await,
-        Command::Rm { recursive, uri } => commands::rm(&client, &uri, recursive).await,
+        Command::Rm {
+            recursive,
+            whole_bucket,
+            uri,
+        } => commands::rm(&client, &uri, recursive, whole_bucket).await,
         Command::Bench(args) => bench::run(&client, &args).await,
     }
 }

@@ -2,7 +2,9 @@
 
 use futures::{StreamExt, TryStreamExt};
 use sluice_proto::v1;
-use sluice_storage::{ErrorKind, ListOptions, ObjectUri};
+use std::path::{Path, PathBuf};
+
+use sluice_storage::{ErrorKind, ListOptions, ObjectUri, Scheme};
 use tonic::{Code, Status};
 
 use super::SluiceService;
@@ -83,12 +85,41 @@ pub(super) async fn delete(
         let uri = parse_uri(&req.uri)?;
         let storage = svc.reader.storage(&uri).map_err(|e| read_status(&e))?;
         if !req.recursive {
+            if req.whole_bucket {
+                return Err(Status::invalid_argument(format!(
+                    "{uri}: whole_bucket applies only to a recursive delete"
+                )));
+            }
             let res = storage.delete(&uri).await;
             svc.reader.invalidate(&uri);
             res.map_err(|e| storage_status(&e))?;
             return Ok(v1::DeleteResponse { deleted: 1 });
         }
+        if !req.whole_bucket && names_whole_bucket(&uri, &svc.config.storage.file.roots) {
+            return Err(Status::failed_precondition(format!(
+                "{uri}: a recursive delete of a whole bucket or file root must be confirmed \
+                 (whole_bucket in the request; `sluice rm -r --whole-bucket`)"
+            )));
+        }
+        // Whole path components: `…/run1` is the object `run1` and what lies
+        // below `run1/`, never `run10`.
+        let key = uri.key();
+        let (below, exact) = if key.is_empty() || key.ends_with('/') {
+            (uri.clone(), None)
+        } else {
+            (uri.with_key(format!("{key}/")), Some(&uri))
+        };
         let mut deleted = 0u64;
+        if let Some(exact) = exact {
+            let res = storage.delete(exact).await;
+            svc.reader.invalidate(exact);
+            match res {
+                Ok(()) => deleted += 1,
+                // No such object (or a directory): only what lies below.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(storage_status(&e)),
+            }
+        }
         let mut opts = ListOptions {
             delimiter: None,
             page_size: MAX_PAGE_SIZE as usize,
@@ -96,7 +127,7 @@ pub(super) async fn delete(
         };
         loop {
             let page = storage
-                .list(&uri, &opts)
+                .list(&below, &opts)
                 .await
                 .map_err(|e| storage_status(&e))?;
             let uris: Vec<ObjectUri> = page
@@ -126,9 +157,45 @@ pub(super) async fn delete(
                 None => break,
             }
         }
-        svc.reader.invalidate_prefix(&uri);
+        svc.reader.invalidate_prefix(&below);
         Ok(v1::DeleteResponse { deleted })
     }
     .await;
     timed(timer, res)
+}
+
+/// Whether a recursive delete of `uri` would take a whole bucket, or a
+/// whole file root (the root itself, or a directory above one).
+fn names_whole_bucket(uri: &ObjectUri, roots: &[PathBuf]) -> bool {
+    match uri.scheme() {
+        Scheme::S3 => uri.key().is_empty(),
+        Scheme::File => {
+            let path = Path::new(uri.key());
+            roots.iter().any(|root| {
+                root.starts_with(path)
+                    || std::fs::canonicalize(root).is_ok_and(|c| c.starts_with(path))
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_buckets_and_roots_are_recognised() {
+        let roots = [PathBuf::from("/data/train")];
+        let whole = |u: &str| names_whole_bucket(&ObjectUri::parse(u).unwrap(), &roots);
+        assert!(whole("s3://bkt"));
+        assert!(whole("s3://bkt/"));
+        assert!(!whole("s3://bkt/a"));
+        assert!(whole("file:///data/train"));
+        assert!(whole("file:///data/train/"));
+        assert!(whole("file:///data"));
+        assert!(whole("file:///"));
+        assert!(!whole("file:///data/train/x"));
+        assert!(!whole("file:///data/tr"), "components, not characters");
+        assert!(!whole("file:///data/train2"));
+    }
 }

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::{Status, Streaming};
 
+use crate::api::status::storage_status;
 use crate::config::Config;
 use crate::telemetry::metrics::Metrics;
 use leases::LeaseTable;
@@ -167,6 +168,16 @@ async fn drive(
                 Ok(Some(v1::SessionRequest { msg: Some(In::Fetch(f)) })) => {
                     if shutting_down {
                         refuse(&ctx, f.id).await;
+                    } else if let Err(e) = sluice_storage::uri::check_len(&f.uri) {
+                        // Refused before it is queued: what a session holds
+                        // queued is bounded by max_outstanding short URIs.
+                        let status = storage_status(&e);
+                        let error = v1::FetchError {
+                            id: f.id,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        };
+                        ctx.send(Out::Error(error)).await;
                     } else {
                         queued.push_back(f);
                     }

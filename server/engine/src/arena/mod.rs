@@ -110,6 +110,8 @@ pub struct Arena {
     used: AtomicU64,
     next: AtomicUsize,
     freed: Notify,
+    /// Whether every segment carries `F_SEAL_FUTURE_WRITE`.
+    write_sealed: bool,
 }
 
 struct Segment {
@@ -159,7 +161,7 @@ impl Arena {
         }
         if !write_sealed {
             tracing::warn!(
-                "kernel lacks F_SEAL_FUTURE_WRITE: clients could map the arena writable"
+                "kernel lacks F_SEAL_FUTURE_WRITE: the arena cannot be shared read-only"
             );
         }
         let mut by_addr: Vec<(usize, u32)> = segments
@@ -184,7 +186,15 @@ impl Arena {
             used: AtomicU64::new(0),
             next: AtomicUsize::new(0),
             freed: Notify::new(),
+            write_sealed,
         }))
+    }
+
+    /// Whether the kernel enforces that holders of a segment descriptor can
+    /// only read it (`F_SEAL_FUTURE_WRITE`, Linux 5.1). Without it the
+    /// segments must not be handed to clients.
+    pub fn clients_read_only(&self) -> bool {
+        self.write_sealed
     }
 
     /// An extent of `len` bytes, or `None` when no segment has a free range
