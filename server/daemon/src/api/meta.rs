@@ -111,13 +111,28 @@ pub(super) async fn delete(
         };
         let mut deleted = 0u64;
         if let Some(exact) = exact {
-            let res = storage.delete(exact).await;
-            svc.reader.invalidate(exact);
-            match res {
-                Ok(()) => deleted += 1,
-                // No such object (or a directory): only what lies below.
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(storage_status(&e)),
+            // Listed rather than probed: the object itself, if there is
+            // one, is the first entry at its level (names that extend it
+            // sort after it), and a listing never mistakes a "directory"
+            // for an object.
+            let first = ListOptions {
+                delimiter: Some("/".into()),
+                page_size: 1,
+                page_token: None,
+            };
+            let page = storage
+                .list(exact, &first)
+                .await
+                .map_err(|e| storage_status(&e))?;
+            let shown = exact.to_string();
+            if page.objects.first().is_some_and(|o| o.uri == shown) {
+                let res = storage.delete(exact).await;
+                svc.reader.invalidate(exact);
+                match res {
+                    Ok(()) => deleted += 1,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(storage_status(&e)),
+                }
             }
         }
         let mut opts = ListOptions {
