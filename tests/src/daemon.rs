@@ -179,6 +179,12 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Spawns `sluiced` with extra `args` and waits until its socket accepts.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// As [`DaemonProcess::spawn`], with environment variables set for the
+    /// daemon (`SLUICE_*` ones included).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let run = tempfile::tempdir().expect("tempdir");
         let root = std::fs::canonicalize(data.path()).expect("canonical root");
@@ -191,12 +197,18 @@ impl DaemonProcess {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("--file-root")
             .arg(&root)
-            .args(["--http", "127.0.0.1:0", "--log-level", "info"])
+            .args(["--http", "127.0.0.1:0"])
+            .args(if args.contains(&"--log-level") {
+                &[][..]
+            } else {
+                &["--log-level", "info"][..]
+            })
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -228,6 +240,11 @@ impl DaemonProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The daemon's stderr (its log), as written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.socket.with_file_name("sluiced.log")).unwrap_or_default()
     }
 
     /// The gRPC address for clients.
