@@ -127,6 +127,9 @@ impl FileStorage {
 }
 
 /// Metadata from a `stat` of an open file or a directory entry.
+// The field types of `struct stat` differ between architectures: the casts
+// are no-ops on some.
+#[allow(clippy::unnecessary_cast)]
 pub(crate) fn meta_of(uri: String, st: &Stat) -> ObjectMeta {
     let (secs, nanos) = (st.st_mtime as i64, st.st_mtime_nsec as u32);
     let mtime = SystemTime::UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos);

@@ -204,10 +204,7 @@ impl Walk {
 
 /// The entries of `fd` that can be objects or hold them: `(key, name,
 /// what)`, directory keys ending in '/'.
-fn entries(
-    fd: &OwnedFd,
-    path: &str,
-) -> rustix::io::Result<Vec<(String, String, Entry)>> {
+fn entries(fd: &OwnedFd, path: &str) -> rustix::io::Result<Vec<(String, String, Entry)>> {
     let mut out = Vec::new();
     for entry in Dir::read_from(fd)? {
         let entry = entry?;
@@ -233,7 +230,11 @@ fn entries(
             FileType::Symlink => Entry::Link,
             _ => continue,
         };
-        let key = if matches!(what, Entry::Dir) { key + "/" } else { key };
+        let key = if matches!(what, Entry::Dir) {
+            key + "/"
+        } else {
+            key
+        };
         out.push((key, name.to_owned(), what));
     }
     Ok(out)

@@ -180,7 +180,13 @@ async fn symlinks_beneath_the_root_are_followed_and_replaced_not_written_through
     s.put(&t.uri("to-secret"), Bytes::from_static(b"new"))
         .await
         .unwrap();
-    assert!(t.root.join("to-secret").symlink_metadata().unwrap().is_file());
+    assert!(
+        t.root
+            .join("to-secret")
+            .symlink_metadata()
+            .unwrap()
+            .is_file()
+    );
     s.delete(&t.uri("file-link")).await.unwrap();
     assert_eq!(std::fs::read(t.root.join("a/b/f")).unwrap(), b"data");
     assert_eq!(
@@ -202,14 +208,20 @@ async fn writes_and_deletes_naming_a_root_are_refused() {
     // A configured name with '..' is served under its canonical name only.
     let s = s.unwrap();
     for name in [&t.root, &alias] {
-        for key in [format!("{}", name.display()), format!("{}/", name.display())] {
+        for key in [
+            format!("{}", name.display()),
+            format!("{}/", name.display()),
+        ] {
             let u = ObjectUri::parse(&format!("file://{key}")).unwrap();
             assert_eq!(
                 kind(s.put(&u, Bytes::from_static(b"x")).await),
                 ErrorKind::PermissionDenied,
                 "{u}"
             );
-            assert_eq!(kind(s.start_multipart(&u).await), ErrorKind::PermissionDenied);
+            assert_eq!(
+                kind(s.start_multipart(&u).await),
+                ErrorKind::PermissionDenied
+            );
             assert_eq!(kind(s.delete(&u).await), ErrorKind::PermissionDenied);
         }
     }
@@ -259,8 +271,13 @@ fn special_files(root: &Path) -> (Vec<&'static str>, std::os::unix::net::UnixLis
     let mut names = vec!["fifo", "socket", "fifo-link"];
     let null = rustix::fs::makedev(1, 3);
     let dev = root.join("null");
-    match rustix::fs::mknodat(cwd, &dev, FileType::CharacterDevice, Mode::from_raw_mode(0o666), null)
-    {
+    match rustix::fs::mknodat(
+        cwd,
+        &dev,
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o666),
+        null,
+    ) {
         Ok(()) => names.push("null"),
         Err(e) => println!("skipping the device case: mknod needs CAP_MKNOD ({e})"),
     }
@@ -299,7 +316,13 @@ async fn fifos_sockets_and_devices_are_refused_without_blocking() {
     }
     // Listings skip them.
     let page = storage(&t.root)
-        .list(&t.uri(""), &ListOptions { page_size: 10, ..Default::default() })
+        .list(
+            &t.uri(""),
+            &ListOptions {
+                page_size: 10,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(page.objects, vec![]);

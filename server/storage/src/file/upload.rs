@@ -56,11 +56,8 @@ impl FileUpload {
             let parent = make_parents(&at, parents.len(), &u)?;
             check_replaceable(&parent, name, &u)?;
             let tmp = format!(".{name}{TMP_MARK}{:016x}", rand::random::<u64>());
-            let flags = OFlags::WRONLY
-                | OFlags::CREATE
-                | OFlags::EXCL
-                | OFlags::NOFOLLOW
-                | OFlags::CLOEXEC;
+            let flags =
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let fd = rustix::fs::openat(&parent, &tmp, flags, Mode::from_raw_mode(0o666))
                 .map_err(|e| io_error(&u, e))?;
             Ok((parent, (*name).to_owned(), tmp, File::from(fd)))

@@ -22,7 +22,12 @@ const INSIDE: &[u8] = b"inside the root, as it should be";
 
 /// Exchanges `root/a` with `root/b` until told to stop; returns the count
 /// and leaves both as they were.
-fn swapper(root: PathBuf, pairs: Vec<(&'static str, &'static str)>, stop: Arc<AtomicBool>, swaps: Arc<AtomicU64>) {
+fn swapper(
+    root: PathBuf,
+    pairs: Vec<(&'static str, &'static str)>,
+    stop: Arc<AtomicBool>,
+    swaps: Arc<AtomicU64>,
+) {
     let dir = rustix::fs::open(&root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
     let exchange = |(a, b): (&str, &str)| {
         rustix::fs::renameat_with(&dir, a, &dir, b, RenameFlags::EXCHANGE).unwrap();
@@ -70,7 +75,11 @@ async fn round(s: &FileStorage, t: &Tree, sw: &Swapped, i: u64, seen: &mut Seen)
     };
     let f = t.uri(&format!("{dir}/f"));
     let r = s.head(&f).await.map(|m| {
-        assert_eq!(m.etag.as_deref(), Some(inside_etag), "head of {f} saw another file");
+        assert_eq!(
+            m.etag.as_deref(),
+            Some(inside_etag),
+            "head of {f} saw another file"
+        );
     });
     outcome(r, |s| &mut s.reads);
     let r = async {
@@ -81,16 +90,32 @@ async fn round(s: &FileStorage, t: &Tree, sw: &Swapped, i: u64, seen: &mut Seen)
     };
     outcome(r.await, |s| &mut s.reads);
     let mut dst = vec![0u8; INSIDE.len()];
-    let r = s.read_into(&f, 0, Some(inside_etag), &mut dst).await.map(|()| {
-        assert_eq!(dst, INSIDE, "read_into of {f} read another file");
-    });
+    let r = s
+        .read_into(&f, 0, Some(inside_etag), &mut dst)
+        .await
+        .map(|()| {
+            assert_eq!(dst, INSIDE, "read_into of {f} read another file");
+        });
     outcome(r, |s| &mut s.reads);
     let w = t.uri(&format!("{dir}/sub{}/written{}", i % 3, i % 5));
-    outcome(s.put(&w, Bytes::from_static(b"w")).await.map(drop), |s| &mut s.writes);
+    outcome(s.put(&w, Bytes::from_static(b"w")).await.map(drop), |s| {
+        &mut s.writes
+    });
     let victim = t.uri(&format!("{dir}/victim"));
-    outcome(s.put(&victim, Bytes::from_static(b"v")).await.map(drop), |s| &mut s.writes);
+    outcome(
+        s.put(&victim, Bytes::from_static(b"v")).await.map(drop),
+        |s| &mut s.writes,
+    );
     outcome(s.delete(&victim).await, |s| &mut s.deletes);
-    let listed = s.list(&t.uri(&format!("{dir}/")), &ListOptions { page_size: 100, ..Default::default() }).await;
+    let listed = s
+        .list(
+            &t.uri(&format!("{dir}/")),
+            &ListOptions {
+                page_size: 100,
+                ..Default::default()
+            },
+        )
+        .await;
     if let Ok(page) = listed {
         for o in page.objects {
             let etag = o.etag.unwrap();
@@ -122,13 +147,21 @@ async fn the_symlink_swap_race_never_leaves_the_root() {
         for dir in ["d", "e"] {
             swapped.push(Swapped {
                 dir,
-                inside_etag: s.head(&t.uri(&format!("{dir}/f"))).await.unwrap().etag.unwrap(),
+                inside_etag: s
+                    .head(&t.uri(&format!("{dir}/f")))
+                    .await
+                    .unwrap()
+                    .etag
+                    .unwrap(),
                 outside_inodes: ["f", "victim"]
                     .map(|n| format!("-{:x}", std::fs::metadata(t.outside.join(n)).unwrap().ino()))
                     .to_vec(),
             });
         }
-        let (stop, swaps) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, swaps) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let thread = {
             let (root, stop, swaps) = (t.root.clone(), stop.clone(), swaps.clone());
             std::thread::spawn(move || swapper(root, vec![("d", "abs"), ("e", "rel")], stop, swaps))
@@ -148,7 +181,14 @@ async fn the_symlink_swap_race_never_leaves_the_root() {
         println!("{:?}: {swaps} swaps, {i} rounds, {seen:?}", s.resolver());
         assert!(swaps > 0, "the race never ran");
         assert!(seen.denied > 0, "no request ever met the swapped symlink");
-        assert!(seen.reads > 0 && seen.writes > 0 && seen.deletes > 0, "{seen:?}");
-        assert_eq!(t.outside_snapshot(), before, "the outside directory changed");
+        assert!(
+            seen.reads > 0 && seen.writes > 0 && seen.deletes > 0,
+            "{seen:?}"
+        );
+        assert_eq!(
+            t.outside_snapshot(),
+            before,
+            "the outside directory changed"
+        );
     }
 }
