@@ -204,17 +204,11 @@ async fn the_symlink_swap_race_never_reads_writes_or_deletes_outside_the_root() 
 fn special_files(root: &Path) -> (Vec<&'static str>, std::os::unix::net::UnixListener) {
     let cwd = rustix::fs::CWD;
     let mode = Mode::from_raw_mode(0o666);
-    rustix::fs::mknodat(cwd, &root.join("fifo"), FileType::Fifo, mode, 0).unwrap();
+    rustix::fs::mknodat(cwd, root.join("fifo"), FileType::Fifo, mode, 0).unwrap();
     let socket = std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
     let mut names = vec!["fifo", "socket"];
     let dev = rustix::fs::makedev(1, 3); // what /dev/null is
-    match rustix::fs::mknodat(
-        cwd,
-        &root.join("null"),
-        FileType::CharacterDevice,
-        mode,
-        dev,
-    ) {
+    match rustix::fs::mknodat(cwd, root.join("null"), FileType::CharacterDevice, mode, dev) {
         Ok(()) => names.push("null"),
         Err(e) => println!("skipping the device case: mknod needs CAP_MKNOD ({e})"),
     }
