@@ -200,6 +200,7 @@ pub(crate) fn io_error(uri: &ObjectUri, e: Errno) -> StorageError {
             shown,
             "too many levels of symbolic links (or a /proc magic link)",
         ),
+        Errno::NAMETOOLONG => StorageError::invalid(shown, "path or file name too long"),
         // open(2) of a socket, or of a device without a driver.
         Errno::NXIO => special(uri, "socket or device"),
         _ => StorageError::from_io(shown, e.into()),

@@ -487,3 +487,24 @@ mod props {
 
     use std::os::fd::AsRawFd;
 }
+
+#[tokio::test]
+async fn names_up_to_name_max_upload_and_longer_ones_are_invalid() {
+    let t = Tree::new();
+    let s = storage(&t.root);
+    let longest = "n".repeat(255);
+    s.put(&t.uri(&longest), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(s.head(&t.uri(&longest)).await.unwrap().size, 1);
+    let too_long = "n".repeat(256);
+    let e = s
+        .put(&t.uri(&too_long), Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(
+        kind(s.head(&t.uri(&too_long)).await),
+        ErrorKind::InvalidArgument
+    );
+}

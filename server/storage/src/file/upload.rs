@@ -55,7 +55,7 @@ impl FileUpload {
             }
             let parent = make_parents(&at, parents.len(), &u)?;
             check_replaceable(&parent, name, &u)?;
-            let tmp = format!(".{name}{TMP_MARK}{:016x}", rand::random::<u64>());
+            let tmp = tmp_name(name);
             let flags =
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let fd = rustix::fs::openat(&parent, &tmp, flags, Mode::from_raw_mode(0o666))
@@ -72,6 +72,16 @@ impl FileUpload {
             finished: false,
         })
     }
+}
+
+/// A fresh temporary name beside `name`: `.name.sluice-tmp-<random>`, or
+/// without the name where that would exceed `NAME_MAX` (255 bytes).
+fn tmp_name(name: &str) -> String {
+    let random = rand::random::<u64>();
+    if name.len() + 1 + TMP_MARK.len() + 16 > 255 {
+        return format!("{TMP_MARK}{random:016x}");
+    }
+    format!(".{name}{TMP_MARK}{random:016x}")
 }
 
 /// The descriptor of the first `n` components of `at`, making missing
