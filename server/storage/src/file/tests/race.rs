@@ -20,8 +20,8 @@ const RACE_FOR: Duration = Duration::from_millis(2500);
 /// Content of the file inside the root; the outside one holds [`SECRET`].
 const INSIDE: &[u8] = b"inside the root, as it should be";
 
-/// Exchanges `root/a` with `root/b` until told to stop; returns the count
-/// and leaves both as they were.
+/// Exchanges each pair `root/a`, `root/b` and back until told to stop,
+/// counting the swaps; leaves both as they were.
 fn swapper(
     root: PathBuf,
     pairs: Vec<(&'static str, &'static str)>,
@@ -49,6 +49,7 @@ struct Seen {
     reads: u64,
     /// Requests refused because the path led outside the root.
     denied: u64,
+    /// Writes and deletes that went through (inside the root).
     writes: u64,
     deletes: u64,
 }
