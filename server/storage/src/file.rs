@@ -1,30 +1,72 @@
-//! `file://` backend: local files, confined to configured roots.
+//! `file://` backend: local files, confined to configured roots by
+//! descriptors, never by path strings.
 //!
-//! Confinement: a URI's path must not contain `.` or `..` components, must lie
-//! lexically under one of the roots, and its canonical form (symlinks
-//! resolved) must too — otherwise `PermissionDenied`. For paths that do not
-//! exist yet (uploads) the nearest existing ancestor is canonicalized.
+//! # Confinement
 //!
-//! All filesystem calls run on tokio's blocking pool, never on runtime
-//! workers. Reads are `pread`s of [`READ_CHUNK`] bytes. Writes go to a
-//! temporary file next to the target and are renamed into place, so readers
-//! never see a half-written object and a failed upload leaves nothing.
+//! Each root is opened once, at startup, as an `O_PATH` directory
+//! descriptor ([`roots`]). A URI's path picks the root that is its longest
+//! component-wise prefix; `.` and `..` components are refused outright
+//! (`PermissionDenied`). The rest of the path is resolved *beneath the
+//! root's descriptor* ([`beneath`]): `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS)`, or, where the kernel refuses `openat2`, a
+//! component-by-component `openat(O_NOFOLLOW)` walk with the same rules.
+//! Nothing is checked on one path and opened on another, so swapping a
+//! directory for a symlink between two calls cannot lead outside the root.
+//!
+//! **Symlinks** beneath a root are followed as long as every step stays
+//! beneath that root: `a -> b/c` and `x/y -> ../z` work, an absolute
+//! symlink or one climbing above the root is `PermissionDenied` ("leaves its
+//! file root"), even when its target lies in another root. Listings show a
+//! symlink to a regular file as an object and never descend into a symlink
+//! to a directory (no loops); writes and deletes replace or remove the link
+//! itself, never its target.
+//!
+//! **Only regular files are objects.** Reads open with `O_RDONLY |
+//! O_NONBLOCK | O_NOCTTY`, `fstat` the descriptor and refuse anything but a
+//! regular file before reading a byte, so a FIFO, socket or device under a
+//! root is `PermissionDenied` at once instead of blocking a thread forever.
+//! A directory is `NotFound` ("is a directory, not an object"), as a prefix
+//! is in S3. Writes refuse a target that exists and is neither a regular
+//! file nor a symlink; deletes refuse the same entries. A write or delete
+//! naming a root itself is `PermissionDenied`.
+//!
+//! # Operations
+//!
+//! All filesystem calls run on tokio's blocking pool (or in
+//! `block_in_place` for [`Storage::read_into`]), never on runtime workers.
+//! Reads are `pread`s of [`READ_CHUNK`] bytes on the descriptor opened for
+//! the request. Writes go to a temporary file created with `O_EXCL` beneath
+//! the parent directory's descriptor (parents made one `mkdirat` at a
+//! time), are `fsync`ed and renamed into place with `renameat` on that same
+//! descriptor, so readers never see a half-written object and a failed
+//! upload leaves nothing. Deletes `unlinkat` on the parent's descriptor.
 //!
 //! Etags are `size-mtime_ns-inode` in hex: any rewrite (new inode on rename,
 //! or a new mtime in place) changes the etag, which is what the RangeEngine
 //! and the cache rely on.
 
+mod beneath;
 mod list;
+mod roots;
 mod upload;
 
-use std::fs::{File, Metadata};
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use rustix::fs::{AtFlags, FileType, OFlags, Stat};
+use rustix::io::Errno;
+
+pub use beneath::Resolver;
+use roots::Roots;
 
 use crate::{
     ErrorKind, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta,
@@ -36,80 +78,67 @@ use crate::{
 /// one per concurrent part — add little to the memory budget.
 pub const READ_CHUNK: usize = 256 << 10;
 
+/// Opens an object for reading: never blocks on a FIFO (`O_NONBLOCK`),
+/// never acquires a terminal (`O_NOCTTY`).
+const READ_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::CLOEXEC);
+
+/// Opens an object only to `fstat` it: no open side effects at all.
+const STAT_FLAGS: OFlags = OFlags::PATH.union(OFlags::CLOEXEC);
+
 /// Local files under configured roots.
 #[derive(Debug)]
 pub struct FileStorage {
-    roots: Arc<Vec<PathBuf>>,
+    roots: Arc<Roots>,
 }
 
 impl FileStorage {
-    /// Canonicalizes the roots; a root that does not exist is an error.
+    /// Opens the roots; a root that does not exist is an error. Paths are
+    /// resolved with `openat2` where the kernel allows it, else by the walk.
     pub fn new(roots: &[PathBuf]) -> Result<Self> {
-        let roots = roots
-            .iter()
-            .map(|r| {
-                let shown = format!("file://{}", r.display());
-                if !r.is_absolute() {
-                    return Err(StorageError::invalid(
-                        shown,
-                        "file root must be an absolute path",
-                    ));
-                }
-                std::fs::canonicalize(r).map_err(|e| StorageError::from_io(shown, e))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let storage = Self::open(roots, None)?;
+        if storage.resolver() == Resolver::Walk {
+            tracing::warn!(
+                "openat2 is unavailable (kernel before 5.6 or a seccomp filter): \
+                 file:// paths are resolved one component at a time"
+            );
+        }
+        Ok(storage)
+    }
+
+    /// Opens the roots and resolves paths with `resolver`, whatever the
+    /// kernel offers (both resolvers enforce the same rules).
+    pub fn with_resolver(roots: &[PathBuf], resolver: Resolver) -> Result<Self> {
+        Self::open(roots, Some(resolver))
+    }
+
+    fn open(roots: &[PathBuf], resolver: Option<Resolver>) -> Result<Self> {
         Ok(FileStorage {
-            roots: Arc::new(roots),
+            roots: Arc::new(Roots::open(roots, resolver)?),
         })
     }
 
-    /// The local path of `uri`, checked against the roots.
-    fn resolve(&self, uri: &ObjectUri) -> Result<PathBuf> {
-        resolve(&self.roots, uri)
+    /// How paths are resolved beneath the roots.
+    pub fn resolver(&self) -> Resolver {
+        self.roots.resolver()
     }
 }
 
-pub(crate) fn resolve(roots: &[PathBuf], uri: &ObjectUri) -> Result<PathBuf> {
-    let path = Path::new(uri.key());
-    let denied = |why: &str| StorageError::denied(uri.to_string(), why.to_owned());
-    if path
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err(denied("'.' and '..' are not allowed in paths"));
-    }
-    if !roots.iter().any(|r| path.starts_with(r)) {
-        return Err(denied("path is outside the configured file roots"));
-    }
-    // Resolve symlinks of the longest existing ancestor.
-    let mut existing = path;
-    let canonical = loop {
-        match std::fs::canonicalize(existing) {
-            Ok(c) => break c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match existing.parent() {
-                Some(p) => existing = p,
-                None => return Err(denied("no existing ancestor")),
-            },
-            Err(e) => return Err(StorageError::from_io(uri.to_string(), e)),
-        }
-    };
-    if !roots.iter().any(|r| canonical.starts_with(r)) {
-        return Err(denied(
-            "path escapes the configured file roots through a symlink",
-        ));
-    }
-    Ok(path.to_path_buf())
-}
-
-/// Metadata of an open file or a path.
-pub(crate) fn meta_of(uri: String, md: &Metadata) -> ObjectMeta {
-    let mtime =
-        SystemTime::UNIX_EPOCH + Duration::new(md.mtime().max(0) as u64, md.mtime_nsec() as u32);
-    let mtime_ns = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+/// Metadata from a `stat` of an open file or a directory entry.
+// The field types of `struct stat` differ between architectures: the casts
+// are no-ops on some.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn meta_of(uri: String, st: &Stat) -> ObjectMeta {
+    let (secs, nanos) = (st.st_mtime as i64, st.st_mtime_nsec as u32);
+    let mtime = SystemTime::UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos);
+    let mtime_ns = secs as i128 * 1_000_000_000 + nanos as i128;
+    let size = st.st_size as u64;
     ObjectMeta {
         uri,
-        size: md.len(),
-        etag: Some(format!("{:x}-{:x}-{:x}", md.len(), mtime_ns, md.ino())),
+        size,
+        etag: Some(format!("{size:x}-{mtime_ns:x}-{:x}", st.st_ino as u64)),
         last_modified: Some(mtime),
         version: None,
     }
@@ -138,6 +167,100 @@ fn not_a_file(uri: &ObjectUri) -> StorageError {
     )
 }
 
+/// A FIFO, socket, device: never read, written over or deleted.
+fn special(uri: &ObjectUri, what: &str) -> StorageError {
+    StorageError::denied(
+        uri.to_string(),
+        format!("is a {what}: only regular files are objects"),
+    )
+}
+
+fn type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Symlink => "symlink",
+        FileType::Directory => "directory",
+        FileType::RegularFile => "regular file",
+        _ => "special file",
+    }
+}
+
+/// A failed `*at` call on `uri`'s path.
+pub(crate) fn io_error(uri: &ObjectUri, e: Errno) -> StorageError {
+    let shown = uri.to_string();
+    match e {
+        Errno::XDEV => StorageError::denied(
+            shown,
+            "path leaves its file root (an absolute symlink, or a symlink climbing above the root)",
+        ),
+        Errno::LOOP => StorageError::invalid(
+            shown,
+            "too many levels of symbolic links (or a /proc magic link)",
+        ),
+        Errno::NAMETOOLONG => StorageError::invalid(shown, "path or file name too long"),
+        // open(2) of a socket, or of a device without a driver.
+        Errno::NXIO => special(uri, "socket or device"),
+        _ => StorageError::from_io(shown, e.into()),
+    }
+}
+
+/// Refuses everything but a regular file.
+fn check_regular(uri: &ObjectUri, st: &Stat) -> Result<()> {
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Ok(()),
+        FileType::Directory => Err(not_a_file(uri)),
+        other => Err(special(uri, type_name(other))),
+    }
+}
+
+/// Opens the object `uri` names with `flags` and checks it is a regular
+/// file before anything reads it.
+fn open_object(roots: &Roots, uri: &ObjectUri, flags: OFlags) -> Result<(OwnedFd, Stat)> {
+    let at = roots.locate(uri)?;
+    if at.dir_syntax {
+        return Err(not_a_file(uri));
+    }
+    let fd = at.open(flags).map_err(|e| io_error(uri, e))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| io_error(uri, e))?;
+    check_regular(uri, &st)?;
+    Ok((fd, st))
+}
+
+fn root_refused(uri: &ObjectUri) -> StorageError {
+    StorageError::denied(
+        uri.to_string(),
+        "names a file root itself: a root is never written or deleted",
+    )
+}
+
+/// Removes the entry `uri` names: a regular file or a symlink (the link,
+/// never its target).
+fn delete(roots: &Roots, uri: &ObjectUri) -> Result<()> {
+    let at = roots.locate(uri)?;
+    let Some((name, parents)) = at.rel.split_last() else {
+        return Err(root_refused(uri));
+    };
+    if at.dir_syntax {
+        return Err(not_a_file(uri));
+    }
+    let parent = at
+        .open_prefix(parents.len(), beneath::dir_path_flags())
+        .map_err(|e| io_error(uri, e))?;
+    let st = rustix::fs::statat(&parent, *name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_error(uri, e))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile | FileType::Symlink => {}
+        FileType::Directory => return Err(not_a_file(uri)),
+        other => return Err(special(uri, type_name(other))),
+    }
+    // Swapped for a directory since the stat: unlinkat refuses (EISDIR);
+    // for a FIFO: it is removed, from a directory beneath the root.
+    rustix::fs::unlinkat(&parent, *name, AtFlags::empty()).map_err(|e| io_error(uri, e))
+}
+
 #[async_trait]
 impl Storage for FileStorage {
     fn name(&self) -> &'static str {
@@ -145,33 +268,19 @@ impl Storage for FileStorage {
     }
 
     async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta> {
-        let path = self.resolve(uri)?;
-        let shown = uri.to_string();
-        let u = uri.clone();
+        let (roots, u) = (self.roots.clone(), uri.clone());
         blocking(uri, move || {
-            let md =
-                std::fs::metadata(&path).map_err(|e| StorageError::from_io(shown.clone(), e))?;
-            if !md.is_file() {
-                return Err(not_a_file(&u));
-            }
-            Ok(meta_of(shown, &md))
+            let (_, st) = open_object(&roots, &u, STAT_FLAGS)?;
+            Ok(meta_of(u.to_string(), &st))
         })
         .await
     }
 
     async fn get(&self, uri: &ObjectUri, opts: GetOptions) -> Result<GetResult> {
-        let path = self.resolve(uri)?;
-        let shown = uri.to_string();
-        let u = uri.clone();
+        let (roots, u) = (self.roots.clone(), uri.clone());
         let (file, meta) = blocking(uri, move || {
-            let file = File::open(&path).map_err(|e| StorageError::from_io(shown.clone(), e))?;
-            let md = file
-                .metadata()
-                .map_err(|e| StorageError::from_io(shown.clone(), e))?;
-            if !md.is_file() {
-                return Err(not_a_file(&u));
-            }
-            Ok((file, meta_of(shown, &md)))
+            let (fd, st) = open_object(&roots, &u, READ_FLAGS)?;
+            Ok((File::from(fd), meta_of(u.to_string(), &st)))
         })
         .await?;
         if let Some(expected) = &opts.if_match
@@ -202,9 +311,8 @@ impl Storage for FileStorage {
     }
 
     async fn start_multipart(&self, uri: &ObjectUri) -> Result<Box<dyn MultipartUpload>> {
-        let path = self.resolve(uri)?;
         Ok(Box::new(
-            upload::FileUpload::create(uri.clone(), path).await?,
+            upload::FileUpload::create(self.roots.clone(), uri.clone()).await?,
         ))
     }
 
@@ -223,22 +331,17 @@ impl Storage for FileStorage {
         if !multi_thread {
             return crate::read_into_via_get(self, uri, offset, etag, dst).await;
         }
-        let path = self.resolve(uri)?;
-        let shown = uri.to_string();
         tokio::task::block_in_place(|| {
-            let file = File::open(&path).map_err(|e| StorageError::from_io(shown.clone(), e))?;
-            let md = file
-                .metadata()
-                .map_err(|e| StorageError::from_io(shown.clone(), e))?;
-            let meta = meta_of(shown.clone(), &md);
-            if meta.etag.as_deref() != etag {
+            let (fd, st) = open_object(&self.roots, uri, READ_FLAGS)?;
+            let shown = uri.to_string();
+            if meta_of(shown.clone(), &st).etag.as_deref() != etag {
                 return Err(StorageError::new(
                     ErrorKind::Changed,
                     shown,
                     "object changed while being read (etag differs)",
                 ));
             }
-            match file.read_exact_at(dst, offset) {
+            match File::from(fd).read_exact_at(dst, offset) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StorageError::new(
                     ErrorKind::Changed,
@@ -251,18 +354,8 @@ impl Storage for FileStorage {
     }
 
     async fn delete(&self, uri: &ObjectUri) -> Result<()> {
-        let path = self.resolve(uri)?;
-        let shown = uri.to_string();
-        let u = uri.clone();
-        blocking(uri, move || {
-            let md = std::fs::symlink_metadata(&path)
-                .map_err(|e| StorageError::from_io(shown.clone(), e))?;
-            if md.is_dir() {
-                return Err(not_a_file(&u));
-            }
-            std::fs::remove_file(&path).map_err(|e| StorageError::from_io(shown, e))
-        })
-        .await
+        let (roots, u) = (self.roots.clone(), uri.clone());
+        blocking(uri, move || delete(&roots, &u)).await
     }
 }
 
@@ -305,86 +398,4 @@ fn read_stream(file: Arc<File>, uri: String, range: std::ops::Range<u64>) -> cra
             Ok(Some((chunk, (file, uri, next, end))))
         },
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn storage(dir: &Path) -> FileStorage {
-        FileStorage::new(&[dir.to_path_buf()]).unwrap()
-    }
-
-    fn uri(p: &Path) -> ObjectUri {
-        ObjectUri::parse(&format!("file://{}", p.display())).unwrap()
-    }
-
-    #[tokio::test]
-    async fn dotdot_and_symlink_escapes_are_denied() {
-        let root = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("secret"), b"x").unwrap();
-        let root_path = std::fs::canonicalize(root.path()).unwrap();
-        std::os::unix::fs::symlink(outside.path(), root_path.join("link")).unwrap();
-        let s = storage(&root_path);
-        let dotdot = ObjectUri::parse(&format!("file://{}/../x", root_path.display())).unwrap();
-        assert_eq!(
-            s.head(&dotdot).await.unwrap_err().kind(),
-            ErrorKind::PermissionDenied
-        );
-        let via_link = uri(&root_path.join("link/secret"));
-        assert_eq!(
-            s.head(&via_link).await.unwrap_err().kind(),
-            ErrorKind::PermissionDenied
-        );
-        assert_eq!(
-            s.head(&uri(outside.path())).await.unwrap_err().kind(),
-            ErrorKind::PermissionDenied
-        );
-        // Uploads through the link are refused too.
-        let put = s
-            .put(&uri(&root_path.join("link/new")), Bytes::from_static(b"y"))
-            .await;
-        assert_eq!(put.unwrap_err().kind(), ErrorKind::PermissionDenied);
-        assert!(!outside.path().join("new").exists());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn read_into_reads_in_place_and_checks_the_version() {
-        let root = tempfile::tempdir().unwrap();
-        let root_path = std::fs::canonicalize(root.path()).unwrap();
-        let s = storage(&root_path);
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(root_path.join("o"), &data).unwrap();
-        let u = uri(&root_path.join("o"));
-        let etag = s.head(&u).await.unwrap().etag;
-        let mut dst = vec![0u8; 30_000];
-        s.read_into(&u, 50_000, etag.as_deref(), &mut dst)
-            .await
-            .unwrap();
-        assert_eq!(dst, data[50_000..80_000]);
-        let err = s
-            .read_into(&u, 0, Some("another-version"), &mut dst)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Changed);
-        // Past the end: the file is shorter than the part asked for.
-        let err = s
-            .read_into(&u, 90_000, etag.as_deref(), &mut dst)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Changed, "{err}");
-    }
-
-    #[test]
-    fn clamp_follows_the_contract() {
-        let u = ObjectUri::parse("file:///x").unwrap();
-        assert_eq!(clamp_range(&u, None, 10).unwrap(), 0..10);
-        assert_eq!(clamp_range(&u, Some(2..100), 10).unwrap(), 2..10);
-        assert_eq!(clamp_range(&u, Some(0..5), 0).unwrap(), 0..0);
-        assert_eq!(
-            clamp_range(&u, Some(10..12), 10).unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
-    }
 }

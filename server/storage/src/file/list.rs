@@ -1,4 +1,4 @@
-//! Listing of `file://` prefixes in S3 order.
+//! Listing of `file://` prefixes in S3 order, walked by descriptors.
 //!
 //! Keys are absolute paths and are returned in byte order, as S3 does. A
 //! depth-first walk yields that order if each directory's entries are sorted
@@ -7,16 +7,34 @@
 //! prefix are never entered, so each page costs the entries it returns plus
 //! one path down the tree, not the whole tree.
 //!
+//! The directory the prefix starts in is resolved beneath its root; from
+//! there every subdirectory is opened with `openat(O_NOFOLLOW |
+//! O_DIRECTORY)` on its parent's descriptor and every file is `statat`ed on
+//! it, so a directory swapped for a symlink mid-walk is skipped, never
+//! followed. A symlink entry is resolved beneath the root and listed only
+//! when it leads to a regular file; linked directories are never entered
+//! (no loops). Keys are built from the prefix's own spelling of the path.
+//!
 //! The page token is the last key (or common prefix) of the previous page.
 
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use super::{blocking, meta_of, resolve};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use super::roots::{Located, Roots};
+use super::upload::TMP_MARK;
+use super::{blocking, io_error, meta_of};
 use crate::{ErrorKind, ListOptions, ListPage, ObjectUri, Result, StorageError};
 
+/// Opens a directory to read its entries and use it as a `dirfd`.
+const DIR_READ: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
 pub(super) async fn list(
-    roots: Arc<Vec<PathBuf>>,
+    roots: Arc<Roots>,
     prefix: &ObjectUri,
     opts: &ListOptions,
 ) -> Result<ListPage> {
@@ -35,7 +53,6 @@ pub(super) async fn list(
     let key = prefix.key().to_owned();
     // The directory the prefix starts in: everything up to its last '/'.
     let base = match key.rfind('/') {
-        Some(0) => "/".to_owned(),
         Some(i) => key[..i].to_owned(),
         None => {
             return Err(StorageError::invalid(
@@ -44,9 +61,8 @@ pub(super) async fn list(
             ));
         }
     };
-    resolve(&roots, &prefix.with_key(base.clone()))?;
+    let base_uri = prefix.with_key(if base.is_empty() { "/" } else { &base });
     let mut walk = Walk {
-        roots,
         prefix: key,
         after: opts.page_token.clone().unwrap_or_default(),
         limit: opts.page_size.max(1),
@@ -57,13 +73,13 @@ pub(super) async fn list(
     };
     let u = prefix.clone();
     blocking(prefix, move || {
-        match std::fs::metadata(&base) {
-            Ok(md) if md.is_dir() => walk
-                .dir(Path::new(&base))
-                .map_err(|e| StorageError::from_io(u.to_string(), e))?,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StorageError::from_io(u.to_string(), e)),
+        let at = roots.locate(&base_uri)?;
+        match at.open(DIR_READ) {
+            Ok(fd) => walk
+                .dir(&at, &fd, &base, &mut Vec::new())
+                .map_err(|e| io_error(&u, e))?,
+            Err(Errno::NOENT | Errno::NOTDIR) => {}
+            Err(e) => return Err(io_error(&u, e)),
         }
         if walk.full {
             walk.page.next_token = walk.last.take();
@@ -74,7 +90,6 @@ pub(super) async fn list(
 }
 
 struct Walk {
-    roots: Arc<Vec<PathBuf>>,
     prefix: String,
     after: String,
     limit: usize,
@@ -82,6 +97,16 @@ struct Walk {
     page: ListPage,
     last: Option<String>,
     full: bool,
+}
+
+/// What a directory entry is to a listing.
+enum Entry {
+    /// A directory, entered by name with `O_NOFOLLOW`.
+    Dir,
+    /// A regular file, `statat`ed when listed.
+    File,
+    /// A symlink, listed if it leads to a regular file beneath the root.
+    Link,
 }
 
 impl Walk {
@@ -100,56 +125,54 @@ impl Walk {
         true
     }
 
-    fn dir(&mut self, dir: &Path) -> std::io::Result<()> {
-        let mut entries: Vec<(String, bool)> = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue; // not valid UTF-8: cannot be named by a URI
-            };
-            if name.contains(".sluice-tmp-") {
-                continue; // an upload in progress
-            }
-            let path = entry.path();
-            let ft = entry.file_type()?;
-            // Symlinks: follow to files inside the roots; never descend into
-            // linked directories (no loops, no escapes).
-            let is_dir = if ft.is_symlink() {
-                match std::fs::canonicalize(&path) {
-                    Ok(c) if self.roots.iter().any(|r| c.starts_with(r)) && c.is_file() => false,
-                    _ => continue,
-                }
-            } else if ft.is_dir() {
-                true
-            } else if ft.is_file() {
-                false
-            } else {
-                continue;
-            };
-            let Some(key) = path.to_str().map(str::to_owned) else {
-                continue;
-            };
-            entries.push((if is_dir { key + "/" } else { key }, is_dir));
-        }
-        entries.sort_unstable();
-        for (key, is_dir) in entries {
+    /// Lists the directory `fd`, whose key is `path` (no trailing '/') and
+    /// which lies at `sub` below the prefix's base directory.
+    fn dir(
+        &mut self,
+        at: &Located<'_>,
+        fd: &OwnedFd,
+        path: &str,
+        sub: &mut Vec<String>,
+    ) -> rustix::io::Result<()> {
+        let mut entries = entries(fd, path)?;
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, name, entry) in entries {
             if self.full {
                 break;
             }
-            if is_dir {
-                self.subdir(key)?;
-            } else if key.starts_with(&self.prefix) && key > self.after {
-                let md = std::fs::metadata(&key)?;
-                let uri = format!("file://{key}");
-                if !self.emit(key, |p, _| p.objects.push(meta_of(uri, &md))) {
-                    break;
+            let st = match entry {
+                Entry::Dir => {
+                    self.subdir(at, fd, key, name, sub)?;
+                    continue;
                 }
+                _ if !(key.starts_with(&self.prefix) && key > self.after) => continue,
+                Entry::Link => match link_target(at, sub, &name) {
+                    Some(st) => st,
+                    None => continue,
+                },
+                Entry::File => match rustix::fs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => st,
+                    // Replaced or removed since it was read: not listed.
+                    Ok(_) | Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            let uri = format!("file://{key}");
+            if !self.emit(key, |p, _| p.objects.push(meta_of(uri, &st))) {
+                break;
             }
         }
         Ok(())
     }
 
-    fn subdir(&mut self, key: String) -> std::io::Result<()> {
+    fn subdir(
+        &mut self,
+        at: &Located<'_>,
+        parent: &OwnedFd,
+        key: String,
+        name: String,
+        sub: &mut Vec<String>,
+    ) -> rustix::io::Result<()> {
         // `key` ends with '/'. Skip subtrees disjoint from the prefix.
         if !key.starts_with(&self.prefix) && !self.prefix.starts_with(&key) {
             return Ok(());
@@ -165,6 +188,63 @@ impl Walk {
             }
             return Ok(());
         }
-        self.dir(Path::new(key.trim_end_matches('/')))
+        let flags = DIR_READ | OFlags::NOFOLLOW;
+        let fd = match rustix::fs::openat(parent, &name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            // Swapped for a symlink or removed since it was read: skipped.
+            Err(Errno::LOOP | Errno::NOTDIR | Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        sub.push(name);
+        let res = self.dir(at, &fd, key.trim_end_matches('/'), sub);
+        sub.pop();
+        res
     }
+}
+
+/// The entries of `fd` that can be objects or hold them: `(key, name,
+/// what)`, directory keys ending in '/'.
+fn entries(fd: &OwnedFd, path: &str) -> rustix::io::Result<Vec<(String, String, Entry)>> {
+    let mut out = Vec::new();
+    for entry in Dir::read_from(fd)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().to_str() else {
+            continue; // not valid UTF-8: cannot be named by a URI
+        };
+        if name == "." || name == ".." || name.contains(TMP_MARK) {
+            continue; // an upload in progress
+        }
+        let mut kind = entry.file_type();
+        if kind == FileType::Unknown {
+            // Filesystems without d_type.
+            match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => kind = FileType::from_raw_mode(st.st_mode),
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let key = format!("{path}/{name}");
+        let what = match kind {
+            FileType::Directory => Entry::Dir,
+            FileType::RegularFile => Entry::File,
+            FileType::Symlink => Entry::Link,
+            _ => continue,
+        };
+        let key = if matches!(what, Entry::Dir) {
+            key + "/"
+        } else {
+            key
+        };
+        out.push((key, name.to_owned(), what));
+    }
+    Ok(out)
+}
+
+/// The stat of what the symlink `sub/name` leads to, if that is a regular
+/// file beneath the root.
+fn link_target(at: &Located<'_>, sub: &[String], name: &str) -> Option<Stat> {
+    let rel: Vec<&str> = sub.iter().map(String::as_str).chain([name]).collect();
+    let fd = at.open_below(&rel, OFlags::PATH).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some(st)
 }
