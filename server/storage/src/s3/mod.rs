@@ -83,6 +83,26 @@ impl S3Backends {
         let default = Arc::new(S3Storage {
             client: client::default_client(&sdk, config).await?,
         });
+        let default_ip = config
+            .endpoint
+            .as_deref()
+            .and_then(|url| url.parse::<http::Uri>().ok())
+            .and_then(|url| {
+                let host = url.host()?;
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host);
+                host.parse::<std::net::IpAddr>().ok()
+            });
+        if let Some(ip) = default_ip
+            && let Some(what) = endpoint::refused(ip)
+        {
+            tracing::warn!(
+                endpoint = %ip,
+                "[storage.s3] endpoint is a {what} address: it is allowed because it is written as an ip address"
+            );
+        }
         let mut explicit = HashMap::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
             let address = Address::parse(&ep.address).map_err(|why| {
