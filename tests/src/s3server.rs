@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use sluice_storage::ObjectUri;
-use sluice_storage::s3::{S3Config, Secret};
+use sluice_storage::s3::{S3Config, S3Endpoint, Secret};
 use tempfile::TempDir;
 
 /// Access key the server is started with.
@@ -95,11 +95,11 @@ impl S3Server {
     }
 
     /// A configuration that reaches this server both as the default endpoint
-    /// (`s3://bucket/key`) and as explicit `s3://127.0.0.1:port/…` URIs.
+    /// (`s3://bucket/key`) and as explicit `s3://127.0.0.1:port/…` URIs (the
+    /// one entry of `endpoints`, see [`S3Server::endpoint_config`]).
     pub fn config(&self) -> S3Config {
         S3Config {
             endpoint: Some(self.endpoint_url()),
-            endpoint_scheme: "http".into(),
             region: Some("us-east-1".into()),
             force_path_style: true,
             access_key_id: Some(ACCESS_KEY.into()),
@@ -108,7 +108,20 @@ impl S3Server {
             max_attempts: 2,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(100),
+            endpoints: vec![self.endpoint_config()],
             ..S3Config::default()
+        }
+    }
+
+    /// The `[[storage.s3.endpoints]]` entry of this server: `127.0.0.1:port`
+    /// over http with the server's keys.
+    pub fn endpoint_config(&self) -> S3Endpoint {
+        S3Endpoint {
+            scheme: "http".into(),
+            region: Some("us-east-1".into()),
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(Secret::new(SECRET_KEY)),
+            ..S3Endpoint::new(self.endpoint())
         }
     }
 

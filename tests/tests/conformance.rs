@@ -581,22 +581,26 @@ async fn s3_default_and_explicit_endpoints_see_the_same_objects() {
 async fn s3_wrong_credentials_are_permission_denied_without_leaking_them() {
     let server = S3Server::start().await;
     let uri = server.bucket("creds").await.with_key("k");
-    let config = sluice_storage::s3::S3Config {
-        secret_access_key: Some(sluice_storage::s3::Secret::new("not-the-secret")),
-        ..server.config()
-    };
-    let s = S3Backends::new(&config)
-        .await
-        .unwrap()
-        .for_uri(&uri)
-        .unwrap();
-    let e = s.head(&uri).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
-    let shown = format!("{e} {e:?}");
-    assert!(
-        !shown.contains("not-the-secret") && !shown.contains("Signature="),
-        "{shown}"
-    );
+    let wrong = || Some(sluice_storage::s3::Secret::new("not-the-secret"));
+    let mut config = server.config();
+    config.secret_access_key = wrong();
+    config.endpoints[0].secret_access_key = wrong();
+    let backends = S3Backends::new(&config).await.unwrap();
+    // The explicit endpoint and the default one each sign with their own keys.
+    for uri in [uri.clone(), ObjectUri::parse("s3://creds/k").unwrap()] {
+        let e = backends
+            .for_uri(&uri)
+            .unwrap()
+            .head(&uri)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        let shown = format!("{e} {e:?}");
+        assert!(
+            !shown.contains("not-the-secret") && !shown.contains("Signature="),
+            "{shown}"
+        );
+    }
 }
 
 /// A missing bucket is NotFound for reads and listings.

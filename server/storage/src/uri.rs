@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `file:///abs/path` | a local file (confined to the configured roots) |
 //! | `s3://bucket/key` | an object at the configured default S3 endpoint |
-//! | `s3://host:port/bucket/key` | an object at an explicit endpoint |
+//! | `s3://host:port/bucket/key` | an object at an explicit endpoint, served only when the configuration lists it |
 //!
 //! An S3 authority with a port is an endpoint: bucket names cannot contain
 //! `:`. Keys are taken literally (no percent-decoding), so any S3 key that
@@ -252,6 +252,17 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever a client sends: never a panic, and what parses
+        /// re-parses to itself from its display form.
+        #[test]
+        fn arbitrary_strings_never_panic(s in "\\PC{0,120}", tail in "(s3|file)://\\PC{0,60}") {
+            for input in [s.as_str(), tail.as_str()] {
+                if let Ok(parsed) = ObjectUri::parse(input) {
+                    prop_assert_eq!(ObjectUri::parse(&parsed.to_string()).ok(), Some(parsed));
+                }
+            }
+        }
+
         #[test]
         fn arbitrary_strings_never_panic(s in ".{0,200}") {
             if let Ok(u) = ObjectUri::parse(&s) {

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// What a [`Secret`] shows instead of its value.
@@ -93,21 +94,20 @@ pub enum ChecksumMode {
     WhenRequired,
 }
 
-/// `[storage.s3]`
+/// `[storage.s3]`: the default endpoint (`s3://bucket/key`), the settings
+/// every client shares (retries, timeouts, checksums) and the list of
+/// explicit endpoints that `s3://host:port/bucket/key` URIs may name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// Endpoint URL for `s3://bucket/key` URIs, e.g. `http://127.0.0.1:9000`.
     /// Unset: AWS's regional endpoint.
     pub endpoint: Option<String>,
-    /// `http` or `https` for explicit endpoints in URIs (`s3://host:port/bucket/key`).
-    pub endpoint_scheme: String,
     /// Region; unset: the SDK's chain (`AWS_REGION`, profile), then `us-east-1`.
     pub region: Option<String>,
     /// Path-style addressing (`host/bucket/key`) for the default endpoint.
-    /// Explicit endpoints always use path style.
     pub force_path_style: bool,
-    /// Static access key for S3-compatible servers; set together with
+    /// Static access key of the default endpoint; set together with
     /// `secret_access_key`. Unset: the SDK's credential chain (environment,
     /// profile, web identity, container and instance metadata).
     pub access_key_id: Option<String>,
@@ -115,7 +115,8 @@ pub struct S3Config {
     pub secret_access_key: Option<Secret>,
     /// Session token of temporary static credentials; printed as `***redacted***`.
     pub session_token: Option<Secret>,
-    /// PEM file of extra CA certificates to trust (private S3 deployments).
+    /// PEM file of extra CA certificates to trust for the default endpoint
+    /// and the credential providers (private S3 deployments).
     pub ca_bundle: Option<PathBuf>,
     /// Upload checksums: `when_supported` (SDK default) or `when_required`.
     pub request_checksum: ChecksumMode,
@@ -133,13 +134,21 @@ pub struct S3Config {
     /// Timeout of one attempt of one request (headers, not the whole body).
     #[serde(with = "humantime_serde")]
     pub attempt_timeout: Duration,
+    /// The only endpoints `s3://host:port/bucket/key` URIs may name, each
+    /// with its own scheme, region, credentials, CA bundle and path style.
+    /// Empty: every URI with an explicit endpoint is refused.
+    pub endpoints: Vec<S3Endpoint>,
+    /// The removed `endpoint_scheme` key, kept only to reject it with an
+    /// error that says what replaced it.
+    #[doc(hidden)]
+    #[serde(rename = "endpoint_scheme", skip_serializing)]
+    pub removed_endpoint_scheme: Option<IgnoredAny>,
 }
 
 impl Default for S3Config {
     fn default() -> Self {
         S3Config {
             endpoint: None,
-            endpoint_scheme: "https".into(),
             region: None,
             force_path_style: false,
             access_key_id: None,
@@ -154,6 +163,72 @@ impl Default for S3Config {
             max_backoff: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(30),
+            endpoints: Vec::new(),
+            removed_endpoint_scheme: None,
+        }
+    }
+}
+
+impl S3Config {
+    /// Checks what serde cannot: addresses, schemes, URLs, credentials that
+    /// come in pairs, duplicate endpoints, retry settings. Reads no file
+    /// (the CA bundles are checked when the clients are built). Errors are
+    /// `InvalidArgument` naming the key.
+    pub fn validate(&self) -> crate::Result<()> {
+        super::client::validate(self)
+    }
+}
+
+/// One `[[storage.s3.endpoints]]` entry: an S3-compatible server that URIs
+/// may name as `s3://<address>/bucket/key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Endpoint {
+    /// `host:port` exactly as written in the URIs: a DNS name, an IPv4
+    /// address or a bracketed IPv6 address. The host compares
+    /// case-insensitively, the port exactly.
+    pub address: String,
+    /// `https` (default) or `http`.
+    pub scheme: String,
+    /// Region to sign for; unset: the region of `[storage.s3]`.
+    pub region: Option<String>,
+    /// Path-style addressing (`host/bucket/key`); default `true`.
+    pub force_path_style: bool,
+    /// Static access key; set together with `secret_access_key`. Unset: the
+    /// SDK's default credential chain (never the keys of `[storage.s3]`).
+    pub access_key_id: Option<String>,
+    /// Secret of `access_key_id`; printed as `***redacted***`.
+    pub secret_access_key: Option<Secret>,
+    /// Session token of temporary static credentials; printed as `***redacted***`.
+    pub session_token: Option<Secret>,
+    /// PEM file of extra CA certificates to trust for this endpoint (on top
+    /// of the platform's roots; the `ca_bundle` of `[storage.s3]` does not
+    /// apply here).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl S3Endpoint {
+    /// An endpoint at `address` with the defaults: https, path style, the
+    /// default credential chain.
+    pub fn new(address: impl Into<String>) -> Self {
+        S3Endpoint {
+            address: address.into(),
+            ..S3Endpoint::default()
+        }
+    }
+}
+
+impl Default for S3Endpoint {
+    fn default() -> Self {
+        S3Endpoint {
+            address: String::new(),
+            scheme: "https".into(),
+            region: None,
+            force_path_style: true,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            ca_bundle: None,
         }
     }
 }

@@ -10,7 +10,20 @@ use std::time::Duration;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
+use super::endpoint::RefusedAddress;
 use crate::{ErrorKind, ObjectUri, StorageError};
+
+/// The guarded resolver's refusal somewhere in the chain of `err`.
+fn refused_address<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a RefusedAddress> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(refused) = e.downcast_ref::<RefusedAddress>() {
+            return Some(refused);
+        }
+        next = e.source();
+    }
+    None
+}
 
 /// Codes S3 and S3-compatible servers use to ask clients to back off.
 const THROTTLING_CODES: &[&str] = &[
@@ -34,6 +47,8 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let shown = uri.to_string();
+    // The guarded resolver refused the endpoint's address: nothing was sent.
+    let refused = refused_address(&err).map(ToString::to_string);
     let (kind, message, retry_after) = match &err {
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();
@@ -51,6 +66,11 @@ where
             (kind, message, retry_after)
         }
         SdkError::TimeoutError(_) => (ErrorKind::Unavailable, format!("s3 {op}: timed out"), None),
+        SdkError::DispatchFailure(_) if refused.is_some() => (
+            ErrorKind::PermissionDenied,
+            format!("s3 {op}: {}", refused.as_deref().unwrap_or_default()),
+            None,
+        ),
         SdkError::DispatchFailure(d) if d.is_timeout() => (
             ErrorKind::Unavailable,
             format!("s3 {op}: timed out connecting"),

@@ -1,12 +1,15 @@
 //! `s3://` backend on aws-sdk-s3.
 //!
 //! [`S3Backends`] loads the SDK configuration once (credential chain,
-//! region, retries, timeouts, checksums, HTTP client; see `client.rs`) and
-//! hands out one [`S3Storage`] per endpoint: `s3://bucket/key` uses
-//! `[storage.s3] endpoint` (or AWS), `s3://host:port/bucket/key` a client
-//! for that endpoint, built on first use and cached. Requests are in
-//! `get.rs`, `list.rs` and `upload.rs`; SDK errors become [`StorageError`]s
-//! in `errors.rs`.
+//! region, retries, timeouts, checksums, HTTP clients; see `client.rs`) and
+//! builds, at startup, one [`S3Storage`] per endpoint the configuration
+//! names: `s3://bucket/key` uses `[storage.s3] endpoint` (or AWS),
+//! `s3://host:port/bucket/key` the `[[storage.s3.endpoints]]` entry of that
+//! `host:port`. The set is fixed: a URI naming any other endpoint is
+//! `PermissionDenied` before any request exists, and names that resolve to
+//! metadata, link-local or unspecified addresses are refused at connect
+//! time (see `endpoint.rs`). Requests are in `get.rs`, `list.rs` and
+//! `upload.rs`; SDK errors become [`StorageError`]s in `errors.rs`.
 //!
 //! # Retries
 //!
@@ -40,55 +43,88 @@
 
 mod client;
 mod config;
+mod endpoint;
 mod errors;
 mod get;
 mod list;
 mod upload;
 
-pub use config::{ChecksumMode, REDACTED, S3Config, Secret};
+pub use config::{ChecksumMode, REDACTED, S3Config, S3Endpoint, Secret};
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
+use self::endpoint::Address;
 use crate::{
     GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta, ObjectUri, Result,
     Scheme, Storage, StorageError,
 };
 
-/// Clients for the default endpoint and for every explicit endpoint named in URIs.
+/// The clients of the default endpoint and of every configured explicit
+/// endpoint; fixed at startup.
 #[derive(Debug)]
 pub struct S3Backends {
-    config: S3Config,
-    sdk: SdkConfig,
     default: Arc<S3Storage>,
-    /// By `host:port`. Grows with the distinct endpoints clients name; each
-    /// entry is a client sharing the SDK configuration and its HTTP pool.
-    explicit: Mutex<HashMap<String, Arc<S3Storage>>>,
+    /// By canonical `host:port`: exactly the `[[storage.s3.endpoints]]`.
+    explicit: HashMap<Address, Arc<S3Storage>>,
 }
 
 impl S3Backends {
-    /// Loads the SDK configuration (credential chain, region) once.
+    /// Validates `config`, loads the SDK configuration (region chain) and
+    /// builds every client, reading and checking the CA bundles.
     pub async fn new(config: &S3Config) -> Result<Self> {
         client::validate(config)?;
         let sdk = client::load_sdk_config(config).await?;
         let default = Arc::new(S3Storage {
-            client: client::s3_client(&sdk, config, None),
+            client: client::default_client(&sdk, config).await?,
         });
-        Ok(S3Backends {
-            config: config.clone(),
-            sdk,
-            default,
-            explicit: Mutex::new(HashMap::new()),
-        })
+        let default_ip = config
+            .endpoint
+            .as_deref()
+            .and_then(|url| url.parse::<http::Uri>().ok())
+            .and_then(|url| {
+                let host = url.host()?;
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host);
+                host.parse::<std::net::IpAddr>().ok()
+            });
+        if let Some(ip) = default_ip
+            && let Some(what) = endpoint::refused(ip)
+        {
+            tracing::warn!(
+                endpoint = %ip,
+                "[storage.s3] endpoint is a {what} address: it is allowed because it is written as an ip address"
+            );
+        }
+        let mut explicit = HashMap::with_capacity(config.endpoints.len());
+        for ep in &config.endpoints {
+            let address = Address::parse(&ep.address).map_err(|why| {
+                StorageError::invalid("s3://", format!("[[storage.s3.endpoints]]: {why}"))
+            })?;
+            if let Some(ip) = address.ip()
+                && let Some(what) = endpoint::refused(ip)
+            {
+                tracing::warn!(
+                    endpoint = %address,
+                    "[[storage.s3.endpoints]] lists a {what} address: it is allowed because it is listed as an ip address"
+                );
+            }
+            let client = client::endpoint_client(&sdk, config, &address, ep).await?;
+            explicit.insert(address, Arc::new(S3Storage { client }));
+        }
+        Ok(S3Backends { default, explicit })
     }
 
-    /// The client for the endpoint of `uri`.
+    /// The client for the endpoint of `uri`: the default one, or the
+    /// configured one of its `host:port`. Any other endpoint is
+    /// `PermissionDenied`, and nothing is sent anywhere.
     pub fn for_uri(&self, uri: &ObjectUri) -> Result<Arc<dyn Storage>> {
         if uri.scheme() != Scheme::S3 {
             return Err(StorageError::invalid(uri.to_string(), "not an s3:// uri"));
@@ -96,16 +132,18 @@ impl S3Backends {
         let Some(endpoint) = uri.endpoint() else {
             return Ok(self.default.clone());
         };
-        let mut explicit = self
-            .explicit
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let storage = explicit.entry(endpoint.to_owned()).or_insert_with(|| {
-            Arc::new(S3Storage {
-                client: client::s3_client(&self.sdk, &self.config, Some(endpoint)),
-            })
-        });
-        Ok(storage.clone())
+        let storage = Address::parse(endpoint)
+            .ok()
+            .and_then(|address| self.explicit.get(&address))
+            .cloned()
+            .ok_or_else(|| {
+                StorageError::denied(
+                    uri.to_string(),
+                    "endpoint not configured: s3://host:port/… uris may only name the endpoints \
+                     the operator lists under [[storage.s3.endpoints]]",
+                )
+            })?;
+        Ok(storage)
     }
 }
 
@@ -224,22 +262,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn explicit_endpoints_get_one_cached_client_each() {
+    async fn only_configured_endpoints_have_clients() {
         let config = S3Config {
             region: Some("us-east-1".into()),
-            endpoint_scheme: "http".into(),
-            access_key_id: Some("k".into()),
-            secret_access_key: Some(Secret::new("s")),
+            endpoints: vec![
+                S3Endpoint {
+                    scheme: "http".into(),
+                    ..S3Endpoint::new("127.0.0.1:9000")
+                },
+                S3Endpoint::new("MinIO.local:9001"),
+                S3Endpoint::new("[::1]:9002"),
+            ],
             ..S3Config::default()
         };
         let backends = S3Backends::new(&config).await.unwrap();
-        let a = ObjectUri::parse("s3://127.0.0.1:9000/bkt/x").unwrap();
-        let b = ObjectUri::parse("s3://127.0.0.1:9001/bkt/x").unwrap();
-        let plain = ObjectUri::parse("s3://bkt/x").unwrap();
-        let (a1, a2) = (backends.for_uri(&a).unwrap(), backends.for_uri(&a).unwrap());
-        assert!(Arc::ptr_eq(&a1, &a2));
-        assert!(!Arc::ptr_eq(&a1, &backends.for_uri(&b).unwrap()));
-        assert!(!Arc::ptr_eq(&a1, &backends.for_uri(&plain).unwrap()));
+        assert_eq!(backends.explicit.len(), 3);
+        let client = |uri: &str| backends.for_uri(&ObjectUri::parse(uri).unwrap());
+        let a1 = client("s3://127.0.0.1:9000/bkt/x").unwrap();
+        let a2 = client("s3://127.0.0.1:9000/other/y").unwrap();
+        assert!(Arc::ptr_eq(&a1, &a2), "one client per endpoint");
+        let named = client("s3://minio.LOCAL:9001/bkt/x").unwrap();
+        assert!(!Arc::ptr_eq(&a1, &named));
+        assert!(Arc::ptr_eq(
+            &named,
+            &client("s3://minio.local:9001/b/k").unwrap()
+        ));
+        assert!(client("s3://[0:0::1]:9002/bkt/x").is_ok());
+        assert!(!Arc::ptr_eq(&a1, &client("s3://bkt/x").unwrap()));
+        for denied in [
+            "s3://127.0.0.1:9001/bkt/x",
+            "s3://127.0.0.2:9000/bkt/x",
+            "s3://localhost:9000/bkt/x",
+            "s3://169.254.169.254:80/latest/meta-data",
+            "s3://[fd00:ec2::254]:80/latest/meta-data",
+            "s3://minio.local:09001x/bkt/x",
+            "s3://user@minio.local:9001/bkt/x",
+        ] {
+            let Ok(uri) = ObjectUri::parse(denied) else {
+                continue;
+            };
+            let e = backends.for_uri(&uri).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::PermissionDenied, "{denied}");
+            assert_eq!(e.uri(), uri.to_string());
+            assert!(e.message().starts_with("endpoint not configured"), "{e}");
+        }
+        assert_eq!(backends.explicit.len(), 3, "refusals add no client");
         let file = ObjectUri::parse("file:///x").unwrap();
         assert_eq!(
             backends.for_uri(&file).unwrap_err().kind(),
