@@ -110,7 +110,9 @@ impl FromStr for Address {
             };
         }
         if address.contains("://") {
-            return Err(invalid("unsupported scheme; use unix://, https:// or http://"));
+            return Err(invalid(
+                "unsupported scheme; use unix://, https:// or http://",
+            ));
         }
         unix(address)
     }
@@ -215,14 +217,7 @@ mod tests {
 
     #[test]
     fn refused_forms_name_the_address() {
-        for bad in [
-            "",
-            "unix://",
-            "unix:",
-            "https://",
-            "grpc://h:1",
-            "http://",
-        ] {
+        for bad in ["", "unix://", "unix:", "https://", "grpc://h:1", "http://"] {
             let error = bad.parse::<Address>().unwrap_err();
             assert!(error.is_invalid_argument(), "{bad}: {error}");
             assert!(error.to_string().contains(&format!("{bad:?}")), "{error}");

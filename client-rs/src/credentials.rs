@@ -222,7 +222,10 @@ impl fmt::Debug for BearerAuth {
 }
 
 impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
             request
                 .metadata_mut()
@@ -247,7 +250,10 @@ mod tests {
         assert!(!format!("{options:?}").contains("s3cr3t"));
         assert!(!format!("{:?}", options.bearer()).contains("s3cr3t"));
         assert!(token.header().is_sensitive());
-        assert_eq!(token.header().to_str().unwrap(), "Bearer s3cr3t-value-0123456789");
+        assert_eq!(
+            token.header().to_str().unwrap(),
+            "Bearer s3cr3t-value-0123456789"
+        );
     }
 
     #[test]
@@ -264,7 +270,10 @@ mod tests {
         assert_eq!(&*token.0, "tok-from-file-123");
         std::fs::write(&path, "# nothing\n").unwrap();
         let error = Token::from_file(&path).unwrap_err();
-        assert!(error.to_string().contains(&path.display().to_string()), "{error}");
+        assert!(
+            error.to_string().contains(&path.display().to_string()),
+            "{error}"
+        );
         let error = Token::from_file(dir.path().join("none")).unwrap_err();
         assert!(error.to_string().contains("cannot read"), "{error}");
     }

@@ -152,9 +152,13 @@ async fn a_wrong_token_is_unauthenticated_and_not_echoed() {
     std::fs::write(daemon.root().join("f"), b"secret bytes").unwrap();
     let address = https(daemon.tcp().unwrap().port());
     for wrong in [WRONG, &TOKEN[..TOKEN.len() - 1], &format!("{TOKEN}x")] {
-        let error = stat(&address, options(&s.ca.cert, Some(wrong)), &daemon.file_uri("f"))
-            .await
-            .unwrap_err();
+        let error = stat(
+            &address,
+            options(&s.ca.cert, Some(wrong)),
+            &daemon.file_uri("f"),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(error.code(), Code::Unauthenticated, "{error}");
         assert_eq!(error.to_string(), "invalid bearer token");
         assert_quiet(&format!("{error:?}"));
@@ -293,7 +297,12 @@ async fn sighup_swaps_the_certificate_for_new_connections() {
     let uri = format!("file://{}/f", p.root.display());
     let address = https(tcp.port());
 
-    assert_eq!(stat(&address, options(&s.ca.cert, Some(TOKEN)), &uri).await.unwrap(), 5);
+    assert_eq!(
+        stat(&address, options(&s.ca.cert, Some(TOKEN)), &uri)
+            .await
+            .unwrap(),
+        5
+    );
     let error = stat(&address, options(&new_ca.cert, Some(TOKEN)), &uri)
         .await
         .unwrap_err();
@@ -315,7 +324,10 @@ async fn sighup_swaps_the_certificate_for_new_connections() {
     let error = stat(&address, options(&s.ca.cert, Some(TOKEN)), &uri)
         .await
         .unwrap_err();
-    assert!(error.is_unavailable(), "the old certificate is still served: {error}");
+    assert!(
+        error.is_unavailable(),
+        "the old certificate is still served: {error}"
+    );
 
     // A reload that fails keeps what was loaded.
     std::fs::write(&live.cert, "not a certificate\n").unwrap();
@@ -323,7 +335,9 @@ async fn sighup_swaps_the_certificate_for_new_connections() {
     let log = p.wait_log("reload failed", START_TIMEOUT);
     assert!(log.contains("server.tls.cert"), "{log}");
     assert_eq!(
-        stat(&address, options(&new_ca.cert, Some(TOKEN)), &uri).await.unwrap(),
+        stat(&address, options(&new_ca.cert, Some(TOKEN)), &uri)
+            .await
+            .unwrap(),
         5
     );
     assert_quiet(&p.log());
@@ -385,7 +399,12 @@ fn refuses_to_start(config: &str) -> String {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(!status.success(), "{config:?}: {stderr}");
     stderr
 }
@@ -402,7 +421,10 @@ fn incomplete_or_broken_tls_settings_refuse_to_start_naming_the_key() {
     };
     let tokens = format!("token_file = {}\n", q(&s.tokens));
     let cases = [
-        ("".to_owned(), "server.tls.cert: is required when server.tcp is set"),
+        (
+            "".to_owned(),
+            "server.tls.cert: is required when server.tcp is set",
+        ),
         (
             "[server]\nallow_remote_tcp = true\n".to_owned(),
             "server.allow_remote_tcp: this key was removed",
@@ -411,22 +433,13 @@ fn incomplete_or_broken_tls_settings_refuse_to_start_naming_the_key() {
             tls(&s.server.cert, &s.server.key, ""),
             "server.tls.token_file: server.tcp needs a way to authenticate clients",
         ),
-        (
-            tls(&garbage, &s.server.key, &tokens),
-            "server.tls.cert",
-        ),
+        (tls(&garbage, &s.server.key, &tokens), "server.tls.cert"),
         (
             tls(&s.pki.path("missing.crt"), &s.server.key, &tokens),
             "server.tls.cert: cannot read",
         ),
-        (
-            tls(&s.server.cert, &garbage, &tokens),
-            "server.tls.key",
-        ),
-        (
-            tls(&s.server.cert, &other.key, &tokens),
-            "server.tls.key",
-        ),
+        (tls(&s.server.cert, &garbage, &tokens), "server.tls.key"),
+        (tls(&s.server.cert, &other.key, &tokens), "server.tls.key"),
         (
             tls(
                 &s.server.cert,
@@ -445,7 +458,10 @@ fn incomplete_or_broken_tls_settings_refuse_to_start_naming_the_key() {
     ];
     for (config, want) in cases {
         let stderr = refuses_to_start(&config);
-        assert!(stderr.contains(want), "{config:?}: want {want:?} in {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{config:?}: want {want:?} in {stderr}"
+        );
         assert_quiet(&stderr);
         // No private key material in the message either.
         assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
@@ -490,7 +506,10 @@ async fn tokens_never_appear_in_any_output() {
     for (env, flags) in [
         (vec![("SLUICE_TOKEN", TOKEN)], vec![]),
         (vec![], vec!["--token-file", token_file.to_str().unwrap()]),
-        (vec![("SLUICE_TOKEN_FILE", token_file.to_str().unwrap())], vec![]),
+        (
+            vec![("SLUICE_TOKEN_FILE", token_file.to_str().unwrap())],
+            vec![],
+        ),
     ] {
         let mut args = vec!["--address", &address, "--ca-file", ca];
         args.extend(flags);
@@ -517,7 +536,10 @@ async fn tokens_never_appear_in_any_output() {
             "set one or the other",
         ),
     ] {
-        let out = sluice_cli(&env, &["--address", &address, "--ca-file", ca, "stat", &uri]);
+        let out = sluice_cli(
+            &env,
+            &["--address", &address, "--ca-file", ca, "stat", &uri],
+        );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{stderr}");

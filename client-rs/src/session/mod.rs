@@ -140,11 +140,7 @@ struct Inner {
 }
 
 /// Opens a session (see [`crate::Client::session`]).
-pub(crate) async fn open(
-    client: Grpc,
-    address: &str,
-    options: SessionOptions,
-) -> Result<Session> {
+pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -> Result<Session> {
     let window = options.window.max(1);
     let (fd_socket, mappings) = map_segments(address, options.delivery).await?;
     let (requests, fetches) = mpsc::channel(window);

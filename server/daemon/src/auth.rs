@@ -258,7 +258,10 @@ mod tests {
             ("", "holds no token"),
             ("# only a comment\n", "holds no token"),
             ("short-secret-x\n", "line 1: a token has at least 16"),
-            ("# c\nsecret with spaces inside\n", "line 2: a token is visible ASCII"),
+            (
+                "# c\nsecret with spaces inside\n",
+                "line 2: a token is visible ASCII",
+            ),
         ] {
             let error = tokens(text).unwrap_err().to_string();
             assert!(error.contains("server.tls.token_file"), "{error}");
@@ -266,8 +269,13 @@ mod tests {
             assert!(!error.contains("secret"), "{error}");
         }
         let dir = tempfile::tempdir().unwrap();
-        let error = Tokens::load(&dir.path().join("none")).unwrap_err().to_string();
-        assert!(error.contains("server.tls.token_file") && error.contains("cannot read"), "{error}");
+        let error = Tokens::load(&dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("server.tls.token_file") && error.contains("cannot read"),
+            "{error}"
+        );
     }
 
     #[test]

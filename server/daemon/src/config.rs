@@ -392,7 +392,13 @@ mod tests {
             jail.set_env("SLUICE_ENGINE__PART_SIZE", "2MiB");
             jail.set_env("SLUICE_ENGINE__PER_OBJECT_CONCURRENCY", "3");
             jail.set_env("SLUICE_ADDRESS", "unix:///ignored");
-            for client in ["CA_FILE", "TOKEN", "TOKEN_FILE", "CLIENT_CERT", "CLIENT_KEY"] {
+            for client in [
+                "CA_FILE",
+                "TOKEN",
+                "TOKEN_FILE",
+                "CLIENT_CERT",
+                "CLIENT_KEY",
+            ] {
                 jail.set_env(format!("SLUICE_{client}"), "a client's, ignored");
             }
             jail.set_env("SLUICE_SERVER__SOCKET_MODE", "0640");
@@ -433,7 +439,8 @@ mod tests {
         assert!(err.to_string().contains("server.tls.cert"), "{err}");
         let err = load("[server]\nallow_remote_tcp = true\n").unwrap_err();
         assert!(
-            err.to_string().contains("server.allow_remote_tcp: this key was removed"),
+            err.to_string()
+                .contains("server.allow_remote_tcp: this key was removed"),
             "{err}"
         );
         let c = load("[server]\ntcp = \"0.0.0.0:7420\"\ntcp_insecure = true\n").unwrap();

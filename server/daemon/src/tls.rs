@@ -449,12 +449,18 @@ mod tests {
             ..TlsConfig::default()
         };
         let error = TcpSecurity::load(&config).unwrap_err().to_string();
-        assert!(error.contains("server.tls.cert") && error.contains("missing.crt"), "{error}");
+        assert!(
+            error.contains("server.tls.cert") && error.contains("missing.crt"),
+            "{error}"
+        );
         let config = TlsConfig {
             cert: Some(garbage.clone()),
             ..config
         };
         let error = TcpSecurity::load(&config).unwrap_err().to_string();
-        assert!(error.contains("server.tls.cert") && error.contains("no PEM certificate"), "{error}");
+        assert!(
+            error.contains("server.tls.cert") && error.contains("no PEM certificate"),
+            "{error}"
+        );
     }
 }
