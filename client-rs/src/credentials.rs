@@ -15,6 +15,21 @@
 //! A [`Token`] never shows itself: its `Debug` is redacted, it is sent as
 //! sensitive metadata (never indexed by HTTP/2 header compression), and no
 //! error message quotes it.
+//!
+//! ```no_run
+//! # async fn demo() -> sluice_client::Result<()> {
+//! use sluice_client::{Client, ConnectOptions, Token};
+//!
+//! let options = ConnectOptions {
+//!     ca_file: Some("/etc/sluice/ca.crt".into()),
+//!     token: Some(Token::from_file("/etc/sluice/token")?),
+//!     ..ConnectOptions::default()
+//! };
+//! let client = Client::connect_with("https://node-17.cluster:7420", options).await?;
+//! # let _ = client;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -192,6 +192,12 @@ async fn the_right_token_is_served_byte_exact() {
     assert!(bytes[..] == data[7..70_007], "the session's bytes differ");
     // The client's Debug never shows the token either.
     assert_quiet(&format!("{client:?}"));
+    // The Unix socket needs no token: its permissions decide.
+    let local = Client::connect(&daemon.address()).await.unwrap();
+    assert_eq!(
+        local.stat(&daemon.file_uri("big")).await.unwrap().size,
+        data.len() as u64
+    );
     daemon.stop().await.unwrap();
 }
 

@@ -7,6 +7,11 @@
 //! `server.grace_period` to finish, then whatever is left is cancelled.
 //! Every task spawned here is owned by a `JoinSet` that is drained or aborted
 //! before `serve` returns.
+//!
+//! The TCP listener, when there is one, accepts through [`crate::tls`]
+//! (unless `server.tcp_insecure`), and every request on it passes the
+//! [`crate::auth`] layer first; requests on the Unix socket pass that layer
+//! unchecked. A SIGHUP reloads the TLS material.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
