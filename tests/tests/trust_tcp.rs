@@ -113,6 +113,49 @@ async fn plaintext_client_gets_no_answer_from_the_tls_listener() {
 }
 
 #[tokio::test]
+async fn a_silent_client_is_disconnected_at_the_handshake_timeout() {
+    let s = setup();
+    let daemon = TestDaemon::start_with(|c| {
+        c.server.tcp = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.server.tls.cert = Some(s.server.cert.clone());
+        c.server.tls.key = Some(s.server.key.clone());
+        c.server.tls.token_file = Some(s.tokens.clone());
+        c.server.tls.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let port = daemon.tcp().unwrap().port();
+    // Connects and sends nothing: the daemon closes the connection once the
+    // handshake timeout has passed (the read's own timeout is only a bound
+    // for a daemon that never does).
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        raw.set_read_timeout(Some(START_TIMEOUT)).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        (raw.read(&mut buf).map_err(|e| e.kind()), started.elapsed())
+    })
+    .await
+    .unwrap();
+    match answer {
+        (Ok(_), elapsed) => assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}"),
+        (Err(kind), elapsed) => assert!(
+            kind == std::io::ErrorKind::ConnectionReset,
+            "still open after {elapsed:?}: {kind:?}"
+        ),
+    }
+    // The listener still serves.
+    let client = Client::connect_with(
+        &https(port),
+        options(&s.ca.cert, Some(TOKEN)),
+    )
+    .await
+    .unwrap();
+    std::fs::write(daemon.root().join("f"), b"x").unwrap();
+    assert_eq!(client.stat(&daemon.file_uri("f")).await.unwrap().size, 1);
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn tls_without_a_token_is_unauthenticated() {
     let s = setup();
     let daemon = tls_daemon(&s, true, None).await;
