@@ -144,12 +144,9 @@ async fn a_silent_client_is_disconnected_at_the_handshake_timeout() {
         ),
     }
     // The listener still serves.
-    let client = Client::connect_with(
-        &https(port),
-        options(&s.ca.cert, Some(TOKEN)),
-    )
-    .await
-    .unwrap();
+    let client = Client::connect_with(&https(port), options(&s.ca.cert, Some(TOKEN)))
+        .await
+        .unwrap();
     std::fs::write(daemon.root().join("f"), b"x").unwrap();
     assert_eq!(client.stat(&daemon.file_uri("f")).await.unwrap().size, 1);
     daemon.stop().await.unwrap();
