@@ -15,7 +15,9 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use sluice_client::{Address, Entry, Result as SluiceResult};
+use std::path::PathBuf;
+
+use sluice_client::{Address, ConnectOptions, Entry, Result as SluiceResult, Token};
 
 use crate::buffer::Buffer;
 use crate::conn::Conn;
@@ -28,6 +30,9 @@ use crate::writer::Writer;
 #[derive(Debug)]
 pub(crate) struct Client {
     address: String,
+    /// For `https://` (unset settings fall back to the environment when
+    /// connecting). `Debug` never shows the token.
+    options: ConnectOptions,
     conn: Mutex<Option<PidBound<Arc<Conn>>>>,
 }
 
@@ -39,7 +44,8 @@ impl Client {
         }
         // Not under the lock: connecting releases the GIL, and another
         // thread waiting for the lock would hold it.
-        let conn = wait(py, Conn::connect(&self.address))?.map_err(|e| convert::error(py, e))?;
+        let conn = wait(py, Conn::connect(&self.address, self.options.clone()))?
+            .map_err(|e| convert::error(py, e))?;
         let mut slot = lock(&self.conn);
         if let Some(raced) = slot.as_ref().and_then(PidBound::get) {
             return Ok(Arc::clone(raced));
@@ -65,14 +71,47 @@ impl Client {
 #[pymethods]
 impl Client {
     /// A client of the daemon at `address` (`unix:///path`, a bare socket
-    /// path, or `http://host:port`). Connects on first use.
+    /// path, `https://host:port` or `http://host:port`). Connects on first
+    /// use. The TLS settings and the token are for `https://`; those not
+    /// given come from `SLUICE_CA_FILE`, `SLUICE_TOKEN`/`SLUICE_TOKEN_FILE`,
+    /// `SLUICE_CLIENT_CERT`/`SLUICE_CLIENT_KEY` when connecting.
     #[new]
-    fn new(py: Python<'_>, address: String) -> PyResult<Self> {
+    #[pyo3(signature = (address, ca_file = None, token = None, token_file = None, client_cert = None, client_key = None))]
+    fn new(
+        py: Python<'_>,
+        address: String,
+        ca_file: Option<PathBuf>,
+        token: Option<String>,
+        token_file: Option<PathBuf>,
+        client_cert: Option<PathBuf>,
+        client_key: Option<PathBuf>,
+    ) -> PyResult<Self> {
         if let Err(error) = address.parse::<Address>() {
             return Err(convert::error(py, error));
         }
+        if client_cert.is_some() != client_key.is_some() {
+            return Err(PyValueError::new_err(
+                "client_cert and client_key go together: give both or neither",
+            ));
+        }
+        let token = match (token, token_file) {
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err("give token or token_file, not both"));
+            }
+            (Some(token), None) => Some(Token::new(&token)),
+            (None, Some(path)) => Some(Token::from_file(path)),
+            (None, None) => None,
+        }
+        .transpose()
+        .map_err(|e| convert::error(py, e))?;
         Ok(Client {
             address,
+            options: ConnectOptions {
+                ca_file,
+                token,
+                client_cert,
+                client_key,
+            },
             conn: Mutex::new(None),
         })
     }

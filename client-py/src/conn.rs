@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use sluice_client::{Client, Error, Fetched, Result, Session, SessionOptions};
+use sluice_client::{Client, ConnectOptions, Error, Fetched, Result, Session, SessionOptions};
 use tokio::sync::Mutex;
 
 /// A connection of this process.
@@ -20,9 +20,9 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) async fn connect(address: &str) -> Result<Self> {
+    pub(crate) async fn connect(address: &str, options: ConnectOptions) -> Result<Self> {
         Ok(Conn {
-            client: Client::connect(address).await?,
+            client: Client::connect_with(address, options).await?,
             session: Mutex::new(None),
         })
     }

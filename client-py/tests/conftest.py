@@ -90,6 +90,9 @@ class Daemon:
             SLUICE_WRITE__PART_SIZE="5MiB",
             SLUICE_CACHE__MAX_OBJECT_SIZE="8MiB",
             SLUICE_ENGINE__PART_SIZE="1MiB",
+            # Plaintext TCP for the tests of the TCP path; test_tls.py
+            # starts daemons with TLS.
+            SLUICE_SERVER__TCP_INSECURE="true",
         )
         env.update(self.extra_env)
         with open(self.log, "ab") as log:
@@ -142,8 +145,14 @@ class Daemon:
 
     @property
     def tcp_address(self) -> str:
-        """gRPC over TCP: no shared memory."""
+        """gRPC over TCP (plaintext unless the daemon was given TLS): no
+        shared memory."""
         return f"http://127.0.0.1:{self.tcp_port}"
+
+    @property
+    def https_address(self) -> str:
+        """gRPC over TCP with TLS."""
+        return f"https://127.0.0.1:{self.tcp_port}"
 
     def uri(self, rel: str) -> str:
         return f"file://{self.root}/{rel}"

@@ -9,7 +9,12 @@
 //! | `unix:///run/sluice/s.sock`  | Unix socket, absolute path       |
 //! | `unix:relative/s.sock`       | Unix socket, relative path       |
 //! | `/run/sluice/s.sock`, `./s`  | a bare path is a Unix socket too |
-//! | `http://127.0.0.1:7070`      | TCP, plaintext HTTP/2            |
+//! | `https://sluice.example:7420`| TCP, TLS (see [`crate::credentials`]) |
+//! | `http://127.0.0.1:7070`      | TCP, plaintext HTTP/2 (a daemon with `server.tcp_insecure`) |
+//!
+//! Over `https://` the daemon's certificate is verified against the CA file
+//! (else the system's roots) for the address's host name or IP address, and
+//! the token and client certificate of the [`ConnectOptions`] are shown.
 //!
 //! Unix sockets go through tonic's custom-connector hook: the endpoint URI is
 //! a placeholder that only fills the `:authority` header, and the connector
@@ -25,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::credentials::ConnectOptions;
 use crate::error::{Error, Result};
 
 /// Environment variable naming the daemon address.
@@ -49,8 +55,17 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 pub enum Address {
     /// A Unix domain socket.
     Unix(PathBuf),
-    /// An `http://host:port` endpoint.
+    /// An `http://host:port` endpoint: plaintext.
     Http(String),
+    /// An `https://host:port` endpoint: TLS.
+    Https(String),
+}
+
+impl Address {
+    /// Whether this is a Unix socket (on this node).
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Address::Unix(_))
+    }
 }
 
 impl FromStr for Address {
@@ -77,27 +92,40 @@ impl FromStr for Address {
         if let Some(path) = address.strip_prefix("unix:") {
             return unix(path);
         }
+        let has_host = || {
+            address
+                .parse::<Uri>()
+                .is_ok_and(|uri| uri.host().is_some_and(|h| !h.is_empty()))
+        };
         if address.starts_with("http://") {
-            return match address.parse::<Uri>() {
-                Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => {
-                    Ok(Address::Http(address.to_owned()))
-                }
-                _ => Err(invalid("not a valid http://host:port URI")),
+            return match has_host() {
+                true => Ok(Address::Http(address.to_owned())),
+                false => Err(invalid("not a valid http://host:port URI")),
             };
         }
         if address.starts_with("https://") {
-            return Err(invalid("TLS is not supported; use unix:// or http://"));
+            return match has_host() {
+                true => Ok(Address::Https(address.to_owned())),
+                false => Err(invalid("not a valid https://host:port URI")),
+            };
         }
         if address.contains("://") {
-            return Err(invalid("unsupported scheme; use unix:// or http://"));
+            return Err(invalid(
+                "unsupported scheme; use unix://, https:// or http://",
+            ));
         }
         unix(address)
     }
 }
 
-/// Opens a channel to the daemon at `address` (as given, for error messages).
-pub(crate) async fn connect_channel(address: &str) -> Result<Channel> {
-    let parsed: Address = address.parse()?;
+/// Opens a channel to the daemon at `address` (as given, for error
+/// messages; `parsed` is its parsed form). `options` are used for
+/// `https://` only.
+pub(crate) async fn connect_channel(
+    address: &str,
+    parsed: Address,
+    options: &ConnectOptions,
+) -> Result<Channel> {
     let connect_error = |source| Error::Connect {
         address: address.to_owned(),
         source,
@@ -117,6 +145,13 @@ pub(crate) async fn connect_channel(address: &str) -> Result<Channel> {
         }
         Address::Http(uri) => {
             let endpoint = Endpoint::from_shared(uri).map_err(connect_error)?;
+            configure(endpoint).connect().await.map_err(connect_error)
+        }
+        Address::Https(uri) => {
+            let tls = options.tls_config()?;
+            let endpoint = Endpoint::from_shared(uri)
+                .and_then(|e| e.tls_config(tls))
+                .map_err(connect_error)?;
             configure(endpoint).connect().await.map_err(connect_error)
         }
     }
@@ -172,15 +207,17 @@ mod tests {
     }
 
     #[test]
+    fn https_form() {
+        assert_eq!(
+            "https://sluice.example:7420".parse::<Address>().unwrap(),
+            Address::Https("https://sluice.example:7420".into())
+        );
+        assert!(!"https://h:1".parse::<Address>().unwrap().is_unix());
+    }
+
+    #[test]
     fn refused_forms_name_the_address() {
-        for bad in [
-            "",
-            "unix://",
-            "unix:",
-            "https://h:1",
-            "grpc://h:1",
-            "http://",
-        ] {
+        for bad in ["", "unix://", "unix:", "https://", "grpc://h:1", "http://"] {
             let error = bad.parse::<Address>().unwrap_err();
             assert!(error.is_invalid_argument(), "{bad}: {error}");
             assert!(error.to_string().contains(&format!("{bad:?}")), "{error}");
@@ -191,7 +228,10 @@ mod tests {
     async fn connect_error_names_the_address() {
         let dir = tempfile::tempdir().unwrap();
         let address = format!("unix://{}/missing.sock", dir.path().display());
-        let error = connect_channel(&address).await.unwrap_err();
+        let parsed = address.parse().unwrap();
+        let error = connect_channel(&address, parsed, &ConnectOptions::default())
+            .await
+            .unwrap_err();
         assert!(error.is_unavailable(), "{error}");
         assert!(error.to_string().contains(&address), "{error}");
     }

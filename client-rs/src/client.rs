@@ -14,9 +14,11 @@ use sluice_proto::v1::{
     DeleteRequest, ObjectMeta, ReadManyItem, ReadManyRequest, ReadRequest, StatRequest,
 };
 use tokio::io::AsyncRead;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::address::{connect_channel, default_address};
+use crate::address::{Address, connect_channel, default_address};
+use crate::credentials::{BearerAuth, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::list::{self, Entry, ListPage};
 use crate::read::{self, ReadStream};
@@ -24,20 +26,36 @@ use crate::read_many::{ReadItem, ReadManyStream};
 use crate::session::{self, Session, SessionOptions};
 use crate::write::{self, Written};
 
+/// The generated client over the channel, sending the bearer token if any.
+pub(crate) type Grpc = SluiceClient<InterceptedService<Channel, BearerAuth>>;
+
 /// A connection to a sluice daemon.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: SluiceClient<Channel>,
+    inner: Grpc,
     address: String,
 }
 
 impl Client {
     /// Connects to the daemon at `address` (see [`crate::address`] for the
-    /// accepted forms). Fails with an `Unavailable` error naming the address
-    /// when nothing answers there.
+    /// accepted forms), for `https://` with the TLS settings and token of
+    /// the environment (see [`crate::credentials`]). Fails with an
+    /// `Unavailable` error naming the address when nothing answers there.
     pub async fn connect(address: &str) -> Result<Self> {
-        let channel = connect_channel(address).await?;
-        Ok(Self::from_channel(channel, address))
+        Self::connect_with(address, ConnectOptions::default()).await
+    }
+
+    /// Connects to the daemon at `address` with `options`, whose unset
+    /// settings fall back to the environment. The options are used for
+    /// `https://` addresses only: no token is ever sent in plaintext.
+    pub async fn connect_with(address: &str, options: ConnectOptions) -> Result<Self> {
+        let parsed: Address = address.parse()?;
+        let options = match parsed {
+            Address::Https(_) => options.or_env()?,
+            _ => ConnectOptions::default(),
+        };
+        let channel = connect_channel(address, parsed, &options).await?;
+        Ok(Self::with_auth(channel, address, options.bearer()))
     }
 
     /// Connects to `$SLUICE_ADDRESS`, else to [`crate::DEFAULT_ADDRESS`].
@@ -47,7 +65,11 @@ impl Client {
 
     /// A client over an existing channel; `address` is only used in messages.
     pub fn from_channel(channel: Channel, address: &str) -> Self {
-        let inner = SluiceClient::new(channel)
+        Self::with_auth(channel, address, BearerAuth::default())
+    }
+
+    fn with_auth(channel: Channel, address: &str, auth: BearerAuth) -> Self {
+        let inner = SluiceClient::with_interceptor(channel, auth)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         Client {

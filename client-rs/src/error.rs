@@ -102,6 +102,19 @@ pub enum Error {
         #[source]
         source: Option<io::Error>,
     },
+    /// A TLS or token setting of the client cannot be used (an unreadable
+    /// or malformed file, a token that is not visible ASCII). The message
+    /// names the setting, never a token.
+    #[error("{setting}: {reason}")]
+    Credentials {
+        /// The setting or file, e.g. `CA file /etc/sluice/ca.pem`.
+        setting: String,
+        /// What is wrong.
+        reason: String,
+        /// The system error, where there was one.
+        #[source]
+        source: Option<io::Error>,
+    },
     /// Reading the local data of an upload failed; the upload was cancelled.
     #[error("reading the data to upload to {uri}")]
     Io {
@@ -121,7 +134,9 @@ impl Error {
             Error::Connect { .. } | Error::SessionClosed { .. } | Error::SharedMemory { .. } => {
                 Code::Unavailable
             }
-            Error::InvalidAddress { .. } | Error::InvalidRange { .. } => Code::InvalidArgument,
+            Error::InvalidAddress { .. }
+            | Error::InvalidRange { .. }
+            | Error::Credentials { .. } => Code::InvalidArgument,
             Error::Protocol { .. } => Code::DataLoss,
             Error::Io { .. } => Code::Unknown,
         }
@@ -152,9 +167,31 @@ impl Error {
         self.code() == Code::Aborted
     }
 
+    /// The daemon's TCP listener did not accept this client's credentials:
+    /// no token, a wrong token, or no client certificate.
+    pub fn is_unauthenticated(&self) -> bool {
+        self.code() == Code::Unauthenticated
+    }
+
     /// The daemon or its backend could not be reached, or the daemon is draining.
     pub fn is_unavailable(&self) -> bool {
         self.code() == Code::Unavailable
+    }
+
+    pub(crate) fn credentials(setting: &str, reason: &str) -> Self {
+        Error::Credentials {
+            setting: setting.to_owned(),
+            reason: reason.to_owned(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn credentials_io(setting: &str, reason: &str, source: io::Error) -> Self {
+        Error::Credentials {
+            setting: setting.to_owned(),
+            reason: reason.to_owned(),
+            source: Some(source),
+        }
     }
 
     pub(crate) fn protocol(uri: &str, reason: impl Into<String>) -> Self {

@@ -38,6 +38,8 @@
 //! ```
 //!
 //! Module map: [`address`] parses daemon addresses and opens the channel,
+//! [`credentials`] holds what an `https://` daemon is shown (CA, token,
+//! client certificate),
 //! `client` holds [`Client`] and its calls, `read` the single-object
 //! [`ReadStream`], `read_many` the reassembly of batched reads, `write` the
 //! chunked uploads, `list` the paged listings, `session` the pipelined
@@ -46,6 +48,7 @@
 
 pub mod address;
 mod client;
+pub mod credentials;
 mod error;
 mod list;
 mod read;
@@ -55,6 +58,7 @@ mod write;
 
 pub use address::{ADDRESS_ENV, Address, DEFAULT_ADDRESS};
 pub use client::Client;
+pub use credentials::{ConnectOptions, Token};
 pub use error::{Error, Result};
 pub use list::{Entry, ListPage};
 pub use read::ReadStream;

@@ -6,10 +6,9 @@
 //! Pages follow each other in key order, so the walk stays sorted.
 
 use futures::{Stream, TryStreamExt, stream};
-use sluice_proto::v1::sluice_client::SluiceClient;
 use sluice_proto::v1::{ListRequest, ListResponse, ObjectMeta};
-use tonic::transport::Channel;
 
+use crate::client::Grpc;
 use crate::error::{Error, Result};
 
 /// Page size of [`crate::Client::list`]: the daemon's default, large enough
@@ -90,7 +89,7 @@ impl ListPage {
 
 /// Fetches one page.
 pub(crate) async fn list_page(
-    mut client: SluiceClient<Channel>,
+    mut client: Grpc,
     prefix: &str,
     delimiter: &str,
     page_size: u32,
@@ -118,7 +117,7 @@ pub(crate) async fn list_page(
 
 /// Every entry under `prefix`, page after page.
 pub(crate) fn walk(
-    client: SluiceClient<Channel>,
+    client: Grpc,
     prefix: String,
     recursive: bool,
 ) -> impl Stream<Item = Result<Entry>> + Send + 'static {

@@ -22,13 +22,12 @@ use std::pin::Pin;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, stream};
 use sluice_proto::DEFAULT_CHUNK_SIZE;
-use sluice_proto::v1::sluice_client::SluiceClient;
 use sluice_proto::v1::write_request::Msg;
 use sluice_proto::v1::{ObjectMeta, WriteHeader, WriteRequest, WriteTrailer};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 
+use crate::client::Grpc;
 use crate::error::{Error, Result};
 
 /// What the daemon reports about a completed upload.
@@ -194,7 +193,7 @@ where
 
 /// Uploads the chunks of `data` to `uri`; see the module documentation.
 pub(crate) async fn upload<S>(
-    mut client: SluiceClient<Channel>,
+    mut client: Grpc,
     uri: &str,
     data: S,
     size_hint: u64,
@@ -230,7 +229,7 @@ where
 
 /// [`upload`] for callers whose chunks cannot fail.
 pub(crate) async fn upload_infallible<S>(
-    client: SluiceClient<Channel>,
+    client: Grpc,
     uri: &str,
     data: S,
     size_hint: u64,

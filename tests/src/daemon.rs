@@ -177,7 +177,8 @@ pub struct DaemonProcess {
 }
 
 impl DaemonProcess {
-    /// Spawns `sluiced` with extra `args` and waits until its socket accepts.
+    /// Spawns `sluiced` with extra `args` (`--log-level info` unless they
+    /// set one) and waits until its socket accepts.
     pub fn spawn(args: &[&str]) -> Self {
         Self::spawn_with_env(args, &[])
     }
@@ -250,6 +251,35 @@ impl DaemonProcess {
     /// The gRPC address for clients.
     pub fn address(&self) -> String {
         format!("unix://{}", self.socket.display())
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.socket.with_file_name("sluiced.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; returns the log.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not in the daemon's log after {timeout:?}: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The gRPC TCP listener's address, as the startup line reports it.
+    pub fn tcp(&self) -> SocketAddr {
+        let log = self.wait_log("sluiced serving", START_TIMEOUT);
+        let start = log.find("tcp=Some(").expect("a TCP listener") + "tcp=Some(".len();
+        let end = start + log[start..].find(')').expect("closing parenthesis");
+        log[start..end].parse().expect("a socket address")
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`).

@@ -1,5 +1,6 @@
 //! Harnesses shared by the end-to-end tests.
 
+pub mod certs;
 pub mod daemon;
 pub mod grpc;
 pub mod s3server;

@@ -67,6 +67,7 @@ async fn delete(client: &mut SluiceClient<Channel>, uri: &str) -> Result<u64, to
     let req = v1::DeleteRequest {
         uri: uri.to_owned(),
         recursive: false,
+        whole_bucket: false,
     };
     Ok(client.delete(req).await?.into_inner().deleted)
 }

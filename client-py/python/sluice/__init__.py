@@ -31,6 +31,7 @@ from ._types import (
     PermissionDeniedError,
     ResourceExhaustedError,
     SluiceError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "SluiceError",
+    "UnauthenticatedError",
     "UnavailableError",
     "Writer",
     "default_address",
@@ -168,14 +170,45 @@ class Writer:
         return f"<sluice.Writer {self.name} ({state})>"
 
 
+def _rebuild_client(
+    address: str,
+    ca_file: object,
+    token: Optional[str],
+    token_file: object,
+    client_cert: object,
+    client_key: object,
+) -> Client:
+    """Unpickles a :class:`Client`."""
+    return Client(
+        address,
+        ca_file=ca_file,  # type: ignore[arg-type]
+        token=token,
+        token_file=token_file,  # type: ignore[arg-type]
+        client_cert=client_cert,  # type: ignore[arg-type]
+        client_key=client_key,  # type: ignore[arg-type]
+    )
+
+
 class Client:
     """A client of the sluice daemon.
 
     ``address`` is ``unix:///path/to/sluiced.sock`` (or a bare socket path),
-    or ``http://host:port`` for a daemon on TCP; default
+    ``https://host:port`` for a daemon on TCP with TLS, or ``http://host:port``
+    for one that serves plaintext (``server.tcp_insecure``); default
     :func:`default_address`. The client connects on first use, and reads
     open one session whose results are leases on the daemon's shared memory
     (when the daemon is on this node's Unix socket).
+
+    For ``https://`` only: ``ca_file`` holds the CA certificates (PEM) the
+    daemon's certificate must chain to (default: the system's roots);
+    ``token`` or ``token_file`` the bearer token; ``client_cert`` and
+    ``client_key`` a client certificate for daemons that require mutual
+    TLS. What is not given comes from ``SLUICE_CA_FILE``, ``SLUICE_TOKEN``
+    or ``SLUICE_TOKEN_FILE``, ``SLUICE_CLIENT_CERT`` and
+    ``SLUICE_CLIENT_KEY``, as in the Rust client and the CLI. The token is
+    never sent in plaintext and never shown (``repr``, errors). Pickling a
+    client made with ``token=`` carries the token to the receiving process;
+    ``token_file`` or ``SLUICE_TOKEN`` keep it out of the pickle.
 
     Fork-safe: a client created before ``fork`` reconnects in the child on
     first use. Picklable (by address), so it can be handed to ``spawn``
@@ -183,8 +216,21 @@ class Client:
     releasing the GIL while it waits.
     """
 
-    def __init__(self, address: Optional[str] = None) -> None:
-        self._native = _native.Client(address or default_address())
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        ca_file: Optional[Union[str, os.PathLike[str]]] = None,
+        token: Optional[str] = None,
+        token_file: Optional[Union[str, os.PathLike[str]]] = None,
+        client_cert: Optional[Union[str, os.PathLike[str]]] = None,
+        client_key: Optional[Union[str, os.PathLike[str]]] = None,
+    ) -> None:
+        address = address or default_address()
+        self._native = _native.Client(
+            address, ca_file, token, token_file, client_cert, client_key
+        )
+        self._credentials = (ca_file, token, token_file, client_cert, client_key)
 
     @property
     def address(self) -> str:
@@ -243,8 +289,8 @@ class Client:
         objects deleted."""
         return self._native.delete(uri, recursive, whole_bucket)
 
-    def __reduce__(self) -> tuple[type[Client], tuple[str]]:
-        return (Client, (self.address,))
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (_rebuild_client, (self.address, *self._credentials))
 
     def __repr__(self) -> str:
         return f"sluice.Client({self.address!r})"

@@ -1,10 +1,13 @@
 """Stub of the private native module; use the ``sluice`` package instead."""
 
+import os
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Optional, Union, final
 
 from ._types import ObjectMeta
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 __version__: str
 DEFAULT_ADDRESS: str
@@ -71,7 +74,15 @@ class FetchIter(Iterator[tuple[int, Buffer]]):
 
 @final
 class Client:
-    def __init__(self, address: str) -> None: ...
+    def __init__(
+        self,
+        address: str,
+        ca_file: Optional[PathLike] = None,
+        token: Optional[str] = None,
+        token_file: Optional[PathLike] = None,
+        client_cert: Optional[PathLike] = None,
+        client_key: Optional[PathLike] = None,
+    ) -> None: ...
     @property
     def address(self) -> str: ...
     def stat(self, uri: str) -> ObjectMeta: ...

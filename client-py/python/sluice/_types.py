@@ -20,6 +20,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "SluiceError",
+    "UnauthenticatedError",
     "UnavailableError",
 ]
 
@@ -54,6 +55,14 @@ class InvalidArgumentError(SluiceError, ValueError):
     ``OUT_OF_RANGE``)."""
 
     code = "INVALID_ARGUMENT"
+
+
+class UnauthenticatedError(SluiceError, PermissionError):
+    """The daemon's TCP listener refused this client's credentials: no
+    token, a wrong token, or no client certificate (``UNAUTHENTICATED``).
+    The message never contains the token."""
+
+    code = "UNAUTHENTICATED"
 
 
 class AlreadyExistsError(SluiceError, FileExistsError):
@@ -93,6 +102,7 @@ for _public in (
     NotFoundError,
     PermissionDeniedError,
     InvalidArgumentError,
+    UnauthenticatedError,
     AlreadyExistsError,
     UnavailableError,
     DeadlineExceededError,
@@ -106,6 +116,7 @@ _BY_CODE: dict[str, type[SluiceError]] = {
     "NOT_FOUND": NotFoundError,
     "PERMISSION_DENIED": PermissionDeniedError,
     "INVALID_ARGUMENT": InvalidArgumentError,
+    "UNAUTHENTICATED": UnauthenticatedError,
     "OUT_OF_RANGE": InvalidArgumentError,
     "ALREADY_EXISTS": AlreadyExistsError,
     "UNAVAILABLE": UnavailableError,

@@ -39,13 +39,12 @@ use futures::future::Either;
 use futures::{Stream, StreamExt, stream};
 use sluice_proto::v1::session_request::Msg as Request;
 use sluice_proto::v1::session_response::Msg as Response;
-use sluice_proto::v1::sluice_client::SluiceClient;
 use sluice_proto::v1::{FetchRequest, ObjectMeta, SessionOpen, SessionOpened, SessionRequest};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::address::Address;
+use crate::client::Grpc;
 use crate::error::{Error, Result};
 use crate::read::to_wire;
 use crate::read_many::ReadItem;
@@ -141,11 +140,7 @@ struct Inner {
 }
 
 /// Opens a session (see [`crate::Client::session`]).
-pub(crate) async fn open(
-    client: SluiceClient<Channel>,
-    address: &str,
-    options: SessionOptions,
-) -> Result<Session> {
+pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -> Result<Session> {
     let window = options.window.max(1);
     let (fd_socket, mappings) = map_segments(address, options.delivery).await?;
     let (requests, fetches) = mpsc::channel(window);
@@ -213,8 +208,10 @@ async fn map_segments(
     delivery: Delivery,
 ) -> Result<(Option<std::path::PathBuf>, Option<Mappings>)> {
     let path = match (delivery, address.parse::<Address>()?) {
-        (Delivery::Stream, _) | (Delivery::Auto, Address::Http(_)) => return Ok((None, None)),
-        (Delivery::SharedMemory, Address::Http(_)) => {
+        (Delivery::Stream, _) | (Delivery::Auto, Address::Http(_) | Address::Https(_)) => {
+            return Ok((None, None));
+        }
+        (Delivery::SharedMemory, Address::Http(_) | Address::Https(_)) => {
             return Err(Error::SharedMemory {
                 path: address.into(),
                 reason: "shared memory needs the daemon's Unix socket",

@@ -19,6 +19,17 @@ use sluice_storage::registry::StorageConfig;
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluiced.toml";
 
+/// `SLUICE_` variables of the clients (address, TLS and token), not keys of
+/// the daemon: ignored when the environment layer is read.
+const CLIENT_ENV: [&str; 6] = [
+    "address",
+    "ca_file",
+    "token",
+    "token_file",
+    "client_cert",
+    "client_key",
+];
+
 /// Everything `sluiced` can be told.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,11 +62,16 @@ pub struct ServerConfig {
     /// from an environment variable is read as the same octal digits).
     #[serde(deserialize_with = "octal_digits")]
     pub socket_mode: String,
-    /// Optional gRPC TCP listener for clients on other nodes. Loopback only
-    /// unless `allow_remote_tcp` is set (there is no TLS yet).
+    /// Optional gRPC TCP listener for clients on other nodes: TLS with
+    /// tokens or client certificates (`[server.tls]`), loopback included.
     pub tcp: Option<SocketAddr>,
-    /// Accept a non-loopback `tcp` address without TLS.
-    pub allow_remote_tcp: bool,
+    /// Serve `tcp` as plaintext without authentication (warned at startup).
+    pub tcp_insecure: bool,
+    /// TLS and client authentication of `tcp`.
+    pub tls: crate::tls::TlsConfig,
+    /// Removed (TLS replaced it); only read to refuse it by name.
+    #[serde(skip_serializing)]
+    pub allow_remote_tcp: Option<serde::de::IgnoredAny>,
     /// HTTP listener for `/metrics`, `/ready` and `/live`.
     pub http: Option<SocketAddr>,
     /// After SIGTERM/SIGINT, how long in-flight calls may take to finish.
@@ -69,7 +85,9 @@ impl Default for ServerConfig {
             socket: PathBuf::from("/run/sluice/sluiced.sock"),
             socket_mode: "0660".into(),
             tcp: None,
-            allow_remote_tcp: false,
+            tcp_insecure: false,
+            tls: crate::tls::TlsConfig::default(),
+            allow_remote_tcp: None,
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7421))),
             // Long enough for a multi-GiB read to finish on a fast link,
             // shorter than Kubernetes' default 30 s termination grace.
@@ -220,8 +238,8 @@ impl Config {
             }
             None => {}
         }
-        // SLUICE_ADDRESS belongs to the clients; everything else is ours.
-        let env = Env::prefixed("SLUICE_").split("__").ignore(&["address"]);
+        // These belong to the clients; everything else is ours.
+        let env = Env::prefixed("SLUICE_").split("__").ignore(&CLIENT_ENV);
         let config: Config = fig
             .merge(env)
             .merge(overrides)
@@ -238,15 +256,7 @@ impl Config {
             message: message.to_owned(),
         };
         self.socket_mode()?;
-        if let Some(tcp) = self.server.tcp
-            && !tcp.ip().is_loopback()
-            && !self.server.allow_remote_tcp
-        {
-            return Err(invalid(
-                "server.tcp",
-                "non-loopback address without TLS: set server.allow_remote_tcp = true to accept it",
-            ));
-        }
+        crate::tls::validate(&self.server)?;
         if self.engine.part_size.0 < 64 << 10 {
             return Err(invalid("engine.part_size", "must be at least 64KiB"));
         }
@@ -428,6 +438,15 @@ mod tests {
             jail.set_env("SLUICE_ENGINE__PART_SIZE", "2MiB");
             jail.set_env("SLUICE_ENGINE__PER_OBJECT_CONCURRENCY", "3");
             jail.set_env("SLUICE_ADDRESS", "unix:///ignored");
+            for client in [
+                "CA_FILE",
+                "TOKEN",
+                "TOKEN_FILE",
+                "CLIENT_CERT",
+                "CLIENT_KEY",
+            ] {
+                jail.set_env(format!("SLUICE_{client}"), "a client's, ignored");
+            }
             jail.set_env("SLUICE_SERVER__SOCKET_MODE", "0640");
             let flags = Figment::from(Serialized::global("engine.per_object_concurrency", 5));
             let c = Config::load(Some(&path), flags).map_err(|e| e.to_string())?;
@@ -488,8 +507,18 @@ mod tests {
 
     #[test]
     fn inconsistent_values_are_rejected() {
-        let err = load("[server]\ntcp = \"0.0.0.0:7420\"\n").unwrap_err();
-        assert!(err.to_string().contains("server.tcp"), "{err}");
+        let err = load("[server]\ntcp = \"127.0.0.1:7420\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.tls.cert"), "{err}");
+        let err = load("[server]\nallow_remote_tcp = true\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("server.allow_remote_tcp: this key was removed"),
+            "{err}"
+        );
+        let c = load("[server]\ntcp = \"0.0.0.0:7420\"\ntcp_insecure = true\n").unwrap();
+        assert!(c.server.tcp_insecure);
+        let c = load("[server.tls]\ncert = \"/c\"\nhandshake_timeout = \"3s\"\n").unwrap();
+        assert_eq!(c.server.tls.handshake_timeout, Duration::from_secs(3));
         let err = load("[server]\nsocket_mode = \"rw\"\n").unwrap_err();
         assert!(err.to_string().contains("socket_mode"), "{err}");
         let err = load("[cache]\nmemory_budget = \"1MiB\"\n").unwrap_err();

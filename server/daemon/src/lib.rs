@@ -3,11 +3,13 @@
 //! around [`Daemon`]; tests start daemons in-process the same way.
 
 pub mod api;
+mod auth;
 pub mod config;
 mod listen;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Addresses, Daemon};

@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         sluice_storage::Backends::new(&config.storage)
             .await
             .context("invalid storage configuration")?;
+        sluiced::tls::TcpSecurity::for_server(&config.server)?;
         return Ok(());
     }
     sluiced::telemetry::logging::init(&config.log);

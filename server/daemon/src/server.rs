@@ -7,6 +7,11 @@
 //! `server.grace_period` to finish, then whatever is left is cancelled.
 //! Every task spawned here is owned by a `JoinSet` that is drained or aborted
 //! before `serve` returns.
+//!
+//! The TCP listener, when there is one, accepts through [`crate::tls`]
+//! (unless `server.tcp_insecure`), and every request on it passes the
+//! [`crate::auth`] layer first; requests on the Unix socket pass that layer
+//! unchecked. A SIGHUP reloads the TLS material.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,9 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::api::SluiceService;
+use crate::auth::{AuthLayer, TcpAuth};
 use crate::config::Config;
 use crate::telemetry::http::{HttpState, router};
 use crate::telemetry::metrics::Metrics;
+use crate::tls::TcpSecurity;
 
 /// A daemon with its listeners bound, not yet serving.
 #[derive(Debug)]
@@ -38,6 +45,7 @@ pub struct Daemon {
     socket: PathBuf,
     fds: Option<(UnixListener, PathBuf)>,
     tcp: Option<TcpListener>,
+    tcp_security: Option<Arc<TcpSecurity>>,
     http: Option<TcpListener>,
 }
 
@@ -89,6 +97,7 @@ impl Daemon {
         } else {
             None
         };
+        let tcp_security = TcpSecurity::for_server(&config.server)?;
         let tcp = match config.server.tcp {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -113,6 +122,7 @@ impl Daemon {
             metrics: Arc::new(metrics),
             unix,
             tcp,
+            tcp_security,
             http,
         })
     }
@@ -146,7 +156,13 @@ impl Daemon {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("cannot build the reflection service")?;
+        let auth = match (&self.tcp, &self.tcp_security) {
+            (None, _) => TcpAuth::Closed,
+            (Some(_), None) => TcpAuth::Open,
+            (Some(_), Some(security)) => security.auth(),
+        };
         let grpc_router = Server::builder()
+            .layer(AuthLayer::new(auth))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(grpc);
@@ -159,13 +175,29 @@ impl Daemon {
                 .clone()
                 .serve_with_incoming_shutdown(uds, stop.clone().cancelled_owned()),
         );
-        if let Some(tcp) = self.tcp {
-            let incoming = TcpListenerStream::new(tcp);
-            tasks.spawn(
-                grpc_router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
-            );
+        match (self.tcp, &self.tcp_security) {
+            (Some(tcp), Some(security)) => {
+                let incoming = crate::tls::incoming(tcp, Arc::clone(security));
+                tasks.spawn(
+                    grpc_router
+                        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+                );
+            }
+            (Some(tcp), None) => {
+                let incoming = TcpListenerStream::new(tcp);
+                tasks.spawn(
+                    grpc_router
+                        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+                );
+            }
+            (None, _) => {}
         }
         let mut side_tasks = JoinSet::new();
+        let security = self.tcp_security.clone();
+        side_tasks.spawn(async move {
+            crate::tls::reload_on_sighup(security).await;
+            Ok::<(), std::io::Error>(())
+        });
         let fd_socket = self.fds.as_ref().map(|(_, p)| p.clone());
         if let Some((listener, _)) = self.fds {
             let arena = self.reader.arena().clone();

@@ -12,14 +12,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_client::{Client, DEFAULT_ADDRESS};
+use sluice_client::{Client, ConnectOptions, DEFAULT_ADDRESS, Token};
 
 const AFTER_HELP: &str = "\
 URIs name objects as the daemon does: file:///abs/path, s3://bucket/key.
 
-Exit status: 0 on success; 1 when a command fails, a missing object
-included (the message, after `error:` on stderr, names the URI); 2 on a
-usage error.";
+An https:// daemon is shown the token of --token-file, $SLUICE_TOKEN_FILE
+or $SLUICE_TOKEN, and, where it requires one, a client certificate.
+
+Exit status: 0 on success; 1 when a command fails, a missing object or
+refused credentials (UNAUTHENTICATED) included (the message, after `error:`
+on stderr, names the URI or the reason); 2 on a usage error.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,9 +32,30 @@ usage error.";
 )]
 #[command(after_help = AFTER_HELP)]
 struct Cli {
-    /// Daemon address: unix:///path/to.sock, a socket path, or http://host:port.
+    /// Daemon address: unix:///path/to.sock, a socket path, https://host:port,
+    /// or http://host:port (a daemon with server.tcp_insecure).
     #[arg(long, global = true, env = "SLUICE_ADDRESS", default_value = DEFAULT_ADDRESS)]
     address: String,
+
+    /// https:// only: CA certificates (PEM) the daemon's certificate must
+    /// chain to [else $SLUICE_CA_FILE, else the system's roots].
+    #[arg(long, global = true, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+
+    /// https:// only: file holding the bearer token [else $SLUICE_TOKEN_FILE,
+    /// or the token itself in $SLUICE_TOKEN].
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// https:// only: client certificate (PEM) for a daemon that requires
+    /// mutual TLS [else $SLUICE_CLIENT_CERT].
+    #[arg(long, global = true, value_name = "PEM", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+
+    /// https:// only: the client certificate's private key (PEM) [else
+    /// $SLUICE_CLIENT_KEY].
+    #[arg(long, global = true, value_name = "PEM", requires = "client_cert")]
+    client_key: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -103,6 +127,15 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", render(&error));
+            let refused = error
+                .downcast_ref::<sluice_client::Error>()
+                .is_some_and(sluice_client::Error::is_unauthenticated);
+            if refused {
+                eprintln!(
+                    "hint: the daemon refused this client's credentials (UNAUTHENTICATED): \
+                     see --token-file, $SLUICE_TOKEN, --client-cert"
+                );
+            }
             ExitCode::FAILURE
         }
     }
@@ -126,7 +159,13 @@ fn render(error: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(&cli.address).await?;
+    let options = ConnectOptions {
+        ca_file: cli.ca_file,
+        token: cli.token_file.map(Token::from_file).transpose()?,
+        client_cert: cli.client_cert,
+        client_key: cli.client_key,
+    };
+    let client = Client::connect_with(&cli.address, options).await?;
     match cli.command {
         Command::Stat { uri } => commands::stat(&client, &uri).await,
         Command::Ls {
