@@ -243,11 +243,6 @@ impl DaemonProcess {
         }
     }
 
-    /// The daemon's stderr (its log), as written so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.socket.with_file_name("sluiced.log")).unwrap_or_default()
-    }
-
     /// The gRPC address for clients.
     pub fn address(&self) -> String {
         format!("unix://{}", self.socket.display())
