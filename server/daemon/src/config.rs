@@ -51,6 +51,13 @@ pub struct ServerConfig {
     /// from an environment variable is read as the same octal digits).
     #[serde(deserialize_with = "octal_digits")]
     pub socket_mode: String,
+    /// Unix-socket peers allowed by uid (`SO_PEERCRED`); with
+    /// `allowed_gids` both empty, anyone the socket mode lets in.
+    pub allowed_uids: Vec<u32>,
+    /// Unix-socket peers allowed by primary gid.
+    pub allowed_gids: Vec<u32>,
+    /// Connection, stream, keepalive and idle limits of the listeners.
+    pub limits: crate::listen::Limits,
     /// Optional gRPC TCP listener for clients on other nodes. Loopback only
     /// unless `allow_remote_tcp` is set (there is no TLS yet).
     pub tcp: Option<SocketAddr>,
@@ -68,6 +75,9 @@ impl Default for ServerConfig {
         ServerConfig {
             socket: PathBuf::from("/run/sluice/sluiced.sock"),
             socket_mode: "0660".into(),
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            limits: crate::listen::Limits::default(),
             tcp: None,
             allow_remote_tcp: false,
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7421))),
@@ -245,6 +255,19 @@ impl Config {
             return Err(invalid(
                 "server.tcp",
                 "non-loopback address without TLS: set server.allow_remote_tcp = true to accept it",
+            ));
+        }
+        let limits = &self.server.limits;
+        if limits.max_connections == 0 || limits.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.limits",
+                "max_connections and max_concurrent_streams must be at least 1",
+            ));
+        }
+        if !limits.keepalive_interval.is_zero() && limits.keepalive_timeout.is_zero() {
+            return Err(invalid(
+                "server.limits.keepalive_timeout",
+                "must be above 0s while keepalive_interval is set",
             ));
         }
         if self.engine.part_size.0 < 64 << 10 {

@@ -4,7 +4,7 @@
 
 pub mod api;
 pub mod config;
-mod listen;
+pub mod listen;
 pub mod server;
 pub mod session;
 pub mod telemetry;

@@ -34,6 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tonic::{Status, Streaming};
 
 use crate::config::Config;
+use crate::listen::Peer;
 use crate::telemetry::metrics::Metrics;
 use leases::LeaseTable;
 
@@ -72,6 +73,7 @@ pub(crate) async fn open(
     metrics: Arc<Metrics>,
     draining: CancellationToken,
     retired: Retired,
+    peer: Option<Peer>,
     mut inbound: Streaming<v1::SessionRequest>,
 ) -> Result<futures::stream::BoxStream<'static, Result<v1::SessionResponse, Status>>, Status> {
     let open = match inbound.message().await? {
@@ -117,8 +119,20 @@ pub(crate) async fn open(
         shm,
         out: tx,
     });
-    tracing::debug!(session = id, pid = open.pid, shm, "session opened");
-    let driver = AbortOnDropHandle::new(tokio::spawn(drive(ctx, inbound, draining, retired, id)));
+    let who = Who::of(peer.as_ref());
+    tracing::info!(
+        session = id,
+        uid = who.uid,
+        gid = who.gid,
+        pid = who.pid,
+        remote = who.remote.map(tracing::field::display),
+        client_pid = open.pid,
+        shm,
+        "session opened"
+    );
+    let driver = AbortOnDropHandle::new(tokio::spawn(drive(
+        ctx, inbound, draining, retired, id, who,
+    )));
     // The response stream owns the driver and the leases: the session —
     // and every lease in it — lasts exactly as long as the call.
     let stream = ReceiverStream::new(rx).map(move |m| {
@@ -134,6 +148,7 @@ async fn drive(
     draining: CancellationToken,
     retired: Retired,
     id: u64,
+    who: Who,
 ) {
     let _active = ctx.metrics.session.active_guard();
     let max = ctx.config.session.max_outstanding.max(1);
@@ -198,7 +213,42 @@ async fn drive(
     }
     // Dropping `fetches` cancels what is still running; dropping the last
     // `ctx` drops the lease table.
-    tracing::debug!(session = id, "session closed");
+    tracing::info!(
+        session = id,
+        uid = who.uid,
+        gid = who.gid,
+        pid = who.pid,
+        remote = who.remote.map(tracing::field::display),
+        "session closed"
+    );
+}
+
+/// The peer of a session as its log lines name it: the kernel's view of a
+/// Unix-socket peer (`SO_PEERCRED`), or a TCP peer's address.
+#[derive(Debug, Clone, Copy, Default)]
+struct Who {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    pid: Option<i32>,
+    remote: Option<std::net::SocketAddr>,
+}
+
+impl Who {
+    fn of(peer: Option<&Peer>) -> Who {
+        match peer {
+            Some(Peer::Unix(Some(c))) => Who {
+                uid: Some(c.uid()),
+                gid: Some(c.gid()),
+                pid: c.pid(),
+                remote: None,
+            },
+            Some(Peer::Tcp { remote, .. }) => Who {
+                remote: Some(*remote),
+                ..Who::default()
+            },
+            _ => Who::default(),
+        }
+    }
 }
 
 async fn refuse(ctx: &SessionCtx, id: u64) {
