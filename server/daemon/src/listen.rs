@@ -313,6 +313,11 @@ pub struct AcceptOptions {
     pub policy: Option<Arc<PeerPolicy>>,
     /// Where to count.
     pub metrics: ListenerMetrics,
+    /// Tell a connection over the limit why, as plaintext HTTP/2 (a GOAWAY
+    /// with ENHANCE_YOUR_CALM, which gRPC clients report as
+    /// RESOURCE_EXHAUSTED) before closing it. Only for listeners whose
+    /// clients speak HTTP/2 directly on the accepted stream (not TLS).
+    pub refuse_h2: bool,
 }
 
 /// Backoff after resource errors: first and longest sleep.
@@ -320,6 +325,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Connections over the limit are logged at most this often.
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Connections over the limit that are told why at once, each for at most
+/// `REFUSE_LINGER`; beyond that they are closed without a word.
+const REFUSING_MAX: usize = 64;
+const REFUSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Whether an accept error means the process (or system) is out of
 /// something, so that retrying at once would spin.
@@ -345,6 +354,7 @@ struct AcceptLoop<L> {
     listener: L,
     opts: AcceptOptions,
     slots: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
     backoff: Option<Duration>,
     errors_in_episode: u64,
     rejected_unlogged: u64,
@@ -375,7 +385,15 @@ impl<L: Listener> AcceptLoop<L> {
             }
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 self.reject_over_limit();
-                drop(io);
+                if self.opts.refuse_h2
+                    && let Ok(linger) = self.refusing.clone().try_acquire_owned()
+                {
+                    let limit = self.opts.max_connections;
+                    tokio::spawn(async move {
+                        refuse_h2(io, limit).await;
+                        drop(linger);
+                    });
+                }
                 continue;
             };
             self.opts.metrics.accepted.get_or_create(&labels).inc();
@@ -469,6 +487,66 @@ impl<L: Listener> AcceptLoop<L> {
     }
 }
 
+/// Answers an HTTP/2 connection over the limit: waits for the client's
+/// first request (a HEADERS frame after its preface), then sends the server
+/// preface (an empty SETTINGS frame) and GOAWAY(last stream 0,
+/// ENHANCE_YOUR_CALM) naming the limit, and reads what the client still
+/// sends until it closes. Answering the request (rather than the bare
+/// connection) makes the client fail that call with RESOURCE_EXHAUSTED
+/// instead of a reset. All of it within `REFUSE_LINGER`.
+async fn refuse_h2<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, limit: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        while !has_request(&buf) && buf.len() < 64 << 10 {
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        io.write_all(&goaway_frames(limit)).await?;
+        io.flush().await?;
+        while io.read(&mut chunk).await? > 0 {}
+        Ok::<(), io::Error>(())
+    })
+    .await;
+}
+
+/// Whether `buf` (what a client sent) holds a HEADERS frame after the
+/// 24-byte connection preface.
+fn has_request(buf: &[u8]) -> bool {
+    const PREFACE: usize = 24;
+    const HEADERS: u8 = 0x1;
+    let mut at = PREFACE;
+    while buf.len() >= at + 9 {
+        if buf[at + 3] == HEADERS {
+            return true;
+        }
+        let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+        at += 9 + len;
+    }
+    false
+}
+
+/// An empty SETTINGS frame, then GOAWAY(0, ENHANCE_YOUR_CALM, reason).
+fn goaway_frames(limit: usize) -> Vec<u8> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let debug =
+        format!("sluiced: connection limit reached (server.limits.max_connections = {limit})");
+    let mut frames = vec![0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
+    let len = 8 + debug.len() as u32;
+    frames.extend_from_slice(&len.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&0u32.to_be_bytes());
+    frames.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    frames.extend_from_slice(debug.as_bytes());
+    frames
+}
+
 /// The accepted connections of `listener`, forever (until dropped, which
 /// closes the listener). Never yields an error: tonic's own loop would
 /// retry at once.
@@ -479,6 +557,7 @@ pub fn incoming<L: Listener>(
     let state = AcceptLoop {
         listener,
         slots: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+        refusing: Arc::new(Semaphore::new(REFUSING_MAX)),
         opts,
         backoff: None,
         errors_in_episode: 0,
@@ -819,6 +898,24 @@ mod tests {
             assert!(!is_resource_error(&e), "{e}");
             assert!(is_connection_error(&e), "{e}");
         }
+    }
+
+    #[test]
+    fn a_request_is_found_after_the_preface() {
+        let mut buf = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        assert!(!has_request(&buf));
+        // SETTINGS with one 6-byte setting, then WINDOW_UPDATE.
+        buf.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        buf.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert!(!has_request(&buf));
+        buf.extend_from_slice(&[0, 0, 0, 0x1, 0x4, 0, 0, 0, 1]);
+        assert!(has_request(&buf));
+        let frames = goaway_frames(7);
+        assert_eq!(&frames[..9], &[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        let len = u32::from_be_bytes([0, frames[9], frames[10], frames[11]]) as usize;
+        assert_eq!(frames.len(), 18 + len);
+        assert_eq!(frames[12], 0x7);
+        assert_eq!(&frames[22..26], &0xbu32.to_be_bytes());
     }
 
     #[test]

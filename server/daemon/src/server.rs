@@ -156,6 +156,7 @@ impl Daemon {
             idle_timeout: (idle && !limits.idle_timeout.is_zero()).then_some(limits.idle_timeout),
             policy: Some(policy.clone()),
             metrics: self.listener_metrics.clone(),
+            refuse_h2: name != "fds",
         };
         let keepalive = (!limits.keepalive_interval.is_zero()).then_some(limits.keepalive_interval);
         let grpc_router = Server::builder()

@@ -7,6 +7,8 @@
 
 use std::io::Write;
 
+use futures::StreamExt;
+
 use sluice_proto::v1;
 use sluice_proto::v1::session_request::Msg as In;
 use sluice_proto::v1::session_response::Msg as Out;
