@@ -151,6 +151,9 @@ async fn drive(
     who: Who,
 ) {
     let _active = ctx.metrics.session.active_guard();
+    // Logs the end however it comes: also when the client's going away
+    // aborts this task.
+    let closed = Closed { id, who };
     let max = ctx.config.session.max_outstanding.max(1);
     let mut fetches = JoinSet::new();
     // Fetches beyond `max` wait here; past another `max` the driver stops
@@ -213,14 +216,7 @@ async fn drive(
     }
     // Dropping `fetches` cancels what is still running; dropping the last
     // `ctx` drops the lease table.
-    tracing::info!(
-        session = id,
-        uid = who.uid,
-        gid = who.gid,
-        pid = who.pid,
-        remote = who.remote.map(tracing::field::display),
-        "session closed"
-    );
+    drop(closed);
 }
 
 /// The peer of a session as its log lines name it: the kernel's view of a
@@ -231,6 +227,26 @@ struct Who {
     gid: Option<u32>,
     pid: Option<i32>,
     remote: Option<std::net::SocketAddr>,
+}
+
+/// Logs "session closed" when dropped.
+struct Closed {
+    id: u64,
+    who: Who,
+}
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        let who = self.who;
+        tracing::info!(
+            session = self.id,
+            uid = who.uid,
+            gid = who.gid,
+            pid = who.pid,
+            remote = who.remote.map(tracing::field::display),
+            "session closed"
+        );
+    }
 }
 
 impl Who {
