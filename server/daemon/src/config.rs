@@ -438,6 +438,33 @@ mod tests {
     }
 
     #[test]
+    fn peer_lists_and_limits_load_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluiced.toml");
+        std::fs::write(
+            &path,
+            "[server]\nallowed_uids = [1000, 1001]\n[server.limits]\nidle_timeout = \"0s\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("SLUICE_SERVER__ALLOWED_GIDS", "[5, 6]");
+            jail.set_env("SLUICE_SERVER__LIMITS__MAX_CONNECTIONS", "10");
+            let c = Config::load(Some(&path), Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.allowed_uids, [1000, 1001]);
+            assert_eq!(c.server.allowed_gids, [5, 6]);
+            assert_eq!(c.server.limits.max_connections, 10);
+            assert!(c.server.limits.idle_timeout.is_zero());
+            assert_eq!(c.server.limits.max_concurrent_streams, 256, "default kept");
+            Ok(())
+        });
+        let err = load("[server.limits]\nmax_connections = 0\n").unwrap_err();
+        assert!(err.to_string().contains("server.limits"), "{err}");
+        let err = load("[server.limits]\nkeepalive_timeout = \"0s\"\n").unwrap_err();
+        assert!(err.to_string().contains("keepalive_timeout"), "{err}");
+    }
+
+    #[test]
     fn inconsistent_values_are_rejected() {
         let err = load("[server]\ntcp = \"0.0.0.0:7420\"\n").unwrap_err();
         assert!(err.to_string().contains("server.tcp"), "{err}");
