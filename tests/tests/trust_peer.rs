@@ -229,7 +229,10 @@ fn config_file(p: &Path, toml: &str) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_log_lines_carry_the_peers_uid_gid_and_pid() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(dir.path(), "[server]\nsocket_mode = \"0666\"\n");
+    let cfg = config_file(
+        dir.path(),
+        "[server]\nsocket_mode = \"0666\"\nallowed_gids = [65534]\n",
+    );
     let p = DaemonProcess::spawn(&["--config", cfg.to_str().unwrap()]);
     open_up(&p.socket);
     std::fs::write(p.root.join("obj"), pattern(10_000, 3)).unwrap();
@@ -255,6 +258,26 @@ async fn session_log_lines_carry_the_peers_uid_gid_and_pid() {
     });
     assert!(opened.contains("client_pid="), "{opened}");
     assert!(!closed.is_empty());
+    if !is_root() {
+        return;
+    }
+    // A refused peer: one line per refused connection, on both sockets.
+    let (s, u) = (p.socket.clone(), format!("file://{}/obj", p.root.display()));
+    let refused = tokio::task::spawn_blocking(move || probe_as(4000, 4000, &s, &u))
+        .await
+        .unwrap();
+    assert!(
+        refused.read.starts_with("read err PermissionDenied"),
+        "{refused:?}"
+    );
+    let who = format!("uid=4000 gid=4000 pid={}", refused.pid);
+    for listener in ["unix", "fds"] {
+        wait_log(&p, "refusing a peer", |l| {
+            l.contains("refusing a peer")
+                && l.contains(&format!("listener=\"{listener}\""))
+                && l.contains(&who)
+        });
+    }
 }
 
 fn series(name: &str, listener: &str, reason: Option<&str>) -> String {
