@@ -25,10 +25,10 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
+use crate::listen::Peer;
 use futures::future::{Either, Ready, ready};
 use subtle::ConstantTimeEq;
 use tonic::Status;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tower::{Layer, Service};
 
 use crate::config::ConfigError;
@@ -118,10 +118,13 @@ pub(crate) enum TcpAuth {
 impl TcpAuth {
     /// Whether `request` may go on.
     fn check<B>(&self, request: &http::Request<B>) -> Result<(), Status> {
-        let extensions = request.extensions();
-        if extensions.get::<UdsConnectInfo>().is_some() {
-            return Ok(());
-        }
+        // The listener's peer guard (outermost layer) says where the
+        // request came from; a request it did not see is refused.
+        let (peer, tls) = match request.extensions().get::<Peer>() {
+            Some(Peer::Unix(_)) => return Ok(()),
+            Some(Peer::Tcp { remote, tls, .. }) => (Some(*remote), *tls),
+            None => (None, None),
+        };
         let (client_cert, tokens) = match self {
             TcpAuth::Open => return Ok(()),
             TcpAuth::Closed => {
@@ -134,11 +137,10 @@ impl TcpAuth {
                 tokens,
             } => (*client_cert, tokens),
         };
-        let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() else {
+        let Some(tls) = tls else {
             return Err(Status::unauthenticated("this listener requires TLS"));
         };
-        let peer = tls.get_ref().remote_addr();
-        if client_cert && tls.peer_certs().is_none_or(|certs| certs.is_empty()) {
+        if client_cert && !tls.client_cert {
             tracing::info!(?peer, path = %request.uri().path(), "refused: no client certificate");
             return Err(Status::unauthenticated(
                 "this listener requires a client certificate",

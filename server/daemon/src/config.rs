@@ -62,6 +62,13 @@ pub struct ServerConfig {
     /// from an environment variable is read as the same octal digits).
     #[serde(deserialize_with = "octal_digits")]
     pub socket_mode: String,
+    /// Unix-socket peers allowed by uid (`SO_PEERCRED`); with
+    /// `allowed_gids` both empty, anyone the socket mode lets in.
+    pub allowed_uids: Vec<u32>,
+    /// Unix-socket peers allowed by primary gid.
+    pub allowed_gids: Vec<u32>,
+    /// Connection, stream, keepalive and idle limits of the listeners.
+    pub limits: crate::listen::Limits,
     /// Optional gRPC TCP listener for clients on other nodes: TLS with
     /// tokens or client certificates (`[server.tls]`), loopback included.
     pub tcp: Option<SocketAddr>,
@@ -84,6 +91,9 @@ impl Default for ServerConfig {
         ServerConfig {
             socket: PathBuf::from("/run/sluice/sluiced.sock"),
             socket_mode: "0660".into(),
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            limits: crate::listen::Limits::default(),
             tcp: None,
             tcp_insecure: false,
             tls: crate::tls::TlsConfig::default(),
@@ -257,6 +267,19 @@ impl Config {
         };
         self.socket_mode()?;
         crate::tls::validate(&self.server)?;
+        let limits = &self.server.limits;
+        if limits.max_connections == 0 || limits.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.limits",
+                "max_connections and max_concurrent_streams must be at least 1",
+            ));
+        }
+        if !limits.keepalive_interval.is_zero() && limits.keepalive_timeout.is_zero() {
+            return Err(invalid(
+                "server.limits.keepalive_timeout",
+                "must be above 0s while keepalive_interval is set",
+            ));
+        }
         if self.engine.part_size.0 < 64 << 10 {
             return Err(invalid("engine.part_size", "must be at least 64KiB"));
         }
@@ -503,6 +526,33 @@ mod tests {
             .to_string();
         assert!(!err.contains("5551234"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn peer_lists_and_limits_load_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluiced.toml");
+        std::fs::write(
+            &path,
+            "[server]\nallowed_uids = [1000, 1001]\n[server.limits]\nidle_timeout = \"0s\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("SLUICE_SERVER__ALLOWED_GIDS", "[5, 6]");
+            jail.set_env("SLUICE_SERVER__LIMITS__MAX_CONNECTIONS", "10");
+            let c = Config::load(Some(&path), Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.allowed_uids, [1000, 1001]);
+            assert_eq!(c.server.allowed_gids, [5, 6]);
+            assert_eq!(c.server.limits.max_connections, 10);
+            assert!(c.server.limits.idle_timeout.is_zero());
+            assert_eq!(c.server.limits.max_concurrent_streams, 256, "default kept");
+            Ok(())
+        });
+        let err = load("[server.limits]\nmax_connections = 0\n").unwrap_err();
+        assert!(err.to_string().contains("server.limits"), "{err}");
+        let err = load("[server.limits]\nkeepalive_timeout = \"0s\"\n").unwrap_err();
+        assert!(err.to_string().contains("keepalive_timeout"), "{err}");
     }
 
     #[test]

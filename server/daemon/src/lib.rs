@@ -5,7 +5,7 @@
 pub mod api;
 mod auth;
 pub mod config;
-mod listen;
+pub mod listen;
 pub mod server;
 pub mod session;
 pub mod telemetry;

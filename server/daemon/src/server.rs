@@ -24,13 +24,13 @@ use sluice_proto::v1::sluice_server::SluiceServer;
 use sluice_storage::Backends;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::api::SluiceService;
 use crate::auth::{AuthLayer, TcpAuth};
 use crate::config::Config;
+use crate::listen::{AcceptOptions, ListenerMetrics, PeerGuard, PeerPolicy, incoming};
 use crate::telemetry::http::{HttpState, router};
 use crate::telemetry::metrics::Metrics;
 use crate::tls::TcpSecurity;
@@ -41,6 +41,7 @@ pub struct Daemon {
     config: Arc<Config>,
     reader: Arc<Reader>,
     metrics: Arc<Metrics>,
+    listener_metrics: ListenerMetrics,
     unix: UnixListener,
     socket: PathBuf,
     fds: Option<(UnixListener, PathBuf)>,
@@ -87,6 +88,7 @@ impl Daemon {
         metrics
             .registry
             .register("build", "sluiced version", build_info());
+        let listener_metrics = ListenerMetrics::register(&mut metrics.registry);
         let unix = crate::listen::bind_unix(&config.server.socket, config.socket_mode()?)?;
         let fds = if config.session.shared_memory {
             let path = config.fd_socket();
@@ -120,6 +122,7 @@ impl Daemon {
             config: Arc::new(config),
             reader,
             metrics: Arc::new(metrics),
+            listener_metrics,
             unix,
             tcp,
             tcp_security,
@@ -161,7 +164,32 @@ impl Daemon {
             (Some(_), None) => TcpAuth::Open,
             (Some(_), Some(security)) => security.auth(),
         };
+        let server = &self.config.server;
+        let limits = &server.limits;
+        let policy = Arc::new(PeerPolicy::new(&server.allowed_uids, &server.allowed_gids));
+        if policy.restricts() {
+            tracing::info!(
+                uids = ?server.allowed_uids,
+                gids = ?server.allowed_gids,
+                "Unix-socket peers limited to these uids/gids (and root and the daemon's own uid)"
+            );
+        }
+        let accept = |name: &'static str, idle: bool| AcceptOptions {
+            name,
+            max_connections: limits.max_connections,
+            idle_timeout: (idle && !limits.idle_timeout.is_zero()).then_some(limits.idle_timeout),
+            policy: Some(policy.clone()),
+            metrics: self.listener_metrics.clone(),
+            refuse_h2: name != "fds",
+        };
+        let keepalive = (!limits.keepalive_interval.is_zero()).then_some(limits.keepalive_interval);
+        // The peer guard comes first (outermost): it tells the auth layer
+        // which listener a request came through.
         let grpc_router = Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .layer(PeerGuard::new(policy.clone()))
             .layer(AuthLayer::new(auth))
             .add_service(health_service)
             .add_service(reflection)
@@ -169,7 +197,7 @@ impl Daemon {
 
         let ready = Arc::new(AtomicBool::new(true));
         let mut tasks = JoinSet::new();
-        let uds = UnixListenerStream::new(self.unix);
+        let uds = incoming(self.unix, accept("unix", true));
         tasks.spawn(
             grpc_router
                 .clone()
@@ -177,17 +205,24 @@ impl Daemon {
         );
         match (self.tcp, &self.tcp_security) {
             (Some(tcp), Some(security)) => {
-                let incoming = crate::tls::incoming(tcp, Arc::clone(security));
+                // Over the connection limit a TLS client cannot be told why
+                // in plaintext HTTP/2: it is closed.
+                let conns = incoming(
+                    tcp,
+                    AcceptOptions {
+                        refuse_h2: false,
+                        ..accept("tcp", true)
+                    },
+                );
+                let tls = crate::tls::incoming(Box::pin(conns), Arc::clone(security));
                 tasks.spawn(
-                    grpc_router
-                        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+                    grpc_router.serve_with_incoming_shutdown(tls, stop.clone().cancelled_owned()),
                 );
             }
             (Some(tcp), None) => {
-                let incoming = TcpListenerStream::new(tcp);
+                let conns = incoming(tcp, accept("tcp", true));
                 tasks.spawn(
-                    grpc_router
-                        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+                    grpc_router.serve_with_incoming_shutdown(conns, stop.clone().cancelled_owned()),
                 );
             }
             (None, _) => {}
@@ -202,8 +237,9 @@ impl Daemon {
         if let Some((listener, _)) = self.fds {
             let arena = self.reader.arena().clone();
             let stop = stop.clone();
+            let (opts, policy) = (accept("fds", false), policy.clone());
             side_tasks.spawn(async move {
-                crate::session::fds::serve(listener, arena, stop).await;
+                crate::session::fds::serve(listener, arena, stop, opts, policy).await;
                 Ok::<(), std::io::Error>(())
             });
         }

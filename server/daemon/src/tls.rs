@@ -21,24 +21,25 @@
 //! further connections wait in the kernel's accept queue.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::Stream;
+use futures::StreamExt;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::auth::{SharedTokens, TcpAuth, Tokens};
 use crate::config::{ConfigError, ServerConfig};
+use crate::listen::{Conn, Peer, TlsPeer};
 
 /// Handshakes in progress at once on the TCP listener.
 pub const MAX_HANDSHAKES: usize = 1024;
@@ -292,83 +293,91 @@ fn server_config(config: &TlsConfig) -> Result<rustls::ServerConfig, ConfigError
     Ok(server)
 }
 
-/// The TLS connections of `listener`, handshakes done (see the module docs).
-/// Never yields an error: failed handshakes and accept errors are logged.
-pub(crate) fn incoming(
-    listener: TcpListener,
+/// The TLS connections made of `conns` (the TCP listener's accepted
+/// connections, with their slots of the connection limit), handshakes done
+/// (see the module docs). Never yields an error: failed handshakes are
+/// logged, and accept errors are the accept loop's (`crate::listen`).
+pub(crate) fn incoming<S>(
+    conns: S,
     security: Arc<TcpSecurity>,
-) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
+) -> impl Stream<Item = io::Result<Conn<TlsStream<TcpStream>>>> + Send + 'static
+where
+    S: Stream<Item = io::Result<Conn<TcpStream>>> + Send + Unpin + 'static,
+{
     let accepting = Accepting {
-        listener,
+        conns,
         timeout: security.config.handshake_timeout,
         security,
         handshakes: JoinSet::new(),
     };
     futures::stream::unfold(accepting, |mut accepting| async move {
-        let connection = accepting.next().await;
+        let connection = accepting.next().await?;
         Some((Ok(connection), accepting))
     })
 }
 
 /// The accept loop's state; dropping it aborts the handshakes in progress.
-struct Accepting {
-    listener: TcpListener,
+struct Accepting<S> {
+    conns: S,
     security: Arc<TcpSecurity>,
     timeout: Duration,
-    handshakes: JoinSet<Option<TlsStream<TcpStream>>>,
+    handshakes: JoinSet<Option<Conn<TlsStream<TcpStream>>>>,
 }
 
-impl Accepting {
-    async fn next(&mut self) -> TlsStream<TcpStream> {
+impl<S> Accepting<S>
+where
+    S: Stream<Item = io::Result<Conn<TcpStream>>> + Send + Unpin + 'static,
+{
+    /// The next connection with its handshake done; `None` once the
+    /// listener's stream ended.
+    async fn next(&mut self) -> Option<Conn<TlsStream<TcpStream>>> {
         loop {
             let room = self.handshakes.len() < MAX_HANDSHAKES;
             tokio::select! {
-                accepted = self.listener.accept(), if room => match accepted {
-                    Ok((tcp, peer)) => self.handshake(tcp, peer),
-                    Err(error) => accept_failed(error).await,
+                accepted = self.conns.next(), if room => match accepted {
+                    Some(Ok(conn)) => self.handshake(conn),
+                    Some(Err(error)) => tracing::warn!(%error, "cannot accept a TCP connection"),
+                    None => return None,
                 },
                 Some(done) = self.handshakes.join_next() => {
                     if let Ok(Some(tls)) = done {
-                        return tls;
+                        return Some(tls);
                     }
                 }
             }
         }
     }
 
-    fn handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
-        let _ = tcp.set_nodelay(true);
+    fn handshake(&mut self, conn: Conn<TcpStream>) {
+        let (tcp, mut slot) = conn.into_parts();
+        let peer = match slot.peer() {
+            Peer::Tcp { remote, .. } => Some(*remote),
+            Peer::Unix(_) => None,
+        };
         let acceptor = self.security.acceptor();
         let timeout = self.timeout;
         self.handshakes.spawn(async move {
             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => Some(tls),
+                Ok(Ok(tls)) => {
+                    let client_cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty());
+                    slot.set_tls(TlsPeer { client_cert });
+                    Some(Conn::new(tls, slot))
+                }
                 Ok(Err(error)) => {
-                    tracing::info!(%peer, %error, "TLS handshake failed");
+                    tracing::info!(?peer, %error, "TLS handshake failed");
                     None
                 }
                 Err(_) => {
-                    tracing::info!(%peer, ?timeout, "TLS handshake timed out");
+                    tracing::info!(?peer, ?timeout, "TLS handshake timed out");
                     None
                 }
             }
         });
     }
-}
-
-/// After an accept error: a connection that went away before it was
-/// accepted costs nothing; anything else (out of descriptors, of memory)
-/// pauses accepting briefly instead of spinning on the error.
-async fn accept_failed(error: io::Error) {
-    use io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
-    if matches!(
-        error.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted
-    ) {
-        return;
-    }
-    tracing::warn!(%error, "cannot accept a TCP connection; pausing accepts for 100ms");
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Reloads `security` on every SIGHUP until the task is aborted.

@@ -114,9 +114,18 @@ impl Sluice for SluiceService {
             self.metrics.clone(),
         );
         let (draining, retired) = (self.draining.clone(), self.retired.clone());
-        crate::session::open(reader, config, metrics, draining, retired, req.into_inner())
-            .await
-            .map(Response::new)
+        let peer = req.extensions().get::<crate::listen::Peer>().cloned();
+        crate::session::open(
+            reader,
+            config,
+            metrics,
+            draining,
+            retired,
+            peer,
+            req.into_inner(),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn delete(

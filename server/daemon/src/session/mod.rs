@@ -35,6 +35,7 @@ use tonic::{Status, Streaming};
 
 use crate::api::status::storage_status;
 use crate::config::Config;
+use crate::listen::Peer;
 use crate::telemetry::metrics::Metrics;
 use leases::LeaseTable;
 
@@ -73,6 +74,7 @@ pub(crate) async fn open(
     metrics: Arc<Metrics>,
     draining: CancellationToken,
     retired: Retired,
+    peer: Option<Peer>,
     mut inbound: Streaming<v1::SessionRequest>,
 ) -> Result<futures::stream::BoxStream<'static, Result<v1::SessionResponse, Status>>, Status> {
     let open = match inbound.message().await? {
@@ -118,8 +120,20 @@ pub(crate) async fn open(
         shm,
         out: tx,
     });
-    tracing::debug!(session = id, pid = open.pid, shm, "session opened");
-    let driver = AbortOnDropHandle::new(tokio::spawn(drive(ctx, inbound, draining, retired, id)));
+    let who = Who::of(peer.as_ref());
+    tracing::info!(
+        session = id,
+        uid = who.uid,
+        gid = who.gid,
+        pid = who.pid,
+        remote = who.remote.map(tracing::field::display),
+        client_pid = open.pid,
+        shm,
+        "session opened"
+    );
+    let driver = AbortOnDropHandle::new(tokio::spawn(drive(
+        ctx, inbound, draining, retired, id, who,
+    )));
     // The response stream owns the driver and the leases: the session —
     // and every lease in it — lasts exactly as long as the call.
     let stream = ReceiverStream::new(rx).map(move |m| {
@@ -135,8 +149,12 @@ async fn drive(
     draining: CancellationToken,
     retired: Retired,
     id: u64,
+    who: Who,
 ) {
     let _active = ctx.metrics.session.active_guard();
+    // Logs the end however it comes: also when the client's going away
+    // aborts this task.
+    let closed = Closed { id, who };
     let max = ctx.config.session.max_outstanding.max(1);
     let mut fetches = JoinSet::new();
     // Fetches beyond `max` wait here; past another `max` the driver stops
@@ -209,7 +227,55 @@ async fn drive(
     }
     // Dropping `fetches` cancels what is still running; dropping the last
     // `ctx` drops the lease table.
-    tracing::debug!(session = id, "session closed");
+    drop(closed);
+}
+
+/// The peer of a session as its log lines name it: the kernel's view of a
+/// Unix-socket peer (`SO_PEERCRED`), or a TCP peer's address.
+#[derive(Debug, Clone, Copy, Default)]
+struct Who {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    pid: Option<i32>,
+    remote: Option<std::net::SocketAddr>,
+}
+
+/// Logs "session closed" when dropped.
+struct Closed {
+    id: u64,
+    who: Who,
+}
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        let who = self.who;
+        tracing::info!(
+            session = self.id,
+            uid = who.uid,
+            gid = who.gid,
+            pid = who.pid,
+            remote = who.remote.map(tracing::field::display),
+            "session closed"
+        );
+    }
+}
+
+impl Who {
+    fn of(peer: Option<&Peer>) -> Who {
+        match peer {
+            Some(Peer::Unix(Some(c))) => Who {
+                uid: Some(c.uid()),
+                gid: Some(c.gid()),
+                pid: c.pid(),
+                remote: None,
+            },
+            Some(Peer::Tcp { remote, .. }) => Who {
+                remote: Some(*remote),
+                ..Who::default()
+            },
+            _ => Who::default(),
+        }
+    }
 }
 
 async fn refuse(ctx: &SessionCtx, id: u64) {

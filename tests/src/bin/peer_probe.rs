@@ -1,0 +1,56 @@
+//! `peer-probe SOCKET URI`: what a client process gets from the daemon at
+//! SOCKET, one line each on stdout: a Read of URI (`read ok <bytes>` or
+//! `read err <code> <message>`), a Session open (`session ok <id>` or
+//! `session err <code> <message>`), and the descriptor socket
+//! `SOCKET.fds` (`fds ok <segments>` or `fds err <error>`). The peer
+//! credential tests run it under other uids.
+
+use std::io::Write;
+
+use futures::StreamExt;
+
+use sluice_proto::v1;
+use sluice_proto::v1::session_request::Msg as In;
+use sluice_proto::v1::session_response::Msg as Out;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (Some(socket), Some(uri)) = (args.next(), args.next()) else {
+        anyhow::bail!("usage: peer-probe SOCKET URI");
+    };
+    let mut out = std::io::stdout();
+    let mut client = sluice_tests::grpc::connect(&socket).await;
+    match sluice_tests::grpc::read(&mut client, &uri, None).await {
+        Ok((_, data)) => writeln!(out, "read ok {}", data.len())?,
+        Err(s) => writeln!(out, "read err {:?} {}", s.code(), s.message())?,
+    }
+    let open = v1::SessionRequest {
+        msg: Some(In::Open(v1::SessionOpen {
+            shared_memory: false,
+            pid: std::process::id(),
+        })),
+    };
+    let opened = async {
+        let mut rx = client
+            .session(futures::stream::iter([open]).chain(futures::stream::pending()))
+            .await?
+            .into_inner();
+        match rx.message().await?.and_then(|m| m.msg) {
+            Some(Out::Opened(o)) => Ok(o.session_id),
+            other => Err(tonic::Status::internal(format!("{other:?}"))),
+        }
+    };
+    match opened.await {
+        Ok(id) => writeln!(out, "session ok {id}")?,
+        Err(s) => writeln!(out, "session err {:?} {}", s.code(), s.message())?,
+    }
+    let fds = std::os::unix::net::UnixStream::connect(format!("{socket}.fds"))
+        .and_then(|s| sluice_proto::fdpass::recv_segments(&s));
+    match fds {
+        Ok(segments) => writeln!(out, "fds ok {}", segments.len())?,
+        Err(e) => writeln!(out, "fds err {e}")?,
+    }
+    out.flush()?;
+    Ok(())
+}
