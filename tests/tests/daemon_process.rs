@@ -47,12 +47,19 @@ async fn sigterm_drains_reads_in_flight_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The read in flight finishes, byte-exact.
-    while let Some(m) = stream
-        .message()
-        .await
-        .expect("in-flight read survives shutdown")
-    {
-        got.extend_from_slice(&m.data);
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => got.extend_from_slice(&m.data),
+            Ok(None) => break,
+            Err(status) => panic!(
+                "in-flight read did not survive shutdown after {} of {} bytes: {status:?}\n\
+                 daemon exit: {:?}\ndaemon log:\n{}",
+                got.len(),
+                data.len(),
+                p.child.try_wait(),
+                p.log()
+            ),
+        }
     }
     assert!(got == data, "drained read differs");
     drop(stream);
