@@ -22,7 +22,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use crate::listen::Peer;
@@ -161,7 +161,7 @@ impl TcpAuth {
                 "malformed authorization metadata: expected `Bearer <token>`",
             ));
         };
-        let tokens = Arc::clone(&tokens.read().unwrap_or_else(|e| e.into_inner()));
+        let tokens = Arc::clone(&tokens.read().unwrap_or_else(PoisonError::into_inner));
         if tokens.contains(token) {
             Ok(())
         } else {

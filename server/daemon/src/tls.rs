@@ -22,7 +22,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::Stream;
@@ -186,9 +186,9 @@ impl TcpSecurity {
             (Some(path), Some(_)) => Some(Arc::new(Tokens::load(path)?)),
             _ => None,
         };
-        *self.server.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(server);
+        *self.server.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(server);
         if let (Some(slot), Some(tokens)) = (&self.tokens, tokens) {
-            *slot.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+            *slot.write().unwrap_or_else(PoisonError::into_inner) = tokens;
         }
         Ok(())
     }
@@ -203,7 +203,7 @@ impl TcpSecurity {
 
     fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::clone(
-            &self.server.read().unwrap_or_else(|e| e.into_inner()),
+            &self.server.read().unwrap_or_else(PoisonError::into_inner),
         ))
     }
 }

@@ -14,8 +14,8 @@
 //! freed — until the last user lets go, so the budget stays exact. Leased
 //! entries are skipped by eviction altogether.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -81,9 +81,14 @@ impl Cache {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The LRU map; a poisoned lock is recovered (ARCHITECTURE.md §8.1).
+    fn entries(&self) -> MutexGuard<'_, LruCache<String, Arc<CachedObject>>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The entry for `key`, marked most recently used.
     pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
-        self.entries.lock().unwrap().get(key).cloned()
+        self.entries().get(key).cloned()
     }
 
     /// Caches `data` under `key`, replacing an older version.
@@ -94,7 +99,7 @@ impl Cache {
             validated_ms: AtomicU64::new(self.now_ms()),
         });
         let size = obj.data.len() as u64;
-        let old = self.entries.lock().unwrap().put(key, obj.clone());
+        let old = self.entries().put(key, obj.clone());
         self.metrics.bytes.inc_by(size as i64);
         self.metrics.entries.inc();
         if let Some(old) = old {
@@ -105,13 +110,13 @@ impl Cache {
 
     /// Drops the entry for `key`; true when there was one.
     pub fn remove(&self, key: &str) -> bool {
-        let old = self.entries.lock().unwrap().pop(key);
+        let old = self.entries().pop(key);
         old.map(|o| self.forget(&o)).is_some()
     }
 
     /// Drops every entry whose key starts with `prefix`; returns how many.
     pub fn remove_prefix(&self, prefix: &str) -> usize {
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries();
         let keys: Vec<String> = entries
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
@@ -127,7 +132,7 @@ impl Cache {
 
     /// Number of cached objects.
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        self.entries().len()
     }
 
     /// Whether nothing is cached.
@@ -147,7 +152,7 @@ impl Evict for Cache {
     /// it would free no memory — the extent lives on with the lease — and
     /// would only lose the entry for later readers.
     fn evict_one(&self) -> bool {
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries();
         let victim = entries
             .iter()
             .rev()

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -108,7 +108,7 @@ impl Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        let mut map = self.inflight.lock().unwrap();
+        let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         if map
             .get(&self.key)
             .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
@@ -255,7 +255,7 @@ impl Reader {
     }
 
     fn role(&self, key: &str) -> Role {
-        let mut map = self.inflight.lock().unwrap();
+        let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(rx) = map.get(key) {
             return Role::Follow(rx.clone());
         }

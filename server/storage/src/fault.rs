@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -59,7 +59,10 @@ impl FaultStorage {
 
     /// Faults for the next gets, in order; later gets pass through.
     pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.script.lock().unwrap().extend(faults);
+        self.script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(faults);
     }
 
     /// Number of `get` calls so far.
@@ -74,7 +77,10 @@ impl FaultStorage {
 
     /// Ranges requested so far, in call order (`0..u64::MAX` for whole reads).
     pub fn ranges(&self) -> Vec<Range<u64>> {
-        self.ranges.lock().unwrap().clone()
+        self.ranges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -100,12 +106,12 @@ impl Storage for FaultStorage {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.ranges
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .push(opts.range.clone().unwrap_or(0..u64::MAX));
         let fault = self
             .script
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .pop_front()
             .unwrap_or(Fault::None);
         if let Fault::Fail(kind) = fault {

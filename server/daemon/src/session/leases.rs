@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,7 +48,7 @@ impl std::fmt::Debug for LeaseTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaseTable")
             .field("quota_bytes", &self.quota_bytes)
-            .field("leases", &self.held.lock().unwrap().len())
+            .field("leases", &self.held().len())
             .finish()
     }
 }
@@ -100,13 +100,18 @@ impl LeaseTable {
             len,
             gauge: self.gauge.clone(),
         };
-        self.held.lock().unwrap().insert(id, held);
+        self.held().insert(id, held);
         Ok(id)
+    }
+
+    /// The leases; a poisoned lock is recovered (ARCHITECTURE.md §8.1).
+    fn held(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Releases `ids`; unknown ids (already released) are ignored.
     pub(crate) fn release(&self, ids: &[u64]) -> usize {
-        let mut held = self.held.lock().unwrap();
+        let mut held = self.held();
         let gone: Vec<Held> = ids.iter().filter_map(|id| held.remove(id)).collect();
         drop(held);
         gone.len()
@@ -115,7 +120,7 @@ impl LeaseTable {
     /// Bytes leased now.
     #[cfg(test)]
     pub(crate) fn leased(&self) -> u64 {
-        self.held.lock().unwrap().values().map(|h| h.len).sum()
+        self.held().values().map(|h| h.len).sum()
     }
 }
 

@@ -18,8 +18,8 @@ pub mod fds;
 pub(crate) mod leases;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 
 use futures::StreamExt;
 use sluice_engine::Reader;
@@ -219,7 +219,10 @@ async fn drive(
         // The daemon is still draining other calls that may reuse freed
         // arena memory, while this client may still read what it leased:
         // keep its leases until the daemon exits.
-        retired.lock().unwrap().push(ctx.leases.clone());
+        retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(ctx.leases.clone());
         let _ = ctx
             .out
             .send(Err(Status::unavailable("the daemon is shutting down")))

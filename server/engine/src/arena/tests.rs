@@ -222,12 +222,11 @@ fn a_second_read_only_mapping_of_the_fd_sees_the_bytes_and_cannot_write() {
         libc::MAP_FAILED,
         "a client could map the segment writable"
     );
-    // SAFETY: ftruncate on our duplicate; the seal must refuse it.
-    assert_eq!(
-        unsafe { libc::ftruncate(fd.as_raw_fd(), 0) },
-        -1,
-        "a client could shrink it"
-    );
+    // SAFETY: ftruncate takes no pointers and acts on our duplicate. The
+    // seal must refuse it; a wrongly accepted shrink would make the next
+    // access to the arena's mapping fault (SIGBUS), never read freed memory.
+    let shrink = unsafe { libc::ftruncate(fd.as_raw_fd(), 0) };
+    assert_eq!(shrink, -1, "a client could shrink it");
     assert_eq!(e.as_slice()[1..], pattern[1..], "our own mapping is intact");
 }
 
