@@ -1,5 +1,6 @@
 //! Sessions through a real daemon: leased shared-memory extents, stream
-//! fallback, quotas, release on session end, eviction under leases.
+//! fallback, quotas, release on session end, eviction under leases, and no
+//! descriptor or mapping left behind per session.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use sluice_engine::ByteSize;
 use sluice_proto::v1;
 use sluice_proto::v1::session_response::Msg as Out;
-use sluice_tests::daemon::TestDaemon;
+use sluice_tests::daemon::{DaemonProcess, TestDaemon};
 use sluice_tests::grpc::{connect, http_get, metric, pattern, read};
 use sluice_tests::shm::{RawSession, map_segments};
 use tonic::Code;
@@ -238,18 +239,124 @@ async fn pressure_on_the_cache_never_frees_a_leased_extent() {
     );
 }
 
+/// What a process holds of the arena and of descriptors, from `/proc`.
+#[derive(Debug)]
+struct Held {
+    /// The targets of its open descriptors, sorted.
+    fds: Vec<String>,
+    /// Descriptors that are arena segments.
+    arena_fds: usize,
+    /// Mappings of arena segments.
+    arena_maps: usize,
+}
+
+const ARENA: &str = "/memfd:sluice-arena";
+
+fn held(pid: u32) -> Held {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's descriptors")
+        .flatten()
+        // A descriptor may close between the listing and the readlink.
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("the daemon's maps");
+    Held {
+        arena_fds: fds.iter().filter(|t| t.starts_with(ARENA)).count(),
+        arena_maps: maps.lines().filter(|l| l.contains(ARENA)).count(),
+        fds,
+    }
+}
+
+/// One client's life: receives and maps the segments, opens a session, reads
+/// one object through a lease, and goes away. Returns the segment count.
+async fn one_session(p: &DaemonProcess, uri: &str, data: &[u8]) -> usize {
+    let pid = p.child.id();
+    let mut fds = p.socket.as_os_str().to_owned();
+    fds.push(".fds");
+    let maps = map_segments(&PathBuf::from(fds));
+    let mut client = connect(&p.socket).await;
+    let mut s = RawSession::open(&mut client, true).await;
+    assert_eq!(s.opened.segments.len(), maps.len());
+    // Sending the descriptors leaves the daemon holding each segment once.
+    let now = held(pid);
+    assert_eq!(
+        now.arena_fds,
+        maps.len(),
+        "daemon descriptors: {:?}",
+        now.fds
+    );
+    s.fetch(1, uri, None).await;
+    let extents = collect(&mut s, 1).await.remove(&1).unwrap().unwrap();
+    let mut got = Vec::new();
+    for e in &extents {
+        got.extend_from_slice(maps[&e.segment].slice(e.segment_offset, e.length));
+    }
+    assert!(got == data, "leased bytes differ from the file");
+    drop(s);
+    drop(client);
+    maps.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_arena_leaves_nothing_in_dev_shm() {
-    let before: Vec<_> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    let d = TestDaemon::start().await;
-    let _maps = map_segments(&fd_socket(&d));
-    let after: Vec<_> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    let new: Vec<_> = after.iter().filter(|n| !before.contains(n)).collect();
-    assert!(new.is_empty(), "{new:?}");
+async fn sessions_leave_no_descriptors_or_mappings_behind() {
+    // A real daemon process, so that /proc shows only what it holds.
+    let p = DaemonProcess::spawn_with_env(
+        &["--memory-budget", "64MiB"],
+        &[("SLUICE_CACHE__SEGMENT_SIZE", "16MiB")],
+    );
+    let pid = p.child.id();
+    let data = pattern(100_000, 5);
+    std::fs::write(p.root.join("o"), &data).unwrap();
+    let uri = format!("file://{}/o", p.root.display());
+    let before = held(pid);
+    assert_eq!(
+        before.arena_fds, 4,
+        "one memfd per segment: {:?}",
+        before.fds
+    );
+    assert!(before.arena_maps >= 4, "each segment mapped once");
+    // The arena is anonymous memory: nothing named in any directory.
+    assert!(
+        before.fds.iter().all(|t| !t.starts_with("/dev/shm")),
+        "{:?}",
+        before.fds
+    );
+    const SESSIONS: usize = 20;
+    for _ in 0..SESSIONS {
+        assert_eq!(one_session(&p, &uri, &data).await, 4);
+    }
+    // Every client is gone: once the daemon has closed their connections,
+    // it holds what it held before. A descriptor or mapping kept per
+    // session would leave at least SESSIONS more.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let after = held(pid);
+        if after.fds.len() <= before.fds.len()
+            && after.arena_fds == before.arena_fds
+            && after.arena_maps == before.arena_maps
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            let mut extra = after.fds.clone();
+            for t in &before.fds {
+                if let Some(i) = extra.iter().position(|x| x == t) {
+                    extra.remove(i);
+                }
+            }
+            panic!(
+                "after {SESSIONS} sessions the daemon holds {} descriptors (was {}), \
+                 {} arena mappings (was {}); new: {extra:?}",
+                after.fds.len(),
+                before.fds.len(),
+                after.arena_maps,
+                before.arena_maps
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
