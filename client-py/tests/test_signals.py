@@ -17,7 +17,7 @@ from conftest import Daemon, Files, wait_for
 GUARD = 30.0
 
 
-def blocked_in_get(thread: threading.Thread | threading._MainThread) -> bool:
+def blocked_in_get(thread: threading.Thread) -> bool:
     """Whether ``thread`` sits in ``Client.get``'s native call and sleeps there.
 
     The facade's ``get`` is one line, the native call; a thread whose
