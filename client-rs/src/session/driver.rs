@@ -186,7 +186,14 @@ impl Dispatch {
     }
 
     fn on_error(&mut self, error: FetchError) {
-        self.fail(error.id, Error::item(error.code, error.message));
+        // UNAVAILABLE may be the daemon itself (draining refuses the fetches
+        // it had not started): say which daemon, as a closed session does.
+        let message = if error.code == tonic::Code::Unavailable as i32 {
+            format!("{} (sluice daemon at {})", error.message, self.address)
+        } else {
+            error.message
+        };
+        self.fail(error.id, Error::item(error.code, message));
     }
 
     /// Hands an accepted piece to its caller; forgets the fetch when it is

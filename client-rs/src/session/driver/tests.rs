@@ -189,6 +189,40 @@ async fn fetch_errors_and_chunks_are_routed_by_id() {
 }
 
 #[tokio::test]
+async fn a_draining_daemon_refusing_a_fetch_is_named() {
+    let mut dispatch = Dispatch::new("unix:///run/s.sock");
+    let mut refused = register(&mut dispatch, 1, None);
+    let mut missing = register(&mut dispatch, 2, None);
+    for (id, code, message) in [
+        (1, Code::Unavailable, "the daemon is shutting down"),
+        (2, Code::NotFound, "not found: f://a"),
+    ] {
+        let error = FetchError {
+            id,
+            code: code as i32,
+            message: message.into(),
+        };
+        dispatch.handle(Response::Error(error), None);
+    }
+    let Ok(Err(error)) = refused.try_recv() else {
+        panic!("error not routed");
+    };
+    assert!(error.is_unavailable());
+    assert_eq!(
+        error.to_string(),
+        "the daemon is shutting down (sluice daemon at unix:///run/s.sock)"
+    );
+    let Ok(Err(error)) = missing.try_recv() else {
+        panic!("error not routed");
+    };
+    assert_eq!(
+        error.to_string(),
+        "not found: f://a",
+        "other codes unchanged"
+    );
+}
+
+#[tokio::test]
 async fn extents_without_mappings_fail_the_fetch() {
     let mut dispatch = Dispatch::new("unix:///s");
     let mut events = register(&mut dispatch, 1, None);
