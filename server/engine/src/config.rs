@@ -102,6 +102,11 @@ pub struct EngineConfig {
     /// First backoff between part attempts; doubles, full jitter.
     #[serde(with = "humantime_serde")]
     pub part_backoff: Duration,
+    /// Longest wait before a part's retry, whatever the backoff or the
+    /// server's `Retry-After` asks: a hostile or broken server cannot park a
+    /// request (and the caller behind it) for an hour.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_wait: Duration,
 }
 
 impl Default for EngineConfig {
@@ -114,6 +119,7 @@ impl Default for EngineConfig {
             max_concurrency: 64,
             part_attempts: 3,
             part_backoff: Duration::from_millis(50),
+            max_retry_wait: Duration::from_secs(20),
         }
     }
 }

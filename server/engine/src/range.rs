@@ -216,7 +216,10 @@ impl RangeEngine {
             .part_backoff
             .saturating_mul(1 << (attempt - 1).min(16));
         let jitter = Duration::from_secs_f64(cap.as_secs_f64() * rand::random::<f64>());
-        let wait = err.retry_after().map_or(jitter, |hint| hint.max(jitter));
+        let wait = err
+            .retry_after()
+            .map_or(jitter, |hint| hint.max(jitter))
+            .min(self.config.max_retry_wait);
         tracing::debug!(error = %err, attempt, ?wait, "retrying part");
         tokio::time::sleep(wait).await;
     }

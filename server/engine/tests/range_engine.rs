@@ -56,6 +56,7 @@ fn engine(part: u64, per_object: usize, global: usize) -> RangeEngine {
         max_concurrency: global,
         part_attempts: 3,
         part_backoff: Duration::from_millis(1),
+        ..EngineConfig::default()
     };
     RangeEngine::new(cfg, Arc::new(StorageMetrics::default()))
 }
@@ -168,6 +169,7 @@ async fn short_parts_are_retried_then_fail() {
         max_concurrency: 4,
         part_attempts: 3,
         part_backoff: Duration::from_millis(1),
+        ..EngineConfig::default()
     };
     let e = RangeEngine::new(cfg, metrics.clone());
     fx.fault
@@ -194,6 +196,44 @@ async fn short_parts_are_retried_then_fail() {
         .unwrap_err();
     assert_eq!(err.storage_kind(), Some(ErrorKind::Protocol), "{err}");
     assert!(err.to_string().contains("short body"), "{err}");
+}
+
+/// A server's `Retry-After` is honoured up to `max_retry_wait`, never
+/// beyond: an hour-long hint cannot park the request (time is paused and
+/// advanced by tokio, so the measured wait is exactly what was slept).
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_up_to_the_cap() {
+    let fx = fixture();
+    let (uri, data) = fx.object("o", 4 * 1024);
+    let metrics = Arc::new(StorageMetrics::default());
+    let cfg = EngineConfig {
+        part_size: ByteSize(64 * 1024),
+        part_attempts: 3,
+        part_backoff: Duration::from_millis(1),
+        max_retry_wait: Duration::from_secs(2),
+        ..EngineConfig::default()
+    };
+    let e = RangeEngine::new(cfg, metrics.clone());
+    for (hint, expected) in [
+        (Duration::from_millis(700), Duration::from_millis(700)),
+        (Duration::from_secs(3600), Duration::from_secs(2)),
+    ] {
+        fx.fault.script([Fault::Throttle(hint)]);
+        let start = tokio::time::Instant::now();
+        let got = collect(
+            e.fetch(fx.fault.clone(), &uri, None, &memory(1 << 20), u64::MAX)
+                .await
+                .unwrap(),
+        )
+        .await;
+        let waited = start.elapsed();
+        assert_eq!(got, data);
+        assert!(
+            waited >= expected && waited < expected + Duration::from_millis(100),
+            "hint {hint:?}: waited {waited:?}, expected {expected:?}"
+        );
+    }
+    assert_eq!(metrics.part_retries.get(), 2);
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@ pub enum Fault {
     None,
     /// Fail before any byte with this kind.
     Fail(ErrorKind),
+    /// Fail with `Throttled`, asking to retry after this long (`Retry-After`).
+    Throttle(std::time::Duration),
     /// Deliver all but the last `n` bytes, then end the body cleanly.
     Short(u64),
     /// Fail with `Unavailable` after this many bytes of body.
@@ -117,6 +119,14 @@ impl Storage for FaultStorage {
         if let Fault::Fail(kind) = fault {
             return Err(StorageError::new(kind, uri.to_string(), "injected fault"));
         }
+        if let Fault::Throttle(after) = fault {
+            return Err(StorageError::new(
+                ErrorKind::Throttled,
+                uri.to_string(),
+                "injected slow down",
+            )
+            .with_retry_after(after));
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let guard = InFlight(self.in_flight.clone());
@@ -139,7 +149,7 @@ impl Storage for FaultStorage {
                 res.meta.etag = Some(tag);
                 cut(body, u64::MAX, None, guard)
             }
-            Fault::None | Fault::Fail(_) => cut(body, u64::MAX, None, guard),
+            Fault::None | Fault::Fail(_) | Fault::Throttle(_) => cut(body, u64::MAX, None, guard),
         };
         Ok(res)
     }
