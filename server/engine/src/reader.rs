@@ -8,9 +8,17 @@
 //! takes over. Objects too large to cache are streamed to each reader by its
 //! own fetch. Ranged reads of uncached objects fetch just the range and are
 //! not cached; ranged reads of cached objects are slices of the entry.
+//!
+//! Invalidation wins over fetches in flight: [`Reader::invalidate`] marks
+//! the key's flight *stale* and takes it out of the in-flight map under the
+//! same lock the leader holds while it checks the mark and inserts, so a
+//! fetch that started before a Write or Delete never caches what it read.
+//! The stale leader still answers its own reader (that read was concurrent
+//! with the write); its followers start over and fetch the new version.
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -66,9 +74,18 @@ enum Outcome {
     Cached(Arc<CachedObject>),
     TooLarge,
     Failed(ReadError),
+    /// Invalidated while in flight: read again.
+    Stale,
 }
 
-type Inflight = Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>;
+/// A fetch in flight: where its outcome is published, and whether an
+/// invalidation overtook it.
+struct Flight {
+    rx: watch::Receiver<Option<Outcome>>,
+    stale: Arc<AtomicBool>,
+}
+
+type Inflight = Mutex<HashMap<String, Flight>>;
 
 /// Reads objects through the cache.
 pub struct Reader {
@@ -98,6 +115,7 @@ struct Leader {
     inflight: Arc<Inflight>,
     key: String,
     tx: watch::Sender<Option<Outcome>>,
+    stale: Arc<AtomicBool>,
 }
 
 impl Leader {
@@ -111,7 +129,7 @@ impl Drop for Leader {
         let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         if map
             .get(&self.key)
-            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+            .is_some_and(|f| f.rx.same_channel(&self.tx.subscribe()))
         {
             map.remove(&self.key);
         }
@@ -247,7 +265,7 @@ impl Reader {
                         }
                         Some(Outcome::TooLarge) => return self.uncached(storage, uri, range).await,
                         Some(Outcome::Failed(e)) => return Err(e),
-                        None => continue,
+                        Some(Outcome::Stale) | None => continue,
                     }
                 }
             }
@@ -256,15 +274,23 @@ impl Reader {
 
     fn role(&self, key: &str) -> Role {
         let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(rx) = map.get(key) {
-            return Role::Follow(rx.clone());
+        if let Some(flight) = map.get(key) {
+            return Role::Follow(flight.rx.clone());
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(key.to_owned(), rx);
+        let stale = Arc::new(AtomicBool::new(false));
+        map.insert(
+            key.to_owned(),
+            Flight {
+                rx,
+                stale: stale.clone(),
+            },
+        );
         Role::Lead(Leader {
             inflight: self.inflight.clone(),
             key: key.to_owned(),
             tx,
+            stale,
         })
     }
 
@@ -282,9 +308,7 @@ impl Reader {
             .await
         {
             Ok(Fetched::Buffered { meta, data, .. }) => {
-                let obj = self.cache.insert(leader.key.clone(), meta, data);
-                leader.publish(Outcome::Cached(obj.clone()));
-                slice(uri, &obj, range, Source::Backend)
+                self.finish_lead(leader, uri, range, meta, data)
             }
             Ok(Fetched::Streaming { meta, range, body }) => {
                 leader.publish(Outcome::TooLarge);
@@ -300,6 +324,46 @@ impl Reader {
                 self.note_error(&e);
                 leader.publish(Outcome::Failed(e.clone()));
                 Err(e)
+            }
+        }
+    }
+
+    /// Caches what a leader fetched, unless an invalidation overtook it;
+    /// then only its own reader gets the bytes, uncached.
+    fn finish_lead(
+        &self,
+        leader: Leader,
+        uri: &ObjectUri,
+        range: Option<Range<u64>>,
+        meta: ObjectMeta,
+        data: Bytes,
+    ) -> Result<ReadOutput, ReadError> {
+        let inserted = {
+            // The same lock `invalidate` holds while it marks flights stale
+            // and empties the cache: one or the other comes first, whole.
+            let _flights = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            (!leader.stale.load(Ordering::SeqCst)).then(|| {
+                self.cache
+                    .insert(leader.key.clone(), meta.clone(), data.clone())
+            })
+        };
+        match inserted {
+            Some(obj) => {
+                leader.publish(Outcome::Cached(obj.clone()));
+                slice(uri, &obj, range, Source::Backend)
+            }
+            None => {
+                self.metrics.cache.invalidations.inc();
+                leader.publish(Outcome::Stale);
+                let range = clamp_range(uri, range, meta.size)?;
+                let body = data.slice(range.start as usize..range.end as usize);
+                Ok(ReadOutput {
+                    range,
+                    meta,
+                    body: Body::Bytes(body),
+                    source: Source::Uncached,
+                    pin: None,
+                })
             }
         }
     }
@@ -370,14 +434,29 @@ impl Reader {
         }
     }
 
-    /// Forgets `uri` (after a write or delete through the daemon).
+    /// Forgets `uri` (after a write or delete through the daemon),
+    /// including what a fetch still in flight would have cached.
     pub fn invalidate(&self, uri: &ObjectUri) {
-        self.cache.remove(&uri.to_string());
+        let key = uri.to_string();
+        let mut flights = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = flights.remove(&key) {
+            flight.stale.store(true, Ordering::SeqCst);
+        }
+        self.cache.remove(&key);
     }
 
-    /// Forgets everything under `prefix`.
+    /// Forgets everything under `prefix`, in the cache and in flight.
     pub fn invalidate_prefix(&self, prefix: &ObjectUri) -> usize {
-        self.cache.remove_prefix(&prefix.to_string())
+        let prefix = prefix.to_string();
+        let mut flights = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        flights.retain(|key, flight| {
+            let keep = !key.starts_with(&prefix);
+            if !keep {
+                flight.stale.store(true, Ordering::SeqCst);
+            }
+            keep
+        });
+        self.cache.remove_prefix(&prefix)
     }
 }
 
@@ -395,4 +474,105 @@ fn slice(
         source,
         pin: Some(obj.clone()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_storage::registry::{FileConfig, StorageConfig};
+
+    use super::*;
+    use crate::config::ByteSize;
+
+    async fn reader(root: &std::path::Path) -> Reader {
+        let storage = StorageConfig {
+            file: FileConfig {
+                roots: vec![root.to_path_buf()],
+            },
+            ..StorageConfig::default()
+        };
+        let backends = Backends::new(&storage).await.unwrap();
+        let cache = CacheConfig {
+            memory_budget: ByteSize::mib(16),
+            ..CacheConfig::default()
+        };
+        Reader::new(
+            backends,
+            EngineConfig::default(),
+            cache,
+            EngineMetrics::default(),
+        )
+        .unwrap()
+    }
+
+    fn leader(reader: &Reader, key: &str) -> Leader {
+        match reader.role(key) {
+            Role::Lead(l) => l,
+            Role::Follow(_) => panic!("{key}: expected to lead"),
+        }
+    }
+
+    fn follower(reader: &Reader, key: &str) -> watch::Receiver<Option<Outcome>> {
+        match reader.role(key) {
+            Role::Follow(rx) => rx,
+            Role::Lead(_) => panic!("{key}: expected to follow"),
+        }
+    }
+
+    /// A fetch that started before a write or delete, and finishes after
+    /// its invalidation, never caches what it read; whatever joined it reads
+    /// again; later reads start a fetch of their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalidation_wins_over_a_fetch_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let reader = reader(&root).await;
+        std::fs::write(root.join("o"), b"old bytes").unwrap();
+        let uri = ObjectUri::parse(&format!("file://{}/o", root.display())).unwrap();
+        let key = uri.to_string();
+        let storage = reader.storage(&uri).unwrap();
+        let old_meta = storage.head(&uri).await.unwrap();
+
+        for prefix in [false, true] {
+            let lead = leader(&reader, &key);
+            let mut joined = follower(&reader, &key);
+            if prefix {
+                let dir = ObjectUri::parse(&format!("file://{}/", root.display())).unwrap();
+                reader.invalidate_prefix(&dir);
+            } else {
+                reader.invalidate(&uri);
+            }
+            // A read after the invalidation does not join the stale flight.
+            let fresh = leader(&reader, &key);
+            drop(fresh);
+            let out = reader
+                .finish_lead(
+                    lead,
+                    &uri,
+                    None,
+                    old_meta.clone(),
+                    Bytes::from_static(b"old bytes"),
+                )
+                .unwrap();
+            assert_eq!(out.source, Source::Uncached, "the stale leader's own read");
+            assert!(reader.cache.get(&key).is_none(), "stale bytes were cached");
+            joined.wait_for(Option::is_some).await.unwrap();
+            assert!(matches!(*joined.borrow(), Some(Outcome::Stale)));
+        }
+
+        // Not overtaken: cached as before.
+        let lead = leader(&reader, &key);
+        reader
+            .finish_lead(lead, &uri, None, old_meta, Bytes::from_static(b"old bytes"))
+            .unwrap();
+        assert!(reader.cache.get(&key).is_some());
+
+        // End to end: the new version is what a read returns.
+        std::fs::write(root.join("o"), b"new bytes!").unwrap();
+        reader.invalidate(&uri);
+        let out = reader.read(&uri, None, false).await.unwrap();
+        match out.body {
+            Body::Bytes(b) => assert_eq!(&b[..], b"new bytes!"),
+            Body::Stream(_) => panic!("a small object is buffered"),
+        }
+    }
 }

@@ -6,8 +6,9 @@
 //! | `s3://bucket/key` | an object at the configured default S3 endpoint |
 //! | `s3://host:port/bucket/key` | an object at an explicit endpoint, served only when the configuration lists it |
 //!
-//! An S3 authority with a port is an endpoint: bucket names cannot contain
-//! `:`. Keys are taken literally (no percent-decoding), so any S3 key that
+//! A `file://` path has one spelling: runs of `/` collapse to one, so
+//! `file:///d//x` and `file:///d/x` are one cache entry. An S3 authority
+//! with a port is an endpoint: bucket names cannot contain `:`. Keys are taken literally (no percent-decoding), so any S3 key that
 //! is valid UTF-8 can be named.
 //!
 //! A URI is at most [`MAX_URI_LEN`] bytes: room for any S3 object (keys are
@@ -103,11 +104,19 @@ impl ObjectUri {
         if path.contains('\0') {
             return Err(StorageError::invalid(uri, "path contains a nul byte"));
         }
+        // One file, one name: `a//b` is `a/b` on every filesystem, so the
+        // cache and invalidations see one key for both spellings.
+        let mut key = String::with_capacity(path.len());
+        for c in path.chars() {
+            if !(c == '/' && key.ends_with('/')) {
+                key.push(c);
+            }
+        }
         Ok(ObjectUri {
             scheme: Scheme::File,
             endpoint: None,
             bucket: String::new(),
-            key: path.to_owned(),
+            key,
         })
     }
 
@@ -228,6 +237,22 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
             assert_eq!(e.uri(), bad);
         }
+    }
+
+    #[test]
+    fn file_paths_have_one_spelling() {
+        let u = ObjectUri::parse("file:////data//train///x.bin").unwrap();
+        assert_eq!(u.key(), "/data/train/x.bin");
+        assert_eq!(u.to_string(), "file:///data/train/x.bin");
+        let dir = ObjectUri::parse("file:///data//train//").unwrap();
+        assert_eq!(
+            dir.key(),
+            "/data/train/",
+            "a prefix keeps its trailing slash"
+        );
+        // S3 keys are names, not paths: `a//b` and `a/b` are two objects.
+        let s3 = ObjectUri::parse("s3://bkt/a//b").unwrap();
+        assert_eq!(s3.key(), "a//b");
     }
 
     #[test]
