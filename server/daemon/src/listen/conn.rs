@@ -1,0 +1,209 @@
+//! An accepted connection: its IO, its slot of the connection limit, and
+//! the idle clock.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::transport::server::Connected;
+
+use super::*;
+
+/// Calls in flight on one connection, for the idle timeout.
+#[derive(Debug, Default)]
+pub(super) struct Activity {
+    pub(super) active: AtomicUsize,
+    /// Calls ever started: a changed value restarts the idle clock.
+    pub(super) started: AtomicU64,
+    /// The connection's reader, woken when the last call ends.
+    pub(super) reader: AtomicWaker,
+}
+
+/// Held while a call runs (handler and response body).
+#[derive(Debug)]
+pub struct CallGuard(Arc<Activity>);
+
+impl Activity {
+    pub(super) fn begin(self: &Arc<Self>) -> CallGuard {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.active.fetch_add(1, Ordering::SeqCst);
+        CallGuard(self.clone())
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.reader.wake();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct OpenGuard(pub(super) Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What an accepted connection holds besides its IO: the peer, a slot of
+/// the connection limit (freed when the connection is dropped) and the
+/// idle clock.
+#[derive(Debug)]
+pub struct Slot {
+    pub(super) peer: Peer,
+    pub(super) activity: Arc<Activity>,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) idle_closed: Counter,
+    pub(super) _open: OpenGuard,
+    pub(super) _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// The peer.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Records the TLS handshake completed on this TCP connection.
+    pub fn set_tls(&mut self, tls: TlsPeer) {
+        if let Peer::Tcp { tls: t, .. } = &mut self.peer {
+            *t = Some(tls);
+        }
+    }
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+pub struct Conn<IO> {
+    pub(super) io: IO,
+    pub(super) slot: Slot,
+    /// Armed while no call is in flight, with the `started` count it saw.
+    pub(super) idle: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
+}
+
+impl<IO> Conn<IO> {
+    /// A connection of `io` in `slot`.
+    pub fn new(io: IO, slot: Slot) -> Self {
+        Conn {
+            io,
+            slot,
+            idle: None,
+        }
+    }
+
+    /// The IO and the slot, e.g. to wrap the IO in TLS.
+    pub fn into_parts(self) -> (IO, Slot) {
+        (self.io, self.slot)
+    }
+
+    /// The peer.
+    pub fn peer(&self) -> &Peer {
+        &self.slot.peer
+    }
+
+    /// Whether the idle timeout has passed with no call in flight.
+    fn idle_expired(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let Some(timeout) = self.slot.idle_timeout else {
+            return false;
+        };
+        let activity = &self.slot.activity;
+        activity.reader.register(cx.waker());
+        if activity.active.load(Ordering::SeqCst) > 0 {
+            self.idle = None;
+            return false;
+        }
+        let started = activity.started.load(Ordering::SeqCst);
+        match &mut self.idle {
+            Some((_, seen)) if *seen == started => {}
+            _ => self.idle = Some((Box::pin(tokio::time::sleep(timeout)), started)),
+        }
+        let (sleep, _) = self.idle.as_mut().expect("armed above");
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if activity.active.load(Ordering::SeqCst) > 0
+            || activity.started.load(Ordering::SeqCst) != started
+        {
+            self.idle = None;
+            return false;
+        }
+        self.slot.idle_closed.inc();
+        tracing::debug!(peer = ?self.slot.peer, ?timeout, "closing an idle connection");
+        true
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.idle_expired(cx) {
+            // End of stream: the HTTP/2 connection ends and drops us.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// What tonic puts into every request of a [`Conn`].
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer.
+    pub peer: Peer,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl<IO> Connected for Conn<IO> {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            peer: self.slot.peer.clone(),
+            activity: self.slot.activity.clone(),
+        }
+    }
+}
