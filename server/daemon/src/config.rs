@@ -132,6 +132,11 @@ pub struct ReadConfig {
     pub read_many_max_concurrency: usize,
     /// Items one ReadMany may name.
     pub read_many_max_items: usize,
+    /// A Read, ReadMany or Session stream whose client has not asked for
+    /// the next message for this long is ended (ABORTED) and what it held
+    /// is freed. `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for ReadConfig {
@@ -141,6 +146,10 @@ impl Default for ReadConfig {
             read_many_concurrency: 32,
             read_many_max_concurrency: 256,
             read_many_max_items: 100_000,
+            // Far beyond any pause of a reading client (a training step,
+            // a checkpoint); short enough that a stopped process gives its
+            // share back within minutes.
+            stall_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -178,6 +187,9 @@ pub struct SessionConfig {
     /// Fetches of one session in progress at once; beyond it the daemon
     /// stops reading the session's requests until one finishes.
     pub max_outstanding: usize,
+    /// Leases one session may hold at once (each is a table entry); a fetch
+    /// beyond waits for releases like one over quota.
+    pub max_leases: usize,
 }
 
 impl Default for SessionConfig {
@@ -189,6 +201,7 @@ impl Default for SessionConfig {
             lease_quota: ByteSize::mib(512),
             lease_wait: Duration::from_secs(10),
             max_outstanding: 1024,
+            max_leases: 65_536,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod listen;
 pub mod server;
 pub mod session;
+mod stall;
 pub mod telemetry;
 pub mod tls;
 

@@ -181,6 +181,7 @@ impl Daemon {
             policy: Some(policy.clone()),
             metrics: self.listener_metrics.clone(),
             refuse_h2: name != "fds",
+            shares: (name != "fds").then(|| self.reader.shares().clone()),
         };
         let keepalive = (!limits.keepalive_interval.is_zero()).then_some(limits.keepalive_interval);
         // The peer guard comes first (outermost): it tells the auth layer

@@ -56,6 +56,29 @@ pub enum BudgetError {
         /// How long the request waited.
         waited: Duration,
     },
+    /// The client's share stayed full for the whole wait.
+    #[error(
+        "this client holds {held} bytes of its {limit}-byte share (cache.client_share) and waited {waited:?} for room for {need} more; \
+         read what it fetched, release leases, or ask for less at once"
+    )]
+    Share {
+        /// Bytes asked for.
+        need: u64,
+        /// Bytes the client held.
+        held: u64,
+        /// The client's share.
+        limit: u64,
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// No backend request slot within the wait.
+    #[error(
+        "every backend request slot stayed busy for {waited:?} (engine.max_concurrency, engine.client_concurrency)"
+    )]
+    Busy {
+        /// How long the request waited.
+        waited: Duration,
+    },
 }
 
 /// An extent of `len` bytes, writable until frozen into [`Bytes`].
@@ -119,6 +142,27 @@ impl MemoryBudget {
     /// The largest single reservation.
     pub fn max_reservation(&self) -> u64 {
         self.arena.max_extent()
+    }
+
+    /// Reserves `need` bytes if they fit now, evicting through `evict`;
+    /// never waits.
+    pub fn try_reserve(&self, need: u64, evict: &dyn Evict) -> Option<Reservation> {
+        if need == 0 {
+            return Some(Reservation { extent: None });
+        }
+        if need > self.arena.max_extent() {
+            return None;
+        }
+        loop {
+            if let Some(extent) = self.arena.try_alloc(need) {
+                return Some(Reservation {
+                    extent: Some(extent),
+                });
+            }
+            if !evict.evict_one() {
+                return None;
+            }
+        }
     }
 
     /// Reserves `need` bytes, evicting through `evict` while they do not fit.

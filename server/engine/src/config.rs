@@ -96,6 +96,12 @@ pub struct EngineConfig {
     pub per_object_concurrency: usize,
     /// Ranged GETs in flight across the daemon.
     pub max_concurrency: usize,
+    /// Ranged GETs in flight for one client (connection). Unset: half of
+    /// `max_concurrency`, so one client never takes every request slot.
+    pub client_concurrency: Option<usize>,
+    /// Longest wait for a request slot before RESOURCE_EXHAUSTED.
+    #[serde(with = "humantime_serde")]
+    pub request_wait: Duration,
     /// Attempts per part (first included) on transient failures: throttling,
     /// unavailability, short or broken bodies.
     pub part_attempts: u32,
@@ -117,10 +123,21 @@ impl Default for EngineConfig {
             // ~100 ms per part.
             per_object_concurrency: 8,
             max_concurrency: 64,
+            client_concurrency: None,
+            request_wait: Duration::from_secs(60),
             part_attempts: 3,
             part_backoff: Duration::from_millis(50),
             max_retry_wait: Duration::from_secs(20),
         }
+    }
+}
+
+impl EngineConfig {
+    /// Request slots one client may hold.
+    pub fn client_concurrency(&self) -> usize {
+        self.client_concurrency
+            .unwrap_or(self.max_concurrency / 2)
+            .clamp(1, self.max_concurrency.max(1))
     }
 }
 
@@ -142,6 +159,16 @@ pub struct CacheConfig {
     /// How long a read waits for memory before RESOURCE_EXHAUSTED.
     #[serde(with = "humantime_serde")]
     pub memory_wait: Duration,
+    /// Most payload bytes one client (connection) holds at once: buffers
+    /// being fetched for it, bytes waiting to be sent to it, leased extents
+    /// (a slice of a cached object counts the whole object). A client
+    /// holding nothing may always take one reservation, however large.
+    /// Unset: a quarter of the budget.
+    pub client_share: Option<ByteSize>,
+    /// Most payload bytes all clients together hold; the rest of the budget
+    /// stays for the cache and for clients holding nothing. Unset: three
+    /// quarters of the budget.
+    pub clients_share: Option<ByteSize>,
     /// Size of one shared-memory arena segment; the budget is split into
     /// segments of this size. No object is buffered (and cached) in more
     /// than one segment, so this also caps `max_object_size`.
@@ -158,6 +185,8 @@ impl Default for CacheConfig {
             // per 10 s instead of one per read.
             revalidate_after: Duration::from_secs(10),
             memory_wait: Duration::from_secs(30),
+            client_share: None,
+            clients_share: None,
             // 256 MiB: few descriptors to hand out and map per client, and
             // large enough for typical samples and shards to be cached whole.
             segment_size: ByteSize::mib(256),
@@ -166,6 +195,17 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
+    /// Most bytes one client holds.
+    pub fn client_share(&self) -> u64 {
+        self.client_share.map_or(self.memory_budget.0 / 4, |b| b.0)
+    }
+
+    /// Most bytes all clients hold together.
+    pub fn clients_share(&self) -> u64 {
+        self.clients_share
+            .map_or(self.memory_budget.0 / 4 * 3, |b| b.0)
+    }
+
     /// Largest object that is cached.
     pub fn max_object_size(&self) -> u64 {
         self.max_object_size

@@ -11,8 +11,10 @@ pub mod metrics;
 pub mod plan;
 pub mod range;
 pub mod reader;
+pub mod share;
 
 pub use config::{ByteSize, CacheConfig, EngineConfig};
 pub use error::ReadError;
 pub use metrics::EngineMetrics;
 pub use reader::{Body, ReadOutput, Reader, Source};
+pub use share::{ClientShare, ShareLimits, Shares};

@@ -42,6 +42,19 @@ pub struct CacheMetrics {
     pub bytes: Gauge,
 }
 
+/// Fair shares (`sluice_share_*`).
+#[derive(Debug, Clone, Default)]
+pub struct ShareMetrics {
+    /// Clients (connections) with a share now.
+    pub clients: Gauge,
+    /// Bytes held by all clients together.
+    pub held: Gauge,
+    /// Charges that had to wait for room in a share.
+    pub waits: Counter,
+    /// Charges and request slots refused after their wait.
+    pub refused: Counter,
+}
+
 /// Memory budget gauges (`sluice_memory_*`), refreshed at scrape time.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryMetrics {
@@ -142,6 +155,8 @@ pub struct EngineMetrics {
     pub cache: CacheMetrics,
     /// Memory budget.
     pub memory: MemoryMetrics,
+    /// Fair shares.
+    pub share: ShareMetrics,
     /// Backends.
     pub storage: Arc<StorageMetrics>,
 }
@@ -205,6 +220,29 @@ impl EngineMetrics {
             "exhausted",
             "Reads that got no memory before their deadline",
             m.exhausted.clone(),
+        );
+        let sh = &self.share;
+        let r = registry.sub_registry_with_prefix("share");
+        r.register(
+            "clients",
+            "Clients (connections) with a share",
+            sh.clients.clone(),
+        );
+        r.register_with_unit(
+            "held",
+            "Payload bytes held by clients: in flight, awaiting delivery, leased (by what they pin)",
+            Unit::Bytes,
+            sh.held.clone(),
+        );
+        r.register(
+            "waits",
+            "Charges that waited for room in a client's share",
+            sh.waits.clone(),
+        );
+        r.register(
+            "refused",
+            "Charges and backend request slots refused after their wait (RESOURCE_EXHAUSTED)",
+            sh.refused.clone(),
         );
         let s = &self.storage;
         let r = registry.sub_registry_with_prefix("backend");

@@ -22,7 +22,16 @@
 //! backoff; other errors end the fetch.
 //!
 //! Limits: `per_object_concurrency` parts in flight per object, and a global
-//! semaphore of `max_concurrency` requests shared by every fetch.
+//! semaphore of `max_concurrency` requests shared by every fetch, of which
+//! one client runs at most `client_concurrency` (see [`crate::share`]).
+//!
+//! A fetch never holds a request slot while it waits for memory, and never
+//! while it waits for its consumer: room in the client's share is taken
+//! before the first request; a buffer that cannot be had at once makes the
+//! first response go back (its part is fetched again once the memory is
+//! there); a streamed object's parts are fetched by tasks of their own, so
+//! a consumer that stops reading leaves at most `per_object_concurrency`
+//! finished parts behind — charged to its share — and no request slots.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -31,13 +40,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sluice_storage::{ByteStream, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, drain};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::budget::{Evict, MemoryBudget};
+use crate::budget::{Evict, MemoryBudget, Reservation};
 use crate::config::EngineConfig;
 use crate::error::ReadError;
 use crate::metrics::StorageMetrics;
 use crate::plan::split;
+use crate::share::{ClientShare, Hold, RequestSlot};
 
 /// What a fetch produced.
 pub enum Fetched {
@@ -49,8 +59,11 @@ pub enum Fetched {
         range: Range<u64>,
         /// The bytes.
         data: Bytes,
+        /// Their charge to the client's share.
+        hold: Hold,
     },
-    /// Too large to buffer: parts in order, each holding its permits.
+    /// Too large to buffer: parts in order, each holding its budget permits
+    /// and its charge to the client's share.
     Streaming {
         /// The object.
         meta: ObjectMeta,
@@ -72,13 +85,60 @@ impl std::fmt::Debug for Fetched {
     }
 }
 
-/// Where fetched bytes may live: the budget, and who to evict for room.
+/// Where fetched bytes may live: the budget, who to evict for room, and
+/// whose share they are charged to.
 #[derive(Clone)]
 pub struct Memory {
     /// The byte budget.
     pub budget: MemoryBudget,
     /// The cache, asked to evict when the budget is full.
     pub evict: Arc<dyn Evict>,
+    /// The client the bytes are fetched for.
+    pub client: Arc<ClientShare>,
+}
+
+impl Memory {
+    /// `len` bytes of the budget charged to the client: room in its share
+    /// first, then the budget; both waits bounded.
+    async fn reserve(&self, uri: &ObjectUri, len: u64) -> Result<(Reservation, Hold), ReadError> {
+        let hold = self
+            .client
+            .acquire(len)
+            .await
+            .map_err(|e| ReadError::memory(uri, e))?;
+        let reservation = self.reserve_budget(uri, len).await?;
+        Ok((reservation, hold))
+    }
+
+    async fn reserve_budget(&self, uri: &ObjectUri, len: u64) -> Result<Reservation, ReadError> {
+        self.budget
+            .reserve(len, self.evict.as_ref())
+            .await
+            .map_err(|e| ReadError::memory(uri, e))
+    }
+}
+
+/// A task aborted when its handle is dropped (the consumer went away).
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> Task<T> {
+    fn spawn(fut: impl Future<Output = T> + Send + 'static) -> Self {
+        Task(tokio::spawn(fut))
+    }
+
+    async fn join(mut self) -> T {
+        match (&mut self.0).await {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => unreachable!("a part task is only aborted with its handle: {e}"),
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Concurrent ranged fetches.
@@ -95,6 +155,7 @@ struct Job {
     storage: Arc<dyn Storage>,
     uri: ObjectUri,
     etag: Option<String>,
+    client: Arc<ClientShare>,
 }
 
 impl RangeEngine {
@@ -106,6 +167,11 @@ impl RangeEngine {
             global,
             metrics,
         }
+    }
+
+    /// Backend request slots not in use now.
+    pub fn free_slots(&self) -> usize {
+        self.global.available_permits()
     }
 
     /// The configuration.
@@ -137,32 +203,67 @@ impl RangeEngine {
                 meta,
                 range,
                 data: Bytes::new(),
+                hold: memory.client.try_acquire(0).expect("nothing always fits"),
             });
         }
         let part = self.config.part_size.0.max(1);
         let first_req = want.start..want.start.saturating_add(part).min(want.end);
-        let (first, permit) = self.first_part(&storage, uri, first_req).await?;
+        // Room in the client's share before any request: a client over its
+        // share waits here, holding no request slot.
+        let mut hold = memory
+            .client
+            .acquire(first_req.end - first_req.start)
+            .await
+            .map_err(|e| ReadError::memory(uri, e))?;
+        let (first, slot) = self
+            .first_part(&storage, uri, first_req, &memory.client)
+            .await?;
         let size = first.meta.size;
         let total = first.range.start..want.end.min(size);
+        let len = total.end - total.start;
         let job = Arc::new(Job {
             engine: self.clone(),
             storage,
             uri: uri.clone(),
             etag: first.meta.etag.clone(),
+            client: memory.client.clone(),
         });
-        let first_part = (first.range.clone(), first.body, permit);
-        if total.end - total.start <= max_buffer {
+        let buffered = len <= max_buffer;
+        let first_len = first.range.end - first.range.start;
+        let want_now = if buffered { len } else { first_len };
+        // The buffer at once, or the first response goes back: no request
+        // slot (nor connection) is held while waiting for memory.
+        let now = if hold.try_grow(want_now) {
+            memory.budget.try_reserve(want_now, memory.evict.as_ref())
+        } else {
+            None
+        };
+        let (reservation, first_part) = match now {
+            Some(r) => (r, Some((first.range.clone(), first.body, slot))),
+            None => {
+                drop((first.body, slot));
+                hold.grow(want_now)
+                    .await
+                    .map_err(|e| ReadError::memory(uri, e))?;
+                (memory.reserve_budget(uri, want_now).await?, None)
+            }
+        };
+        if buffered {
             let data = job
                 .clone()
-                .buffered(first_part, total.clone(), memory)
+                .buffered(first_part, total.clone(), reservation)
                 .await?;
             Ok(Fetched::Buffered {
                 meta: first.meta,
                 range: total,
                 data,
+                hold,
             })
         } else {
-            let body = job.streaming(first_part, total.clone(), memory.clone());
+            let head = job
+                .clone()
+                .first_task(first.range.clone(), first_part, reservation, hold);
+            let body = job.streaming(head, total.clone(), memory.clone());
             Ok(Fetched::Streaming {
                 meta: first.meta,
                 range: total,
@@ -171,21 +272,25 @@ impl RangeEngine {
         }
     }
 
+    /// A request slot for `client`, bounded by `engine.request_wait`.
+    async fn slot(&self, client: &ClientShare, uri: &ObjectUri) -> Result<RequestSlot, ReadError> {
+        client
+            .request_slot(&self.global)
+            .await
+            .map_err(|e| ReadError::memory(uri, e))
+    }
+
     /// The first GET, retried while nothing of it was received.
     async fn first_part(
         &self,
         storage: &Arc<dyn Storage>,
         uri: &ObjectUri,
         req: Range<u64>,
-    ) -> Result<(sluice_storage::GetResult, OwnedSemaphorePermit), ReadError> {
+        client: &ClientShare,
+    ) -> Result<(sluice_storage::GetResult, RequestSlot), ReadError> {
         let mut attempt = 1;
         loop {
-            let permit = self
-                .global
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore never closed");
+            let permit = self.slot(client, uri).await?;
             let opts = GetOptions {
                 range: Some(req.clone()),
                 if_match: None,
@@ -225,7 +330,7 @@ impl RangeEngine {
     }
 }
 
-type FirstPart = (Range<u64>, ByteStream, OwnedSemaphorePermit);
+type FirstPart = (Range<u64>, ByteStream, RequestSlot);
 
 impl Job {
     fn part_size(&self) -> u64 {
@@ -233,25 +338,24 @@ impl Job {
     }
 
     /// Buffered mode: one reservation, every part into its own slice.
+    /// `first`: the first response, or `None` when it went back and its
+    /// part is fetched again.
     async fn buffered(
         self: Arc<Self>,
-        first: FirstPart,
+        first: Option<FirstPart>,
         total: Range<u64>,
-        memory: &Memory,
+        mut reservation: Reservation,
     ) -> Result<Bytes, ReadError> {
-        let len = total.end - total.start;
-        let mut reservation = memory
-            .budget
-            .reserve(len, memory.evict.as_ref())
-            .await
-            .map_err(|source| ReadError::memory(&self.uri, source))?;
         let buf = reservation.as_mut_slice();
-        let (first_range, first_body, permit) = first;
+        let first_range = total.start..total.start.saturating_add(self.part_size()).min(total.end);
         let first_len = (first_range.end - first_range.start) as usize;
         let (head, rest) = buf.split_at_mut(first_len);
         let job = &self;
         let rest_start = first_range.end;
         let first_fut = async move {
+            let Some((first_range, first_body, permit)) = first else {
+                return job.part_into(first_range, head, 0).await;
+            };
             let res = drain(first_body, &job.uri, head).await;
             drop(permit);
             match res {
@@ -273,50 +377,66 @@ impl Job {
         Ok(reservation.into_bytes())
     }
 
-    /// Streaming mode: parts in order, `per_object_concurrency` ahead.
+    /// The first part of a streamed object, read into its buffer by a task
+    /// of its own: its request slot is given back as soon as its body is in,
+    /// whether or not the consumer reads.
+    fn first_task(
+        self: Arc<Self>,
+        range: Range<u64>,
+        first: Option<FirstPart>,
+        mut reservation: Reservation,
+        hold: Hold,
+    ) -> Task<Result<Bytes, ReadError>> {
+        Task::spawn(async move {
+            let buf = reservation.as_mut_slice();
+            match first {
+                None => self.part_into(range, buf, 0).await?,
+                Some((_, body, slot)) => {
+                    let res = drain(body, &self.uri, buf).await;
+                    drop(slot);
+                    match res {
+                        Err(e) if e.kind().is_transient() => self.part_into(range, buf, 1).await?,
+                        other => other?,
+                    }
+                }
+            }
+            Ok(hold.attach(reservation.into_bytes()))
+        })
+    }
+
+    /// Streaming mode: parts in order, `per_object_concurrency` ahead. Each
+    /// part's memory is reserved in order (so a part the consumer waits for
+    /// never waits behind parts after it), then fetched by its own task.
     fn streaming(
         self: Arc<Self>,
-        first: FirstPart,
+        head: Task<Result<Bytes, ReadError>>,
         total: Range<u64>,
         memory: Memory,
     ) -> BoxStream<'static, Result<Bytes, ReadError>> {
-        let (first_range, first_body, permit) = first;
-        let job = self.clone();
-        let mem = memory.clone();
-        let head = stream::once(async move {
-            let reservation = mem
-                .budget
-                .reserve(first_range.end - first_range.start, mem.evict.as_ref())
-                .await;
-            let mut reservation =
-                reservation.map_err(|source| ReadError::memory(&job.uri, source))?;
-            let buf = reservation.as_mut_slice();
-            let res = drain(first_body, &job.uri, buf).await;
-            drop(permit);
-            match res {
-                Err(e) if e.kind().is_transient() => job.part_into(first_range, buf, 1).await?,
-                other => other?,
-            }
-            Ok(reservation.into_bytes())
-        });
+        let head = stream::once(head.join());
         let ahead = self.engine.config.per_object_concurrency.max(1);
-        let rest = stream::iter(split(
+        let job = self.clone();
+        let reserved = stream::iter(split(
             first_range_end(&total, self.part_size()),
             self.part_size(),
         ))
-        .map(move |range| {
-            let job = self.clone();
+        .then(move |range| {
+            let job = job.clone();
             let mem = memory.clone();
             async move {
-                let reservation = mem
-                    .budget
-                    .reserve(range.end - range.start, mem.evict.as_ref())
-                    .await;
-                let mut reservation =
-                    reservation.map_err(|source| ReadError::memory(&job.uri, source))?;
-                job.part_into(range, reservation.as_mut_slice(), 0).await?;
-                Ok(reservation.into_bytes())
+                let (reservation, hold) = mem.reserve(&job.uri, range.end - range.start).await?;
+                Ok::<_, ReadError>((range, reservation, hold))
             }
+        });
+        let rest = reserved.map(move |reserved| {
+            let job = self.clone();
+            let task = reserved.map(|(range, mut reservation, hold)| {
+                Task::spawn(async move {
+                    job.part_into(range, reservation.as_mut_slice(), 0).await?;
+                    Ok(hold.attach(reservation.into_bytes()))
+                })
+            });
+            async move { task?.join().await }
         });
         Box::pin(head.chain(rest.buffered(ahead)))
     }
@@ -331,12 +451,7 @@ impl Job {
         let engine = &self.engine;
         let mut attempt = failed + 1;
         loop {
-            let permit = engine
-                .global
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore never closed");
+            let permit = engine.slot(&self.client, &self.uri).await?;
             let res = self.try_part(range.clone(), dst).await;
             drop(permit);
             match res {

@@ -32,6 +32,7 @@ use crate::config::{CacheConfig, EngineConfig};
 use crate::error::ReadError;
 use crate::metrics::{EngineMetrics, Instrumented};
 use crate::range::{Fetched, Memory, RangeEngine};
+use crate::share::{ClientShare, Hold, ShareLimits, Shares};
 
 /// The bytes of a read.
 pub enum Body {
@@ -67,6 +68,9 @@ pub struct ReadOutput {
     /// The cache entry the bytes are a slice of, if any: holding it keeps
     /// the entry from being evicted (leases hold it).
     pub pin: Option<Arc<CachedObject>>,
+    /// Bytes the body pins: the cache entry's size for a slice of one, the
+    /// buffer's otherwise (a streamed body's parts pin themselves).
+    pub pinned: u64,
 }
 
 #[derive(Clone)]
@@ -92,10 +96,11 @@ pub struct Reader {
     backends: Backends,
     engine: RangeEngine,
     cache: Arc<Cache>,
-    memory: Memory,
+    budget: MemoryBudget,
     config: CacheConfig,
     metrics: EngineMetrics,
     inflight: Arc<Inflight>,
+    shares: Arc<Shares>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -149,13 +154,21 @@ impl Reader {
         let budget = MemoryBudget::new(arena, cache.memory_wait);
         metrics.memory.budget.set(budget.total() as i64);
         let store = Arc::new(Cache::new(metrics.cache.clone()));
+        let shares = Shares::new(
+            ShareLimits {
+                client_bytes: cache.client_share(),
+                clients_bytes: cache.clients_share(),
+                client_requests: engine.client_concurrency(),
+                wait: cache.memory_wait,
+                request_wait: engine.request_wait,
+            },
+            metrics.share.clone(),
+        );
         Ok(Reader {
+            shares,
             backends,
             engine: RangeEngine::new(engine, metrics.storage.clone()),
-            memory: Memory {
-                budget,
-                evict: store.clone(),
-            },
+            budget,
             cache: store,
             config: cache,
             metrics,
@@ -165,7 +178,16 @@ impl Reader {
 
     /// The shared-memory arena every payload byte lives in.
     pub fn arena(&self) -> &Arc<crate::arena::Arena> {
-        self.memory.budget.arena()
+        self.budget.arena()
+    }
+
+    /// The budget, the cache to evict from, and `client` to charge.
+    fn memory(&self, client: &Arc<ClientShare>) -> Memory {
+        Memory {
+            budget: self.budget.clone(),
+            evict: self.cache.clone(),
+            client: client.clone(),
+        }
     }
 
     /// The (instrumented) backend for `uri`.
@@ -182,14 +204,19 @@ impl Reader {
         &self.cache
     }
 
+    /// The clients' shares: one [`ClientShare`] per connection.
+    pub fn shares(&self) -> &Arc<Shares> {
+        &self.shares
+    }
+
     /// The memory budget.
     pub fn budget(&self) -> &MemoryBudget {
-        &self.memory.budget
+        &self.budget
     }
 
     /// Updates gauges that are read off state (call before a scrape).
     pub fn refresh_gauges(&self) {
-        let b = &self.memory.budget;
+        let b = &self.budget;
         self.metrics
             .memory
             .reserved
@@ -210,17 +237,20 @@ impl Reader {
         // streamed part by part instead of buffered.
         self.config
             .max_object_size()
-            .min(self.memory.budget.max_reservation())
+            .min(self.budget.max_reservation())
     }
 
-    /// Reads `range` of `uri` (the whole object if `None`).
+    /// Reads `range` of `uri` (the whole object if `None`) for `client`:
+    /// what the output's bytes pin is charged to the client's share for as
+    /// long as any clone of them lives.
     pub fn read<'a>(
         &'a self,
         uri: &'a ObjectUri,
         range: Option<Range<u64>>,
         no_cache: bool,
+        client: &'a Arc<ClientShare>,
     ) -> futures::future::BoxFuture<'a, Result<ReadOutput, ReadError>> {
-        Box::pin(self.read_inner(uri, range, no_cache))
+        Box::pin(self.read_inner(uri, range, no_cache, client))
     }
 
     async fn read_inner(
@@ -228,10 +258,11 @@ impl Reader {
         uri: &ObjectUri,
         range: Option<Range<u64>>,
         no_cache: bool,
+        client: &Arc<ClientShare>,
     ) -> Result<ReadOutput, ReadError> {
         let storage = self.storage(uri)?;
         if no_cache {
-            return self.uncached(storage, uri, range).await;
+            return self.uncached(storage, uri, range, client).await;
         }
         let key = uri.to_string();
         loop {
@@ -242,17 +273,20 @@ impl Reader {
                     .await?
             {
                 self.metrics.cache.hits.inc();
-                return slice(uri, &obj, range, Source::Cache);
+                let pin = self.pin(uri, client, &obj).await?;
+                return slice(uri, &obj, range, Source::Cache, pin);
             }
             let whole = range
                 .as_ref()
                 .is_none_or(|r| r.start == 0 && r.end == u64::MAX);
             if !whole {
                 self.metrics.cache.misses.inc();
-                return self.uncached(storage, uri, range).await;
+                return self.uncached(storage, uri, range, client).await;
             }
             match self.role(&key) {
-                Role::Lead(leader) => return self.lead(leader, storage, uri, range).await,
+                Role::Lead(leader) => {
+                    return self.lead(leader, storage, uri, range, client).await;
+                }
                 Role::Follow(mut rx) => {
                     let outcome = match rx.wait_for(Option::is_some).await {
                         Ok(v) => v.clone(),
@@ -261,9 +295,12 @@ impl Reader {
                     match outcome {
                         Some(Outcome::Cached(obj)) => {
                             self.metrics.cache.coalesced.inc();
-                            return slice(uri, &obj, range, Source::Coalesced);
+                            let pin = self.pin(uri, client, &obj).await?;
+                            return slice(uri, &obj, range, Source::Coalesced, pin);
                         }
-                        Some(Outcome::TooLarge) => return self.uncached(storage, uri, range).await,
+                        Some(Outcome::TooLarge) => {
+                            return self.uncached(storage, uri, range, client).await;
+                        }
                         Some(Outcome::Failed(e)) => return Err(e),
                         Some(Outcome::Stale) | None => continue,
                     }
@@ -300,16 +337,17 @@ impl Reader {
         storage: Arc<dyn Storage>,
         uri: &ObjectUri,
         range: Option<Range<u64>>,
+        client: &Arc<ClientShare>,
     ) -> Result<ReadOutput, ReadError> {
         self.metrics.cache.misses.inc();
         match self
             .engine
-            .fetch(storage, uri, None, &self.memory, self.max_cached())
+            .fetch(storage, uri, None, &self.memory(client), self.max_cached())
             .await
         {
-            Ok(Fetched::Buffered { meta, data, .. }) => {
-                self.finish_lead(leader, uri, range, meta, data)
-            }
+            Ok(Fetched::Buffered {
+                meta, data, hold, ..
+            }) => self.finish_lead(leader, uri, range, meta, data, hold),
             Ok(Fetched::Streaming { meta, range, body }) => {
                 leader.publish(Outcome::TooLarge);
                 Ok(ReadOutput {
@@ -318,6 +356,7 @@ impl Reader {
                     body: Body::Stream(body),
                     source: Source::Uncached,
                     pin: None,
+                    pinned: 0,
                 })
             }
             Err(e) => {
@@ -337,6 +376,7 @@ impl Reader {
         range: Option<Range<u64>>,
         meta: ObjectMeta,
         data: Bytes,
+        hold: Hold,
     ) -> Result<ReadOutput, ReadError> {
         let inserted = {
             // The same lock `invalidate` holds while it marks flights stale
@@ -350,19 +390,27 @@ impl Reader {
         match inserted {
             Some(obj) => {
                 leader.publish(Outcome::Cached(obj.clone()));
-                slice(uri, &obj, range, Source::Backend)
+                // The buffer's charge becomes the entry's: no wait, the
+                // client holds these bytes already.
+                let pin = self.pin_now(uri, &hold, &obj)?;
+                drop(hold);
+                slice(uri, &obj, range, Source::Backend, pin)
             }
             None => {
                 self.metrics.cache.invalidations.inc();
                 leader.publish(Outcome::Stale);
                 let range = clamp_range(uri, range, meta.size)?;
-                let body = data.slice(range.start as usize..range.end as usize);
+                let pinned = data.len() as u64;
+                let body = hold
+                    .attach(data)
+                    .slice(range.start as usize..range.end as usize);
                 Ok(ReadOutput {
                     range,
                     meta,
                     body: Body::Bytes(body),
                     source: Source::Uncached,
                     pin: None,
+                    pinned,
                 })
             }
         }
@@ -373,17 +421,24 @@ impl Reader {
         storage: Arc<dyn Storage>,
         uri: &ObjectUri,
         range: Option<Range<u64>>,
+        client: &Arc<ClientShare>,
     ) -> Result<ReadOutput, ReadError> {
         let fetched = self
             .engine
-            .fetch(storage, uri, range, &self.memory, self.max_cached())
+            .fetch(storage, uri, range, &self.memory(client), self.max_cached())
             .await;
         let fetched = fetched.inspect_err(|e| self.note_error(e))?;
         Ok(match fetched {
-            Fetched::Buffered { meta, range, data } => ReadOutput {
+            Fetched::Buffered {
                 meta,
                 range,
-                body: Body::Bytes(data),
+                data,
+                hold,
+            } => ReadOutput {
+                meta,
+                range,
+                pinned: data.len() as u64,
+                body: Body::Bytes(hold.attach(data)),
                 source: Source::Uncached,
                 pin: None,
             },
@@ -393,8 +448,36 @@ impl Reader {
                 body: Body::Stream(body),
                 source: Source::Uncached,
                 pin: None,
+                pinned: 0,
             },
         })
+    }
+
+    /// Pins a cached entry for `client` (charged its size), waiting for
+    /// room in the client's share.
+    async fn pin(
+        &self,
+        uri: &ObjectUri,
+        client: &Arc<ClientShare>,
+        obj: &Arc<CachedObject>,
+    ) -> Result<Hold, ReadError> {
+        client.pin(obj).await.map_err(|e| {
+            self.metrics.memory.exhausted.inc();
+            ReadError::memory(uri, e)
+        })
+    }
+
+    /// Pins a cached entry for the client of `hold` without waiting: the
+    /// bytes are charged to it already.
+    fn pin_now(
+        &self,
+        uri: &ObjectUri,
+        hold: &Hold,
+        obj: &Arc<CachedObject>,
+    ) -> Result<Hold, ReadError> {
+        hold.client()
+            .pin_now(obj)
+            .map_err(|e| ReadError::memory(uri, e))
     }
 
     fn note_error(&self, e: &ReadError) {
@@ -460,19 +543,25 @@ impl Reader {
     }
 }
 
+/// `range` of a cached object; the bytes carry the client's pin of it.
 fn slice(
     uri: &ObjectUri,
     obj: &Arc<CachedObject>,
     range: Option<Range<u64>>,
     source: Source,
+    pin: Hold,
 ) -> Result<ReadOutput, ReadError> {
     let r = clamp_range(uri, range, obj.meta.size)?;
+    let body = pin
+        .attach(obj.data.clone())
+        .slice(r.start as usize..r.end as usize);
     Ok(ReadOutput {
         meta: obj.meta.clone(),
-        body: Body::Bytes(obj.data.slice(r.start as usize..r.end as usize)),
+        body: Body::Bytes(body),
         range: r,
         source,
         pin: Some(obj.clone()),
+        pinned: obj.data.len() as u64,
     })
 }
 
@@ -502,6 +591,10 @@ mod tests {
             EngineMetrics::default(),
         )
         .unwrap()
+    }
+
+    fn hold() -> Hold {
+        ClientShare::unlimited().try_acquire(9).unwrap()
     }
 
     fn leader(reader: &Reader, key: &str) -> Leader {
@@ -551,6 +644,7 @@ mod tests {
                     None,
                     old_meta.clone(),
                     Bytes::from_static(b"old bytes"),
+                    hold(),
                 )
                 .unwrap();
             assert_eq!(out.source, Source::Uncached, "the stale leader's own read");
@@ -562,14 +656,22 @@ mod tests {
         // Not overtaken: cached as before.
         let lead = leader(&reader, &key);
         reader
-            .finish_lead(lead, &uri, None, old_meta, Bytes::from_static(b"old bytes"))
+            .finish_lead(
+                lead,
+                &uri,
+                None,
+                old_meta,
+                Bytes::from_static(b"old bytes"),
+                hold(),
+            )
             .unwrap();
         assert!(reader.cache.get(&key).is_some());
 
         // End to end: the new version is what a read returns.
         std::fs::write(root.join("o"), b"new bytes!").unwrap();
         reader.invalidate(&uri);
-        let out = reader.read(&uri, None, false).await.unwrap();
+        let client = ClientShare::unlimited();
+        let out = reader.read(&uri, None, false, &client).await.unwrap();
         match out.body {
             Body::Bytes(b) => assert_eq!(&b[..], b"new bytes!"),
             Body::Stream(_) => panic!("a small object is buffered"),

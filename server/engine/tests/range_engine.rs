@@ -66,6 +66,7 @@ fn memory(total: u64) -> Memory {
         budget: MemoryBudget::with_capacity(total, total.min(1 << 30), Duration::from_secs(5))
             .unwrap(),
         evict: Arc::new(NoEvict),
+        client: sluice_engine::ClientShare::unlimited(),
     }
 }
 
@@ -318,4 +319,96 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// Waits for `cond`, failing after a generous deadline (the condition is
+/// what the test is about, not the time it takes).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Consumers that stop reading streamed objects hold no request slots: the
+/// parts already asked for finish into their buffers and give their slots
+/// back, so other fetches are not starved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_consumers_hold_no_request_slots() {
+    let fx = fixture();
+    let e = engine(1024, 2, 4);
+    let mem = memory(1 << 30);
+    let (uri, data) = fx.object("big", 64 * 1024);
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        // Streamed (max_buffer 0); the bodies are not read.
+        stalled.push(
+            e.fetch(fx.fault.clone(), &uri, None, &mem, 0)
+                .await
+                .unwrap(),
+        );
+    }
+    wait_until("every request slot is free", || e.free_slots() == 4).await;
+    let (small, small_data) = fx.object("small", 100);
+    let got = collect(
+        e.fetch(fx.fault.clone(), &small, None, &mem, u64::MAX)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got, small_data);
+    for f in stalled {
+        assert_eq!(
+            collect(f).await,
+            data,
+            "the stalled reads' bytes are intact"
+        );
+    }
+}
+
+/// What a streamed read holds ahead of its consumer is charged to the
+/// client's share and stays within it, whatever `per_object_concurrency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_read_stays_within_its_clients_share() {
+    use futures::StreamExt;
+    use sluice_engine::share::{ShareLimits, Shares};
+    let fx = fixture();
+    let e = engine(4096, 8, 64);
+    let shares = Shares::new(
+        ShareLimits {
+            client_bytes: 3 * 4096,
+            clients_bytes: u64::MAX,
+            client_requests: 64,
+            wait: Duration::from_secs(30),
+            request_wait: Duration::from_secs(30),
+        },
+        Default::default(),
+    );
+    let client = shares.client();
+    let mem = Memory {
+        client: client.clone(),
+        ..memory(1 << 30)
+    };
+    let (uri, data) = fx.object("big", 64 * 4096);
+    let Fetched::Streaming { mut body, .. } = e
+        .fetch(fx.fault.clone(), &uri, None, &mem, 0)
+        .await
+        .unwrap()
+    else {
+        panic!("max_buffer 0 streams");
+    };
+    let mut got = Vec::new();
+    let mut most = 0;
+    while let Some(part) = body.next().await {
+        // Let the parts ahead run before looking.
+        wait_until("parts ahead settle", || e.free_slots() == 64).await;
+        most = most.max(client.held());
+        got.extend_from_slice(&part.unwrap());
+    }
+    assert_eq!(got, data);
+    assert!(most <= 3 * 4096, "held {most} bytes, share 12288");
+    assert!(most >= 2 * 4096, "parts ahead are charged: {most}");
+    drop(body);
+    assert_eq!(client.held(), 0, "everything given back");
 }

@@ -1,9 +1,13 @@
 //! The `sluice.v1.Sluice` gRPC service.
 //!
 //! Handlers parse and check the request, call the engine or a backend, and
-//! turn the answer into messages. Response streams are plain `Stream`s
-//! polled by tonic — no spawned tasks — so a client that goes away drops its
-//! stream, which cancels the fetch behind it and frees its memory.
+//! turn the answer into messages. A client that goes away drops its
+//! response stream, which cancels the fetches behind it (ReadMany's items
+//! run as tasks owned by the stream, so that they finish — and give back
+//! their request slots — whether or not the client keeps reading) and frees
+//! its memory; a client that stops reading has its stream ended after
+//! `read.stall_timeout` ([`crate::stall`]). Every read is charged to the
+//! connection's [`ClientShare`].
 
 pub(crate) mod convert;
 mod meta;
@@ -15,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use sluice_engine::Reader;
+use sluice_engine::{ClientShare, Reader};
 use sluice_proto::v1;
 use sluice_proto::v1::sluice_server::Sluice;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +61,15 @@ impl SluiceService {
             retired: Default::default(),
         }
     }
+
+    /// The share of the connection `req` came on (a fresh one for a call
+    /// that did not come through a listener).
+    fn client_of<T>(&self, req: &Request<T>) -> Arc<ClientShare> {
+        req.extensions()
+            .get::<Arc<ClientShare>>()
+            .cloned()
+            .unwrap_or_else(|| self.reader.shares().client())
+    }
 }
 
 #[tonic::async_trait]
@@ -81,7 +94,10 @@ impl Sluice for SluiceService {
         &self,
         req: Request<v1::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        read::read(self, req.into_inner()).await.map(Response::new)
+        let client = self.client_of(&req);
+        read::read(self, client, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type ReadManyStream = ResponseStream<v1::ReadManyResponse>;
@@ -90,7 +106,8 @@ impl Sluice for SluiceService {
         &self,
         req: Request<v1::ReadManyRequest>,
     ) -> Result<Response<Self::ReadManyStream>, Status> {
-        read::read_many(self, req.into_inner()).map(Response::new)
+        let client = self.client_of(&req);
+        read::read_many(self, client, req.into_inner()).map(Response::new)
     }
 
     async fn write(
@@ -115,12 +132,21 @@ impl Sluice for SluiceService {
         );
         let (draining, retired) = (self.draining.clone(), self.retired.clone());
         let peer = req.extensions().get::<crate::listen::Peer>().cloned();
+        let client = self.client_of(&req);
+        let connection = req
+            .extensions()
+            .get::<Arc<crate::listen::Retained>>()
+            .cloned();
         crate::session::open(
-            reader,
-            config,
-            metrics,
-            draining,
-            retired,
+            crate::session::Deps {
+                reader,
+                config,
+                metrics,
+                draining,
+                retired,
+                client,
+                connection,
+            },
             peer,
             req.into_inner(),
         )

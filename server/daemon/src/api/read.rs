@@ -1,9 +1,12 @@
 //! Read and ReadMany: engine output to chunked message streams.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use sluice_engine::{Body, ReadError, ReadOutput};
+use sluice_engine::{Body, ClientShare, ReadError, ReadOutput};
 use sluice_proto::v1;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::{Code, Status};
 
 use super::convert::meta;
@@ -13,6 +16,7 @@ use crate::telemetry::metrics::{Method, RpcTimer};
 
 pub(super) async fn read(
     svc: &SluiceService,
+    client: Arc<ClientShare>,
     req: v1::ReadRequest,
 ) -> Result<ResponseStream<v1::ReadResponse>, Status> {
     let timer = svc.metrics.rpc.start(Method::read);
@@ -20,7 +24,7 @@ pub(super) async fn read(
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
         svc.reader
-            .read(&uri, range, req.no_cache)
+            .read(&uri, range, req.no_cache, &client)
             .await
             .map_err(|e| read_status(&e))
     }
@@ -57,7 +61,22 @@ pub(super) async fn read(
         data: Bytes::new(),
     };
     let messages = with_first_or(messages, empty);
-    Ok(Box::pin(finish_on_end(messages, timer)))
+    Ok(watched(svc, "Read", finish_on_end(messages, timer).boxed()))
+}
+
+/// `s`, ended once its client stops reading (`read.stall_timeout`).
+fn watched<T: Send + 'static>(
+    svc: &SluiceService,
+    what: &'static str,
+    s: BoxStream<'static, Result<T, Status>>,
+) -> ResponseStream<T> {
+    crate::stall::watch(
+        s,
+        svc.config.read.stall_timeout,
+        what,
+        svc.metrics.rpc.stalled.clone(),
+        None,
+    )
 }
 
 /// The body as chunks of at most `size` bytes (slices, no copies).
@@ -118,6 +137,7 @@ fn finish_on_end<T: Send + 'static>(
 
 pub(super) fn read_many(
     svc: &SluiceService,
+    client: Arc<ClientShare>,
     req: v1::ReadManyRequest,
 ) -> Result<ResponseStream<v1::ReadManyResponse>, Status> {
     let timer = svc.metrics.rpc.start(Method::read_many);
@@ -138,18 +158,25 @@ pub(super) fn read_many(
     let chunk = cfg.chunk_size.0 as usize;
     let reader = svc.reader.clone();
     let rpc = svc.metrics.rpc.clone();
+    // Each item is read by a task of its own (aborted with the stream), so
+    // it runs to its end — and gives back its request slots — whether or
+    // not the client keeps reading; what it then holds is charged to the
+    // client's share.
     let fetches = stream::iter(req.items.into_iter().enumerate()).map(move |(i, item)| {
-        let reader = reader.clone();
+        let (reader, client) = (reader.clone(), client.clone());
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let uri = parse_uri(&item.uri)?;
+            let range = parse_range(&uri, item.range.as_ref())?;
+            reader
+                .read(&uri, range, false, &client)
+                .await
+                .map_err(|e| read_status(&e))
+        }));
         async move {
-            let res = async {
-                let uri = parse_uri(&item.uri)?;
-                let range = parse_range(&uri, item.range.as_ref())?;
-                reader
-                    .read(&uri, range, false)
-                    .await
-                    .map_err(|e| read_status(&e))
-            }
-            .await;
+            let res = match task.await {
+                Ok(res) => res,
+                Err(e) => Err(Status::internal(format!("item {i}: {e}"))),
+            };
             (i as u32, res)
         }
     });
@@ -166,7 +193,11 @@ pub(super) fn read_many(
         }
         Err(status) => stream::once(async move { Ok(item_error(index, &status)) }).boxed(),
     });
-    Ok(Box::pin(finish_on_end(messages.boxed(), timer)))
+    Ok(watched(
+        svc,
+        "ReadMany",
+        finish_on_end(messages.boxed(), timer).boxed(),
+    ))
 }
 
 fn item_error(index: u32, status: &Status) -> v1::ReadManyResponse {

@@ -57,6 +57,27 @@ impl Drop for OpenGuard {
     }
 }
 
+/// What a connection keeps until it closes, e.g. the leases of a session
+/// ended while its client still lives (and may still read them).
+#[derive(Default)]
+pub struct Retained(std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>);
+
+impl std::fmt::Debug for Retained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Retained")
+    }
+}
+
+impl Retained {
+    /// Keeps `thing` until the connection closes.
+    pub fn keep(&self, thing: Box<dyn std::any::Any + Send>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(thing);
+    }
+}
+
 /// What an accepted connection holds besides its IO: the peer, a slot of
 /// the connection limit (freed when the connection is dropped) and the
 /// idle clock.
@@ -66,6 +87,9 @@ pub struct Slot {
     pub(super) activity: Arc<Activity>,
     pub(super) idle_timeout: Option<Duration>,
     pub(super) idle_closed: Counter,
+    /// The connection's share of memory and request slots.
+    pub(super) client: Option<Arc<sluice_engine::ClientShare>>,
+    pub(super) retained: Arc<Retained>,
     pub(super) _open: OpenGuard,
     pub(super) _permit: OwnedSemaphorePermit,
 }
@@ -194,6 +218,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
 pub struct ConnInfo {
     /// The peer.
     pub peer: Peer,
+    /// The connection's share of memory and request slots.
+    pub client: Option<Arc<sluice_engine::ClientShare>>,
+    /// Kept until the connection closes.
+    pub retained: Arc<Retained>,
     pub(super) activity: Arc<Activity>,
 }
 
@@ -203,6 +231,8 @@ impl<IO> Connected for Conn<IO> {
     fn connect_info(&self) -> ConnInfo {
         ConnInfo {
             peer: self.slot.peer.clone(),
+            client: self.slot.client.clone(),
+            retained: self.slot.retained.clone(),
             activity: self.slot.activity.clone(),
         }
     }

@@ -157,6 +157,9 @@ pub struct AcceptOptions {
     /// RESOURCE_EXHAUSTED) before closing it. Only for listeners whose
     /// clients speak HTTP/2 directly on the accepted stream (not TLS).
     pub refuse_h2: bool,
+    /// Gives every connection its own share of memory and request slots
+    /// (`None`: connections that make no reads, e.g. the descriptor socket).
+    pub shares: Option<Arc<sluice_engine::Shares>>,
 }
 
 /// Backoff after resource errors: first and longest sleep.
@@ -258,6 +261,8 @@ impl<L: Listener> AcceptLoop<L> {
                 activity: Arc::new(Activity::default()),
                 idle_timeout: self.opts.idle_timeout,
                 idle_closed: self.opts.metrics.idle_closed.get_or_create(&labels).clone(),
+                client: self.opts.shares.as_ref().map(|s| s.client()),
+                retained: Arc::default(),
                 _open: OpenGuard(gauge),
                 _permit: permit,
             };

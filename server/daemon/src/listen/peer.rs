@@ -185,6 +185,10 @@ where
             let allowed = self.policy.allows(&info.peer);
             let message = (!allowed).then(|| PeerPolicy::refusal(&info.peer));
             ext.insert(info.peer);
+            if let Some(client) = info.client {
+                ext.insert(client);
+            }
+            ext.insert(info.retained);
             (info.activity.begin(), message)
         });
         let (guard, refusal) = match guard {

@@ -22,7 +22,7 @@ pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
         ctx.reader
-            .read(&uri, range, false)
+            .read(&uri, range, false, &ctx.client)
             .await
             .map_err(|e| read_status(&e))
     }
@@ -62,6 +62,12 @@ async fn extents(ctx: &SessionCtx, id: u64, out: ReadOutput) -> Result<(), Statu
     let uri = out.meta.uri.clone();
     let mut first = Some(meta(&out.meta));
     let mut offset = out.range.start;
+    // What a piece pins: a streamed part is its own buffer; a body in one
+    // piece pins what the read says (a cached entry, or a larger buffer).
+    let whole = match &out.body {
+        Body::Bytes(_) => Some(out.pinned),
+        Body::Stream(_) => None,
+    };
     let mut parts = pieces(out.body).peekable();
     let delivered = ctx.metrics.session.delivered("shm");
     let mut sent_any = false;
@@ -75,7 +81,13 @@ async fn extents(ctx: &SessionCtx, id: u64, out: ReadOutput) -> Result<(), Statu
             let (segment, at) = ctx.reader.arena().locate(piece.as_ptr()).ok_or_else(|| {
                 Status::internal(format!("{uri}: payload outside the shared-memory arena"))
             })?;
-            let lease = ctx.leases.lease(&uri, piece, out.pin.clone()).await?;
+            // A slice of a cached object pins the whole entry; any other
+            // piece is its own buffer.
+            let pinned = whole.unwrap_or(len).max(len);
+            let lease = ctx
+                .leases
+                .lease(&uri, piece, out.pin.clone(), pinned)
+                .await?;
             (segment, at, lease)
         };
         let extent = v1::LeasedExtent {

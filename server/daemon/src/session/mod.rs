@@ -12,6 +12,12 @@
 //! dropped, which releases every lease of the session. On shutdown the
 //! driver stops taking fetches, finishes those in flight and ends the
 //! session with UNAVAILABLE.
+//!
+//! Everything a session holds — results not yet delivered, leases — is
+//! charged to its connection's share. A client that stops reading the
+//! stream for `read.stall_timeout` has its session ended: fetches cancelled,
+//! undelivered results dropped. Its leases are kept until its connection
+//! closes: the process still lives and may still read what it leased.
 
 mod deliver;
 pub mod fds;
@@ -22,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
 use futures::StreamExt;
-use sluice_engine::Reader;
+use sluice_engine::{ClientShare, Reader};
 use sluice_proto::v1;
 use sluice_proto::v1::session_request::Msg as In;
 use sluice_proto::v1::session_response::Msg as Out;
@@ -53,6 +59,7 @@ pub(crate) struct SessionCtx {
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) leases: Arc<LeaseTable>,
+    pub(crate) client: Arc<ClientShare>,
     pub(crate) shm: bool,
     pub(crate) out: mpsc::Sender<Result<v1::SessionResponse, Status>>,
 }
@@ -67,16 +74,36 @@ impl SessionCtx {
     }
 }
 
+/// What a session is opened with.
+pub(crate) struct Deps {
+    pub(crate) reader: Arc<Reader>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins.
+    pub(crate) draining: CancellationToken,
+    /// Where shutdown puts the leases of ended sessions.
+    pub(crate) retired: Retired,
+    /// The connection's share.
+    pub(crate) client: Arc<ClientShare>,
+    /// What the connection keeps until it closes.
+    pub(crate) connection: Option<Arc<crate::listen::Retained>>,
+}
+
 /// Opens a session: answers the open message, then drives the stream.
 pub(crate) async fn open(
-    reader: Arc<Reader>,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
-    draining: CancellationToken,
-    retired: Retired,
+    deps: Deps,
     peer: Option<Peer>,
     mut inbound: Streaming<v1::SessionRequest>,
 ) -> Result<futures::stream::BoxStream<'static, Result<v1::SessionResponse, Status>>, Status> {
+    let Deps {
+        reader,
+        config,
+        metrics,
+        draining,
+        retired,
+        client,
+        connection,
+    } = deps;
     let open = match inbound.message().await? {
         Some(v1::SessionRequest {
             msg: Some(In::Open(o)),
@@ -111,9 +138,15 @@ pub(crate) async fn open(
     .await
     .map_err(|_| Status::cancelled("client left"))?;
     let leased = metrics.session.leased_bytes.clone();
-    let leases = Arc::new(LeaseTable::new(cfg.lease_quota.0, cfg.lease_wait, leased));
+    let leases = Arc::new(LeaseTable::new(
+        cfg.lease_quota.0,
+        cfg.max_leases,
+        cfg.lease_wait,
+        leased,
+    ));
     let ctx = Arc::new(SessionCtx {
         leases: leases.clone(),
+        client,
         reader,
         config: config.clone(),
         metrics: metrics.clone(),
@@ -135,12 +168,29 @@ pub(crate) async fn open(
         ctx, inbound, draining, retired, id, who,
     )));
     // The response stream owns the driver and the leases: the session —
-    // and every lease in it — lasts exactly as long as the call.
-    let stream = ReceiverStream::new(rx).map(move |m| {
-        let _owners = (&driver, &leases);
-        m
+    // and every lease in it — lasts exactly as long as the call, unless it
+    // is ended for its client's silence: then the connection keeps the
+    // leases.
+    let kept = leases.clone();
+    let stream = ReceiverStream::new(rx)
+        .map(move |m| {
+            let _owners = (&driver, &leases);
+            m
+        })
+        .boxed();
+    let on_stall: crate::stall::OnStall = Box::new(move || {
+        tracing::info!(session = id, "session ended: its client stopped reading");
+        if let Some(connection) = connection {
+            connection.keep(Box::new(kept));
+        }
     });
-    Ok(Box::pin(stream))
+    Ok(crate::stall::watch(
+        stream,
+        config.read.stall_timeout,
+        "Session",
+        metrics.rpc.stalled.clone(),
+        Some(on_stall),
+    ))
 }
 
 async fn drive(

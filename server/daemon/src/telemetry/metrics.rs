@@ -63,6 +63,8 @@ pub struct RpcMetrics {
     sent: Family<MethodLabels, Counter>,
     received: Family<MethodLabels, Counter>,
     served: Family<SourceLabels, Counter>,
+    /// Response streams ended because their client stopped reading.
+    pub stalled: Counter,
 }
 
 impl Default for RpcMetrics {
@@ -74,6 +76,7 @@ impl Default for RpcMetrics {
             sent: Family::default(),
             received: Family::default(),
             served: Family::default(),
+            stalled: Counter::default(),
         }
     }
 }
@@ -151,6 +154,11 @@ impl RpcMetrics {
 
     fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("rpc");
+        r.register(
+            "stalled_streams_ended",
+            "Response streams ended because their client read nothing for read.stall_timeout",
+            self.stalled.clone(),
+        );
         r.register(
             "requests",
             "Finished RPCs by method and gRPC code",
