@@ -277,6 +277,20 @@ impl DaemonProcess {
         log[start..end].parse().expect("a socket address")
     }
 
+    /// The metrics/health HTTP address, as the startup line reports it.
+    pub fn http(&self) -> SocketAddr {
+        let log = self.wait_log("sluiced serving", START_TIMEOUT);
+        let start = log.find("http=Some(").expect("an HTTP listener") + "http=Some(".len();
+        let end = start + log[start..].find(')').expect("closing parenthesis");
+        log[start..end].parse().expect("a socket address")
+    }
+
+    /// The value of one `/metrics` series now.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let body = crate::grpc::http_get(self.http(), "/metrics").await.1;
+        crate::grpc::metric(&body, series)
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`).
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.

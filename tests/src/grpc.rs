@@ -13,8 +13,15 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Connects to a Unix socket.
 pub async fn connect(socket: impl Into<PathBuf>) -> SluiceClient<Channel> {
+    SluiceClient::new(channel(socket).await)
+        .max_decoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
+}
+
+/// A channel (one connection) to a Unix socket.
+pub async fn channel(socket: impl Into<PathBuf>) -> Channel {
     let path: PathBuf = socket.into();
-    let channel = Endpoint::try_from("http://sluiced.local")
+    Endpoint::try_from("http://sluiced.local")
         .expect("static uri")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
@@ -23,10 +30,7 @@ pub async fn connect(socket: impl Into<PathBuf>) -> SluiceClient<Channel> {
             }
         }))
         .await
-        .expect("connect to sluiced");
-    SluiceClient::new(channel)
-        .max_decoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
+        .expect("connect to sluiced")
 }
 
 /// Reads `uri` (optionally a range) and returns the metadata and the bytes,

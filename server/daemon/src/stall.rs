@@ -12,53 +12,49 @@
 //! daemon spends producing the next message never counts.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
 use futures::stream::BoxStream;
-use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
-use tokio::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::Status;
-
-struct Watched<T> {
-    /// `None` once ended by the watchdog.
-    inner: Option<BoxStream<'static, Result<T, Status>>>,
-    /// Since when a message sits with the client and the next one was not
-    /// asked for.
-    waiting_since: Option<Instant>,
-    /// The watchdog ended the stream; the error is still to be told.
-    ended: bool,
-    /// Run when the watchdog ends the stream, before it is dropped.
-    on_stall: Option<OnStall>,
-}
 
 /// What to do when a stream is ended for its client's silence.
 pub(crate) type OnStall = Box<dyn FnOnce() + Send>;
 
-struct Shared<T> {
-    state: Mutex<Watched<T>>,
-    waker: AtomicWaker,
+/// The one message on its way to the client; the pump empties it when it
+/// ends the stream (the message was never taken).
+type Slot<T> = Arc<std::sync::Mutex<mpsc::Receiver<Result<T, Status>>>>;
+
+fn lock<T>(slot: &Slot<T>) -> std::sync::MutexGuard<'_, mpsc::Receiver<Result<T, Status>>> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl<T> Shared<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Watched<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The stream a client reads; dropping it stops the watchdog.
-struct Guarded<T> {
-    shared: Arc<Shared<T>>,
+/// The stream a client reads: messages a pump task produced, one at a
+/// time. Dropping it aborts the pump (and so the stream it drives).
+struct Watched<T> {
+    rx: Slot<T>,
+    ended: Arc<AtomicBool>,
     timeout: Duration,
     what: &'static str,
+    _pump: AbortOnDropHandle<()>,
 }
 
-/// `inner`, ended (and everything it holds dropped) once its client has
-/// not asked for the next message for `timeout`; `Duration::ZERO` leaves it
-/// as it is. `what` names the call in the error; `ended` counts.
+/// `inner`, ended (and everything it holds dropped) once a message it
+/// produced has waited `timeout` for its client to ask for it;
+/// `Duration::ZERO` leaves it as it is. `what` names the call in the error;
+/// `ended` counts; `on_stall` runs before what the stream holds is dropped.
+///
+/// A pump task drives `inner` and offers each message through a channel of
+/// one: HTTP/2 stops polling a response stream when the client's window is
+/// full, so only a message that sits unclaimed tells a silent client from
+/// a busy daemon — time spent producing never counts.
 pub(crate) fn watch<T: Send + 'static>(
     inner: BoxStream<'static, Result<T, Status>>,
     timeout: Duration,
@@ -69,95 +65,82 @@ pub(crate) fn watch<T: Send + 'static>(
     if timeout.is_zero() {
         return inner;
     }
-    let shared = Arc::new(Shared {
-        state: Mutex::new(Watched {
-            inner: Some(inner),
-            waiting_since: None,
-            ended: false,
-            on_stall,
-        }),
-        waker: AtomicWaker::new(),
-    });
-    tokio::spawn(watchdog(Arc::downgrade(&shared), timeout, what, ended));
-    Box::pin(Guarded {
-        shared,
+    let (tx, rx) = mpsc::channel(1);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let pump = pump(
+        inner,
+        (tx, rx.clone()),
         timeout,
         what,
+        ended,
+        on_stall,
+        stalled.clone(),
+    );
+    Box::pin(Watched {
+        rx,
+        ended: stalled,
+        timeout,
+        what,
+        _pump: AbortOnDropHandle::new(tokio::spawn(pump)),
     })
 }
 
-async fn watchdog<T: Send + 'static>(
-    shared: Weak<Shared<T>>,
+async fn pump<T: Send + 'static>(
+    mut inner: BoxStream<'static, Result<T, Status>>,
+    (tx, slot): (mpsc::Sender<Result<T, Status>>, Slot<T>),
     timeout: Duration,
     what: &'static str,
     ended: Counter,
+    on_stall: Option<OnStall>,
+    stalled: Arc<AtomicBool>,
 ) {
-    loop {
-        let since = match shared.upgrade() {
-            Some(s) => s.lock().waiting_since,
-            None => return, // the stream is gone
-        };
-        let Some(since) = since else {
-            tokio::time::sleep(timeout).await;
-            continue;
-        };
-        tokio::time::sleep_until(since + timeout).await;
-        let Some(s) = shared.upgrade() else { return };
-        let (dropped, on_stall) = {
-            let mut st = s.lock();
-            if st.waiting_since != Some(since) || st.inner.is_none() {
-                continue;
+    while let Some(item) = inner.next().await {
+        // The previous message must be taken before this one fits.
+        let permit = match tokio::time::timeout(timeout, tx.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return, // the client went away
+            Err(_) => {
+                stalled.store(true, Ordering::SeqCst);
+                if let Some(f) = on_stall {
+                    f();
+                }
+                // Frees the stream's bytes, cancels its fetches and (for a
+                // session) its driver.
+                drop((item, inner));
+                let unsent = {
+                    let mut rx = lock(&slot);
+                    rx.close();
+                    rx.try_recv().ok()
+                };
+                drop(unsent);
+                ended.inc();
+                tracing::info!(
+                    call = what,
+                    ?timeout,
+                    "ended a response stream its client stopped reading"
+                );
+                return;
             }
-            st.ended = true;
-            st.waiting_since = None;
-            (st.inner.take(), st.on_stall.take())
         };
-        if let Some(f) = on_stall {
-            f();
-        }
-        // Dropped outside the lock: this frees the stream's bytes, cancels
-        // its fetches and (for a session) its driver.
-        drop(dropped);
-        ended.inc();
-        tracing::info!(
-            call = what,
-            ?timeout,
-            "ended a response stream its client stopped reading"
-        );
-        s.waker.wake();
-        return;
+        permit.send(item);
     }
 }
 
-impl<T> Stream for Guarded<T> {
+impl<T> Stream for Watched<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        this.shared.waker.register(cx.waker());
-        let mut st = this.shared.lock();
-        // The client asks for more: nothing sits with it now.
-        st.waiting_since = None;
-        let Some(inner) = st.inner.as_mut() else {
-            if std::mem::take(&mut st.ended) {
-                return Poll::Ready(Some(Err(Status::aborted(format!(
+        let next = lock(&self.rx).poll_recv(cx);
+        match next {
+            Poll::Ready(None) if self.ended.swap(false, Ordering::SeqCst) => {
+                Poll::Ready(Some(Err(Status::aborted(format!(
                     "{}: ended by the daemon after the client read nothing for {:?} \
                      (read.stall_timeout); what it held was freed",
-                    this.what, this.timeout
-                )))));
+                    self.what, self.timeout
+                )))))
             }
-            return Poll::Ready(None);
-        };
-        match inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(item)) => {
-                st.waiting_since = Some(Instant::now());
-                Poll::Ready(Some(item))
-            }
-            Poll::Ready(None) => {
-                st.inner = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+            other => other,
         }
     }
 }
@@ -188,9 +171,12 @@ mod tests {
         let mut s = watch(inner, Duration::from_secs(5), "Read", ended.clone(), None);
         assert_eq!(s.next().await.unwrap().unwrap(), 0);
         assert_eq!(s.next().await.unwrap().unwrap(), 1);
-        assert_eq!(Arc::strong_count(&held), 2, "the stream holds its state");
-        // The client stops reading.
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(Arc::strong_count(&held) >= 2, "the stream holds its state");
+        // The client stops reading: the next messages are produced (20 s,
+        // which does not count), one waits in vain for 5 s.
+        tokio::time::sleep(Duration::from_secs(19)).await;
+        assert_eq!(ended.get(), 0, "producing is not stalling");
+        tokio::time::sleep(Duration::from_secs(11)).await;
         tokio::task::yield_now().await;
         assert_eq!(
             Arc::strong_count(&held),
@@ -198,6 +184,7 @@ mod tests {
             "what the stream held was dropped"
         );
         assert_eq!(ended.get(), 1);
+        // The message that waited in vain was dropped too: the reason comes.
         let err = s.next().await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::Aborted);
         assert!(

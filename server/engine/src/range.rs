@@ -35,6 +35,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,7 +48,7 @@ use crate::config::EngineConfig;
 use crate::error::ReadError;
 use crate::metrics::StorageMetrics;
 use crate::plan::split;
-use crate::share::{ClientShare, Hold, RequestSlot};
+use crate::share::{ClientShare, Hold, Live, RequestSlot};
 
 /// What a fetch produced.
 pub enum Fetched {
@@ -98,16 +99,23 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// `len` bytes of the budget charged to the client: room in its share
-    /// first, then the budget; both waits bounded.
-    async fn reserve(&self, uri: &ObjectUri, len: u64) -> Result<(Reservation, Hold), ReadError> {
+    /// `len` bytes of the budget for the next part of a stream whose
+    /// consumer holds `live` parts, charged to the client: room in its share
+    /// first (see [`ClientShare::acquire_next_part`]), then the budget;
+    /// both waits bounded.
+    async fn reserve_part(
+        &self,
+        uri: &ObjectUri,
+        len: u64,
+        live: &Arc<AtomicU64>,
+    ) -> Result<(Reservation, Hold, Live), ReadError> {
         let hold = self
             .client
-            .acquire(len)
+            .acquire_next_part(len, live)
             .await
             .map_err(|e| ReadError::memory(uri, e))?;
         let reservation = self.reserve_budget(uri, len).await?;
-        Ok((reservation, hold))
+        Ok((reservation, hold, Live::new(live)))
     }
 
     async fn reserve_budget(&self, uri: &ObjectUri, len: u64) -> Result<Reservation, ReadError> {
@@ -260,10 +268,17 @@ impl RangeEngine {
                 hold,
             })
         } else {
-            let head = job
-                .clone()
-                .first_task(first.range.clone(), first_part, reservation, hold);
-            let body = job.streaming(head, total.clone(), memory.clone());
+            // Parts of this stream the consumer holds (given and not yet
+            // dropped), or that are ahead of it.
+            let live = Arc::new(AtomicU64::new(0));
+            let head = job.clone().first_task(
+                first.range.clone(),
+                first_part,
+                reservation,
+                hold,
+                Live::new(&live),
+            );
+            let body = job.streaming(head, total.clone(), memory.clone(), live);
             Ok(Fetched::Streaming {
                 meta: first.meta,
                 range: total,
@@ -386,6 +401,7 @@ impl Job {
         first: Option<FirstPart>,
         mut reservation: Reservation,
         hold: Hold,
+        live: Live,
     ) -> Task<Result<Bytes, ReadError>> {
         Task::spawn(async move {
             let buf = reservation.as_mut_slice();
@@ -400,7 +416,7 @@ impl Job {
                     }
                 }
             }
-            Ok(hold.attach(reservation.into_bytes()))
+            Ok(hold.attach_counted(reservation.into_bytes(), live))
         })
     }
 
@@ -412,6 +428,7 @@ impl Job {
         head: Task<Result<Bytes, ReadError>>,
         total: Range<u64>,
         memory: Memory,
+        live: Arc<AtomicU64>,
     ) -> BoxStream<'static, Result<Bytes, ReadError>> {
         let head = stream::once(head.join());
         let ahead = self.engine.config.per_object_concurrency.max(1);
@@ -423,17 +440,19 @@ impl Job {
         .then(move |range| {
             let job = job.clone();
             let mem = memory.clone();
+            let live = live.clone();
             async move {
-                let (reservation, hold) = mem.reserve(&job.uri, range.end - range.start).await?;
-                Ok::<_, ReadError>((range, reservation, hold))
+                let len = range.end - range.start;
+                let (reservation, hold, live) = mem.reserve_part(&job.uri, len, &live).await?;
+                Ok::<_, ReadError>((range, reservation, hold, live))
             }
         });
         let rest = reserved.map(move |reserved| {
             let job = self.clone();
-            let task = reserved.map(|(range, mut reservation, hold)| {
+            let task = reserved.map(|(range, mut reservation, hold, live)| {
                 Task::spawn(async move {
                     job.part_into(range, reservation.as_mut_slice(), 0).await?;
-                    Ok(hold.attach(reservation.into_bytes()))
+                    Ok(hold.attach_counted(reservation.into_bytes(), live))
                 })
             });
             async move { task?.join().await }

@@ -19,6 +19,7 @@
 //! A *client* is one connection (in practice one process).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -188,6 +189,26 @@ impl ClientShare {
 
     /// Charges `extra` bytes, waiting for room up to `memory_wait`.
     async fn charge(&self, mine: u64, extra: u64) -> Result<(), BudgetError> {
+        self.charge_unless(mine, extra, &|| false).await
+    }
+
+    /// Charges `extra` bytes unconditionally.
+    fn force(&self, extra: u64) {
+        let mut total = lock(&self.shares.total);
+        let mut state = lock(&self.state);
+        state.held += extra;
+        *total += extra;
+        self.shares.metrics.held.inc_by(extra as i64);
+    }
+
+    /// Charges `extra` bytes, waiting for room up to `memory_wait` — or
+    /// until `exempt` says the charge may go through anyway.
+    async fn charge_unless(
+        &self,
+        mine: u64,
+        extra: u64,
+        exempt: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), BudgetError> {
         let deadline = tokio::time::Instant::now() + self.shares.wait;
         let mut waited = false;
         loop {
@@ -195,6 +216,10 @@ impl ClientShare {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if self.try_charge(mine, extra) {
+                return Ok(());
+            }
+            if exempt() {
+                self.force(extra);
                 return Ok(());
             }
             if !waited {
@@ -233,6 +258,23 @@ impl ClientShare {
         Ok(self.hold_of(bytes))
     }
 
+    /// Charges the next part of a stream whose consumer holds `live` of
+    /// its parts: waits for room like [`ClientShare::acquire`], except that
+    /// while the stream has at most one part alive (the one its consumer is
+    /// working on, which it holds while it looks ahead for this one) the
+    /// part goes through. A consumer that reads thus always makes progress,
+    /// whatever its other streams hold; one that stops holds at most two
+    /// parts beyond its share and gets no more.
+    pub async fn acquire_next_part(
+        self: &Arc<Self>,
+        bytes: u64,
+        live: &AtomicU64,
+    ) -> Result<Hold, BudgetError> {
+        let exempt = || live.load(Ordering::SeqCst) <= 1;
+        self.charge_unless(0, bytes, &exempt).await?;
+        Ok(self.hold_of(bytes))
+    }
+
     /// Charges `bytes` if they fit now.
     pub fn try_acquire(self: &Arc<Self>, bytes: u64) -> Option<Hold> {
         self.try_charge(0, bytes).then(|| self.hold_of(bytes))
@@ -266,13 +308,7 @@ impl ClientShare {
             return Ok(hold);
         }
         let size = obj.data.len() as u64;
-        {
-            let mut total = lock(&self.shares.total);
-            let mut state = lock(&self.state);
-            state.held += size;
-            *total += size;
-        }
-        self.shares.metrics.held.inc_by(size as i64);
+        self.force(size);
         Ok(self.enter(key, obj))
     }
 
@@ -402,13 +438,47 @@ impl Hold {
 
     /// `bytes`, with this charge lasting as long as any clone of them.
     pub fn attach(self, bytes: Bytes) -> Bytes {
-        Bytes::from_owner(ChargedBytes { bytes, _hold: self })
+        Bytes::from_owner(ChargedBytes {
+            bytes,
+            _live: None,
+            _hold: self,
+        })
+    }
+
+    /// As [`Hold::attach`], still counted as `live` while any clone lives.
+    pub fn attach_counted(self, bytes: Bytes, live: Live) -> Bytes {
+        Bytes::from_owner(ChargedBytes {
+            bytes,
+            _live: Some(live),
+            _hold: self,
+        })
     }
 }
 
-/// Bytes that keep their charge.
+/// One part of a stream, counted from its reservation until the last clone
+/// of its bytes is dropped.
+#[derive(Debug)]
+pub struct Live(Arc<AtomicU64>);
+
+impl Live {
+    /// Counts one more part in `count`.
+    pub fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Live(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Bytes that keep their charge. Fields drop in order: the part stops
+/// counting as live before its charge is given back (which wakes waiters).
 struct ChargedBytes {
     bytes: Bytes,
+    _live: Option<Live>,
     _hold: Hold,
 }
 
