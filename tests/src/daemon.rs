@@ -281,6 +281,19 @@ impl DaemonProcess {
         log[start..end].parse().expect("a socket address")
     }
 
+    /// The metrics/health HTTP listener's address, as the last startup line
+    /// reports it.
+    pub fn http(&self) -> SocketAddr {
+        let log = self.wait_log("sluiced serving", START_TIMEOUT);
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("sluiced serving"))
+            .expect("a startup line");
+        let start = line.find("http=Some(").expect("an HTTP listener") + "http=Some(".len();
+        let end = start + line[start..].find(')').expect("closing parenthesis");
+        line[start..end].parse().expect("a socket address")
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`).
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.

@@ -10,6 +10,7 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 pub mod tls;
+mod uploads;
 
 pub use config::Config;
 pub use server::{Addresses, Daemon};

@@ -153,6 +153,7 @@ impl Daemon {
             self.metrics.clone(),
             stop.clone(),
         );
+        let uploads = service.uploads();
         let grpc = SluiceServer::new(service)
             .max_decoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(sluice_proto::MAX_MESSAGE_SIZE);
@@ -291,6 +292,13 @@ impl Daemon {
         .await;
         if drained.is_err() {
             tracing::warn!("grace period over: cancelling the calls still in flight");
+            let left = uploads.cancel().await;
+            if left > 0 {
+                tracing::warn!(
+                    writes = left,
+                    "writes did not abort their uploads in time; pending multipart uploads may remain"
+                );
+            }
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }

@@ -38,6 +38,8 @@ pub struct SluiceService {
     draining: CancellationToken,
     /// Leases of sessions ended by shutdown, held until the daemon exits.
     retired: crate::session::Retired,
+    /// Writes in flight, cancelled and awaited when the grace period ends.
+    uploads: crate::uploads::Uploads,
 }
 
 impl SluiceService {
@@ -55,7 +57,13 @@ impl SluiceService {
             metrics,
             draining,
             retired: Default::default(),
+            uploads: Default::default(),
         }
+    }
+
+    /// The writes in flight, for the drain.
+    pub(crate) fn uploads(&self) -> crate::uploads::Uploads {
+        self.uploads.clone()
     }
 }
 

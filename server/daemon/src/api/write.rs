@@ -56,7 +56,15 @@ pub(super) async fn write(
             parts: 0,
             total: 0,
         };
-        let result = up.run(&mut stream, header.size_hint, svc).await;
+        // Past the grace period of a shutdown the write stops here and
+        // aborts its upload below, instead of being dropped (`uploads.rs`).
+        let _tracked = svc.uploads.track();
+        let result = tokio::select! {
+            result = up.run(&mut stream, header.size_hint, svc) => result,
+            () = svc.uploads.cancelled() => Err(Status::unavailable(format!(
+                "{uri}: the daemon is shutting down; upload discarded"
+            ))),
+        };
         svc.reader.invalidate(&uri);
         match result {
             Ok(resp) => Ok(resp),
