@@ -24,7 +24,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 /// How long the daemon waits for cancelled writes to abort their uploads:
 /// one AbortMultipartUpload request each, normally milliseconds; more means
 /// the backend is unreachable and the abort would not get through anyway.
-pub(crate) const ABORT_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const ABORT_WAIT: Duration = Duration::from_secs(5);
 
 /// The writes in flight and the signal that cancels them (module docs).
 #[derive(Debug, Clone, Default)]
