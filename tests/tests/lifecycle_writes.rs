@@ -188,6 +188,11 @@ async fn sigterm_during_large_writes_never_leaves_a_partial_object() {
     assert!(status.success(), "sluiced exits cleanly: {status}");
 
     for (o, result) in objects.iter().zip(&results) {
+        let outcome = result
+            .as_ref()
+            .map(|()| "committed")
+            .map_err(ToString::to_string);
+        eprintln!("{} ({:?}): {outcome:?}", o.uri, o.after);
         let now = std::fs::read(&o.path).ok();
         let what = format!("{} ({:?}, {:?})", o.uri, o.after, result);
         if o.after == After::Stall {
