@@ -7,9 +7,11 @@
 //! multipart upload dropped then is never aborted (its parts stay stored,
 //! invisible but billed, until a bucket lifecycle rule collects them). So
 //! the drain cancels the writes still in flight through [`Uploads::cancel`]:
-//! each write ends with UNAVAILABLE and aborts its upload the normal way
-//! (S3 AbortMultipartUpload, the temporary file removed), and the daemon
-//! waits for those aborts, at most [`ABORT_WAIT`], before it exits.
+//! each write stops waiting for its client (a part or the commit already
+//! under way, one backend request, finishes first), ends with UNAVAILABLE
+//! and aborts its upload the normal way (S3 AbortMultipartUpload, the
+//! temporary file removed), and the daemon waits for those aborts, at most
+//! [`ABORT_WAIT`], before it exits.
 //!
 //! Nothing partial ever becomes visible either way: an object is committed
 //! only by a trailer whose byte count matches (see `api/write.rs`), as one
