@@ -118,6 +118,17 @@ class Daemon:
         self.stop()
         self._start()
 
+    def kill(self) -> None:
+        """Kills the daemon with SIGKILL, as a crash would, and waits until
+        it is gone; :meth:`start` brings it back on the same socket."""
+        self.process.kill()
+        self.process.wait()
+
+    def start(self) -> None:
+        """Starts the daemon again after :meth:`kill` or :meth:`stop`."""
+        assert self.process.poll() is not None, "the daemon is still running"
+        self._start()
+
     def _ready(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(

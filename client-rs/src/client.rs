@@ -24,10 +24,12 @@ use crate::list::{self, Entry, ListPage};
 use crate::read::{self, ReadStream};
 use crate::read_many::{ReadItem, ReadManyStream};
 use crate::session::{self, Session, SessionOptions};
+use crate::transport::Transport;
 use crate::write::{self, Written};
 
-/// The generated client over the channel, sending the bearer token if any.
-pub(crate) type Grpc = SluiceClient<InterceptedService<Channel, BearerAuth>>;
+/// The generated client over the channel, sending the bearer token if any;
+/// failures of the connection name the daemon (see `transport`).
+pub(crate) type Grpc = SluiceClient<InterceptedService<Transport, BearerAuth>>;
 
 /// A connection to a sluice daemon.
 #[derive(Debug, Clone)]
@@ -69,7 +71,7 @@ impl Client {
     }
 
     fn with_auth(channel: Channel, address: &str, auth: BearerAuth) -> Self {
-        let inner = SluiceClient::with_interceptor(channel, auth)
+        let inner = SluiceClient::with_interceptor(Transport::new(channel, address), auth)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         Client {

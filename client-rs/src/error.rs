@@ -83,7 +83,7 @@ pub enum Error {
     /// restarted, the connection broke): every fetch still owed, and every
     /// later fetch of the session, fails with this. Leases already held stay
     /// readable.
-    #[error("the session with the sluice daemon at {address} ended")]
+    #[error("the session with the sluice daemon at {address} ended; open a new session")]
     SessionClosed {
         /// The daemon address.
         address: String,

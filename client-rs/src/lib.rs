@@ -43,8 +43,21 @@
 //! `client` holds [`Client`] and its calls, `read` the single-object
 //! [`ReadStream`], `read_many` the reassembly of batched reads, `write` the
 //! chunked uploads, `list` the paged listings, `session` the pipelined
-//! [`Session`] with shared-memory [`Lease`]s, and `error` the one [`Error`]
-//! type.
+//! [`Session`] with shared-memory [`Lease`]s, `transport` the channel whose
+//! connection failures name the daemon, and `error` the one [`Error`] type.
+//!
+//! # When the daemon stops or restarts
+//!
+//! Every call of a [`Client`] made while the daemon is down, or cut by its
+//! death, fails at once with an `Unavailable` error naming the daemon's
+//! address; none hangs. The `Client` needs nothing done to it: its next call
+//! after the daemon is back on the same address connects again. A
+//! [`Session`] is different: its fetch ids, leases and mapped arena belong
+//! to the daemon process that died, so it stays closed
+//! ([`Error::SessionClosed`], which says to open a new session) and the
+//! caller opens a new one from the same `Client`. [`Lease`]s already held
+//! stay readable and keep their bytes: the mapping of the dead daemon's
+//! memory lives until the last of them is dropped.
 
 pub mod address;
 mod client;
@@ -54,6 +67,7 @@ mod list;
 mod read;
 mod read_many;
 mod session;
+mod transport;
 mod write;
 
 pub use address::{ADDRESS_ENV, Address, DEFAULT_ADDRESS};

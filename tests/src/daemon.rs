@@ -174,6 +174,9 @@ pub struct DaemonProcess {
     pub socket: PathBuf,
     /// The process; killed on drop if still running.
     pub child: Child,
+    /// What it was started with, to start it again ([`DaemonProcess::restart`]).
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl DaemonProcess {
@@ -190,40 +193,41 @@ impl DaemonProcess {
         let run = tempfile::tempdir().expect("tempdir");
         let root = std::fs::canonicalize(data.path()).expect("canonical root");
         let socket = run.path().join("sluiced.sock");
-        let mut cmd = Command::new(bin("sluiced"));
-        // The daemon rejects SLUICE_* variables that are not config keys;
-        // whatever the environment running the tests holds must not reach it.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SLUICE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.envs(env.iter().copied());
-        let child = cmd
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--file-root")
-            .arg(&root)
-            .args(["--http", "127.0.0.1:0"])
-            .args(if args.contains(&"--log-level") {
-                &[][..]
-            } else {
-                &["--log-level", "info"][..]
-            })
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(run.path().join("sluiced.log")).expect("log file"))
-            .spawn()
-            .expect("spawn sluiced");
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = start_sluiced(&root, &socket, &args, &env);
         let mut p = DaemonProcess {
             _dirs: (data, run),
             root,
             socket,
             child,
+            args,
+            env,
         };
         p.wait_ready();
         p
+    }
+
+    /// Kills the daemon with SIGKILL and waits until it is gone. Its socket
+    /// files stay behind, as after a crash.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(START_TIMEOUT);
+    }
+
+    /// Starts the daemon again, after it exited, with the same arguments on
+    /// the same socket and file root, and waits until its socket accepts.
+    /// The log goes on in the same file.
+    pub fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "restart: the daemon is still running"
+        );
+        self.child = start_sluiced(&self.root, &self.socket, &self.args, &self.env);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -277,12 +281,17 @@ impl DaemonProcess {
         log[start..end].parse().expect("a socket address")
     }
 
-    /// The metrics/health HTTP address, as the startup line reports it.
+    /// The metrics/health HTTP listener's address, as the last startup line
+    /// reports it.
     pub fn http(&self) -> SocketAddr {
         let log = self.wait_log("sluiced serving", START_TIMEOUT);
-        let start = log.find("http=Some(").expect("an HTTP listener") + "http=Some(".len();
-        let end = start + log[start..].find(')').expect("closing parenthesis");
-        log[start..end].parse().expect("a socket address")
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("sluiced serving"))
+            .expect("a startup line");
+        let start = line.find("http=Some(").expect("an HTTP listener") + "http=Some(".len();
+        let end = start + line[start..].find(')').expect("closing parenthesis");
+        line[start..end].parse().expect("a socket address")
     }
 
     /// The value of one `/metrics` series now.
@@ -312,6 +321,41 @@ impl DaemonProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Starts `sluiced` on `socket` serving `root`, appending to the log file
+/// beside the socket.
+fn start_sluiced(root: &Path, socket: &Path, args: &[String], env: &[(String, String)]) -> Child {
+    let mut cmd = Command::new(bin("sluiced"));
+    // The daemon rejects SLUICE_* variables that are not config keys;
+    // whatever the environment running the tests holds must not reach it.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SLUICE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(socket.with_file_name("sluiced.log"))
+        .expect("log file");
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("--file-root")
+        .arg(root)
+        .args(["--http", "127.0.0.1:0"])
+        .args(if args.iter().any(|a| a == "--log-level") {
+            &[][..]
+        } else {
+            &["--log-level", "info"][..]
+        })
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sluiced")
 }
 
 impl Drop for DaemonProcess {

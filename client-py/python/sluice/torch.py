@@ -58,16 +58,31 @@ slice without reading them, and continues in the same order.
 A loaded position holds for its epoch until :meth:`set_epoch` selects another
 one. Use ``persistent_workers=False`` (the default): workers copy the dataset
 when they start, so a persistent worker never sees a later ``set_epoch``.
+
+When the daemon restarts
+------------------------
+A read that fails with :class:`sluice.UnavailableError` — the daemon was
+killed, is restarting or draining, or its backend stayed down through the
+daemon's own retries — is retried, so that an epoch rides out a daemon
+restart. The waits between tries double from 50 ms up to 2 s; one outage is
+given up on ``reconnect_timeout`` seconds (default 60) after it began, and the
+last error is raised. Every retry logs a warning on the ``sluice.torch``
+logger. The iterable dataset goes on at the first sample it has not handed
+out yet: nothing is skipped or repeated. Samples already delivered stay valid
+(their shared memory outlives the daemon); the client opens a new session on
+the restarted daemon by itself. ``reconnect_timeout=0`` turns retries off.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import operator
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Optional, Union
@@ -75,10 +90,11 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from . import Buffer, Client
+from . import Buffer, Client, UnavailableError
 
 __all__ = [
     "DEFAULT_PREFETCH",
+    "DEFAULT_RECONNECT_TIMEOUT",
     "SluiceIterableDataset",
     "SluiceMapDataset",
     "as_tensor",
@@ -89,6 +105,18 @@ __all__ = [
 #: session's lease quota (512 MiB by default): lower it for objects of tens
 #: of MiB.
 DEFAULT_PREFETCH = 16
+
+#: Seconds one outage of the daemon (UNAVAILABLE) is ridden out before a
+#: read gives up: a restart of the daemon takes well under a second, a
+#: node's systemd restarts it within seconds.
+DEFAULT_RECONNECT_TIMEOUT = 60.0
+
+#: The first wait after an UNAVAILABLE read, and the longest; each retry
+#: doubles it.
+_FIRST_WAIT = 0.05
+_LONGEST_WAIT = 2.0
+
+_log = logging.getLogger(__name__)
 
 #: A prefix to list, or the objects' URIs.
 Source = Union[str, Iterable[str]]
@@ -111,6 +139,53 @@ def as_tensor(buffer: Buffer, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
         # the buffer export at once; over a memoryview, the export lasts as
         # long as the tensor, so the buffer refuses to close() under it.
         return torch.frombuffer(memoryview(buffer), dtype=dtype)
+
+
+class _Outage:
+    """The retries of one outage of the daemon: waits that double from
+    ``_FIRST_WAIT`` to ``_LONGEST_WAIT``, for at most ``timeout`` seconds
+    after the first failure. :meth:`reset` after a read succeeds."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._since: Optional[float] = None
+        self._wait = _FIRST_WAIT
+
+    def reset(self) -> None:
+        self._since = None
+        self._wait = _FIRST_WAIT
+
+    def wait(self, error: UnavailableError) -> None:
+        """Sleeps before the next try; re-raises ``error`` once the outage
+        has lasted ``timeout`` seconds."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        left = self._since + self.timeout - now
+        if left <= 0:
+            raise error
+        wait = min(self._wait, left)
+        self._wait = min(self._wait * 2, _LONGEST_WAIT)
+        _log.warning("sluice daemon unavailable, retrying in %.2fs: %s", wait, error)
+        time.sleep(wait)
+
+
+def _get(client: Client, uri: str, outage: _Outage) -> Buffer:
+    """``client.get(uri)``, retried through an outage of the daemon."""
+    while True:
+        try:
+            buffer = client.get(uri)
+        except UnavailableError as error:
+            outage.wait(error)
+            continue
+        outage.reset()
+        return buffer
+
+
+def _check_timeout(reconnect_timeout: float) -> float:
+    if not reconnect_timeout >= 0:
+        raise ValueError("reconnect_timeout must not be negative")
+    return float(reconnect_timeout)
 
 
 def _release(buffer: Buffer) -> None:
@@ -218,7 +293,9 @@ class SluiceMapDataset(Dataset[Any]):
 
     A DataLoader fetching batches calls :meth:`__getitems__`, which reads a
     batch's objects with up to ``prefetch`` in flight; ``client`` defaults
-    to ``sluice.Client()`` in each process.
+    to ``sluice.Client()`` in each process. Reads are retried for up to
+    ``reconnect_timeout`` seconds while the daemon is unavailable (see the
+    module documentation).
     """
 
     def __init__(
@@ -227,12 +304,15 @@ class SluiceMapDataset(Dataset[Any]):
         transform: Optional[Transform] = None,
         client: Optional[Client] = None,
         prefetch: int = DEFAULT_PREFETCH,
+        *,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         self._objects = _Objects(source, client)
         self.transform = transform
         self.prefetch = prefetch
+        self.reconnect_timeout = _check_timeout(reconnect_timeout)
 
     @property
     def uris(self) -> list[str]:
@@ -244,15 +324,26 @@ class SluiceMapDataset(Dataset[Any]):
 
     def __getitem__(self, index: int) -> Any:
         uri = self._objects.uris()[operator.index(index)]
-        return _sample(self._objects.client.get(uri), self.transform)
+        buffer = _get(self._objects.client, uri, _Outage(self.reconnect_timeout))
+        return _sample(buffer, self.transform)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         uris = self._objects.uris()
         wanted = [uris[operator.index(i)] for i in indices]
-        if not wanted:
-            return []
-        results = self._objects.client.get_many(wanted, ordered=True, window=self.prefetch)
-        return [_sample(buffer, self.transform) for _, buffer in results]
+        samples: list[Any] = []
+        outage = _Outage(self.reconnect_timeout)
+        while len(samples) < len(wanted):
+            rest = wanted[len(samples) :]
+            results = self._objects.client.get_many(rest, ordered=True, window=self.prefetch)
+            try:
+                for _, buffer in results:
+                    samples.append(_sample(buffer, self.transform))
+                    outage.reset()
+            except UnavailableError as error:
+                outage.wait(error)  # then the rest, from the first sample not read
+            finally:
+                del results  # releases what was read ahead
+        return samples
 
 
 class _Shard(NamedTuple):
@@ -285,7 +376,9 @@ class SluiceIterableDataset(IterableDataset[Any]):
 
     ``rank`` and ``world_size`` override what torch.distributed or the
     environment say. ``prefetch``: reads in flight ahead of the consumer per
-    worker. ``len()`` is the number of samples of this rank per epoch.
+    worker. ``reconnect_timeout``: how long reads are retried while the daemon
+    is unavailable (see the module documentation). ``len()`` is the number of
+    samples of this rank per epoch.
     """
 
     def __init__(
@@ -300,6 +393,7 @@ class SluiceIterableDataset(IterableDataset[Any]):
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         drop_last: bool = False,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -311,6 +405,7 @@ class SluiceIterableDataset(IterableDataset[Any]):
         self.transform = transform
         self.prefetch = prefetch
         self.drop_last = drop_last
+        self.reconnect_timeout = _check_timeout(reconnect_timeout)
         self._topology = None if rank is None else _checked(rank, world_size)
         self._epoch = 0
         # A position loaded for `_epoch`, for the next pass.
@@ -352,19 +447,26 @@ class SluiceIterableDataset(IterableDataset[Any]):
         return self._read(indices[self._position :])
 
     def _read(self, indices: list[int]) -> Iterator[Any]:
-        if not indices:
-            return
         uris = self._objects.uris()
-        results = self._objects.client.get_many(
-            [uris[i] for i in indices], ordered=True, window=self.prefetch
-        )
-        try:
-            for _, buffer in results:
-                sample = _sample(buffer, self.transform)
-                self._position += 1
-                yield sample
-        finally:
-            del results  # releases the leases read ahead and not consumed
+        outage = _Outage(self.reconnect_timeout)
+        done = 0
+        while done < len(indices):
+            results = self._objects.client.get_many(
+                [uris[i] for i in indices[done:]], ordered=True, window=self.prefetch
+            )
+            try:
+                for _, buffer in results:
+                    sample = _sample(buffer, self.transform)
+                    done += 1
+                    self._position += 1
+                    outage.reset()
+                    yield sample
+            except UnavailableError as error:
+                # The daemon went away: wait, then go on at the first sample
+                # not handed out, on a new session.
+                outage.wait(error)
+            finally:
+                del results  # releases the leases read ahead and not consumed
 
     # Resume.
 

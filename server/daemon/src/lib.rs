@@ -11,6 +11,7 @@ pub mod session;
 mod stall;
 pub mod telemetry;
 pub mod tls;
+mod uploads;
 
 pub use config::Config;
 pub use server::{Addresses, Daemon};

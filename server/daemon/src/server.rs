@@ -89,7 +89,10 @@ impl Daemon {
             .registry
             .register("build", "sluiced version", build_info());
         let listener_metrics = ListenerMetrics::register(&mut metrics.registry);
-        let unix = crate::listen::bind_unix(&config.server.socket, config.socket_mode()?)?;
+        // The descriptor socket first: once the gRPC socket accepts, so
+        // does it. A client that reconnects while the daemon restarts would
+        // otherwise find the gRPC socket but not yet the descriptor socket,
+        // and open its new session without shared memory.
         let fds = if config.session.shared_memory {
             let path = config.fd_socket();
             Some((
@@ -99,6 +102,7 @@ impl Daemon {
         } else {
             None
         };
+        let unix = crate::listen::bind_unix(&config.server.socket, config.socket_mode()?)?;
         let tcp_security = TcpSecurity::for_server(&config.server)?;
         let tcp = match config.server.tcp {
             Some(addr) => Some(
@@ -149,6 +153,7 @@ impl Daemon {
             self.metrics.clone(),
             stop.clone(),
         );
+        let uploads = service.uploads();
         let grpc = SluiceServer::new(service)
             .max_decoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(sluice_proto::MAX_MESSAGE_SIZE);
@@ -288,6 +293,13 @@ impl Daemon {
         .await;
         if drained.is_err() {
             tracing::warn!("grace period over: cancelling the calls still in flight");
+            let left = uploads.cancel().await;
+            if left > 0 {
+                tracing::warn!(
+                    writes = left,
+                    "writes did not abort their uploads in time; pending multipart uploads may remain"
+                );
+            }
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }

@@ -42,6 +42,8 @@ pub struct SluiceService {
     draining: CancellationToken,
     /// Leases of sessions ended by shutdown, held until the daemon exits.
     retired: crate::session::Retired,
+    /// Writes in flight, cancelled and awaited when the grace period ends.
+    uploads: crate::uploads::Uploads,
 }
 
 impl SluiceService {
@@ -59,6 +61,7 @@ impl SluiceService {
             metrics,
             draining,
             retired: Default::default(),
+            uploads: Default::default(),
         }
     }
 
@@ -69,6 +72,11 @@ impl SluiceService {
             .get::<Arc<ClientShare>>()
             .cloned()
             .unwrap_or_else(|| self.reader.shares().client())
+    }
+
+    /// The writes in flight, for the drain.
+    pub(crate) fn uploads(&self) -> crate::uploads::Uploads {
+        self.uploads.clone()
     }
 }
 

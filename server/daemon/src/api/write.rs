@@ -56,6 +56,9 @@ pub(super) async fn write(
             parts: 0,
             total: 0,
         };
+        // The daemon's exit waits for this write to abort its upload if the
+        // shutdown cancels it (`uploads.rs`).
+        let _tracked = svc.uploads.track();
         let result = up.run(&mut stream, header.size_hint, svc).await;
         svc.reader.invalidate(&uri);
         match result {
@@ -93,7 +96,16 @@ impl Upload<'_> {
     ) -> Result<v1::WriteResponse, Status> {
         let received = svc.metrics.rpc.received(Method::write);
         let mut trailer = None;
-        while let Some(msg) = stream.message().await? {
+        // Past the grace period of a shutdown, the write stops waiting for
+        // its client and is aborted below; a part or the commit already
+        // under way finishes (each is one backend request).
+        while let Some(msg) = tokio::select! {
+            msg = stream.message() => msg?,
+            () = svc.uploads.cancelled() => return Err(Status::unavailable(format!(
+                "{}: the daemon is shutting down; upload discarded",
+                self.uri
+            ))),
+        } {
             let mut data = match msg.msg {
                 Some(Msg::Data(data)) if trailer.is_none() => data,
                 Some(Msg::Trailer(t)) if trailer.is_none() => {
