@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use rand::{RngCore, SeedableRng};
 use sluice_storage::file::{FileStorage, Resolver};
 use sluice_storage::s3::{ChecksumMode, S3Backends};
-use sluice_storage::{ErrorKind, GetOptions, ListOptions, ObjectUri, Storage};
+use sluice_storage::{ErrorKind, GetOptions, ListOptions, ObjectUri, Storage, Version};
 use sluice_tests::s3server::S3Server;
 
 const MIB: usize = 1 << 20;
@@ -254,18 +254,24 @@ async fn if_match_detects_changes(s: &dyn Storage, base: &ObjectUri) {
     s.put(&uri, Bytes::from_static(b"first version"))
         .await
         .unwrap();
-    let etag = s.head(&uri).await.unwrap().etag.unwrap();
-    let opts = |range| GetOptions {
+    let first = s.head(&uri).await.unwrap();
+    let etag = first.etag.clone().unwrap();
+    // What a server without etags is held to: size and last-modified time.
+    let dated = Version {
+        etag: None,
+        ..Version::of(&first)
+    };
+    assert!(dated.last_modified.is_some(), "head reports last-modified");
+    let opts = |range, version: &Version| GetOptions {
         range,
-        if_match: Some(etag.clone()),
+        if_match: Some(version.clone()),
     };
-    let got = s.get(&uri, opts(Some(6..13))).await.unwrap();
-    let body: Vec<Bytes> = got.body.try_collect().await.unwrap();
-    assert_eq!(body.concat(), b"version");
-    let bogus = GetOptions {
-        range: None,
-        if_match: Some("\"0123456789abcdef\"".into()),
-    };
+    for version in [&Version::etag(etag.clone()), &dated] {
+        let got = s.get(&uri, opts(Some(6..13), version)).await.unwrap();
+        let body: Vec<Bytes> = got.body.try_collect().await.unwrap();
+        assert_eq!(body.concat(), b"version", "{version:?}");
+    }
+    let bogus = opts(None, &Version::etag("\"0123456789abcdef\""));
     assert_eq!(
         s.get(&uri, bogus).await.unwrap_err().kind(),
         ErrorKind::Changed
@@ -280,13 +286,15 @@ async fn if_match_detects_changes(s: &dyn Storage, base: &ObjectUri) {
         Some(etag.as_str()),
         "rewriting changes the etag"
     );
-    for range in [None, Some(0..5)] {
-        let e = s.get(&uri, opts(range.clone())).await.unwrap_err();
-        assert_eq!(
-            (e.kind(), e.uri()),
-            (ErrorKind::Changed, uri.to_string().as_str()),
-            "{range:?}: {e}"
-        );
+    for version in [&Version::etag(etag.clone()), &dated] {
+        for range in [None, Some(0..5)] {
+            let e = s.get(&uri, opts(range.clone(), version)).await.unwrap_err();
+            assert_eq!(
+                (e.kind(), e.uri()),
+                (ErrorKind::Changed, uri.to_string().as_str()),
+                "{range:?}, {version:?}: {e}"
+            );
+        }
     }
     let (_, body) = get_bytes(s, &uri, None).await;
     assert_eq!(body, b"second version, longer");

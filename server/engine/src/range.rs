@@ -7,10 +7,11 @@
 //!    `Content-Range`) and etag.
 //! 2. As soon as its headers are in, the rest of the wanted range is split
 //!    into parts ([`plan::split`](crate::plan::split)) that fan out while the
-//!    first body is still arriving. Each later part sends `If-Match` with the
-//!    first part's etag and its response etag is compared too, so an object
-//!    overwritten during the read fails with `Changed` — never a mix of two
-//!    versions.
+//!    first body is still arriving. Each later part is held to the first
+//!    part's [`Version`] (`If-Match` with its etag, or size and
+//!    Last-Modified where the server sends no etag) and its response is
+//!    compared too, so an object overwritten during the read fails with
+//!    `Changed` — never a mix of two versions.
 //! 3. Every part's body is written into its own disjoint slice of one buffer
 //!    reserved from the memory budget (buffered mode), or into a part-sized
 //!    buffer handed on in order (streaming mode, for objects too large to
@@ -30,7 +31,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use sluice_storage::{ByteStream, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, drain};
+use sluice_storage::{
+    ByteStream, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, Version, drain,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::budget::{Evict, MemoryBudget};
@@ -94,7 +97,9 @@ struct Job {
     engine: RangeEngine,
     storage: Arc<dyn Storage>,
     uri: ObjectUri,
-    etag: Option<String>,
+    /// What every later part must match: the first part's etag, else its
+    /// size and last-modified time.
+    version: Version,
 }
 
 impl RangeEngine {
@@ -148,7 +153,7 @@ impl RangeEngine {
             engine: self.clone(),
             storage,
             uri: uri.clone(),
-            etag: first.meta.etag.clone(),
+            version: Version::of(&first.meta),
         });
         let first_part = (first.range.clone(), first.body, permit);
         if total.end - total.start <= max_buffer {
@@ -353,7 +358,7 @@ impl Job {
     async fn try_part(&self, range: Range<u64>, dst: &mut [u8]) -> Result<(), StorageError> {
         debug_assert_eq!(range.end - range.start, dst.len() as u64);
         self.storage
-            .read_into(&self.uri, range.start, self.etag.as_deref(), dst)
+            .read_into(&self.uri, range.start, &self.version, dst)
             .await
     }
 }
