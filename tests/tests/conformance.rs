@@ -100,6 +100,7 @@ conformance!(
     put_head_get_are_byte_exact,
     ranged_gets_follow_the_contract,
     if_match_detects_changes,
+    a_part_past_the_end_of_a_shrunk_object_is_changed,
     missing_objects_are_not_found,
     recursive_listing_pages_in_key_order,
     delimited_listing_folds_common_prefixes,
@@ -298,6 +299,32 @@ async fn if_match_detects_changes(s: &dyn Storage, base: &ObjectUri) {
     }
     let (_, body) = get_bytes(s, &uri, None).await;
     assert_eq!(body, b"second version, longer");
+}
+
+/// A later part of a read, for bytes the version it started on had: the
+/// object shrank since (or its first response lied about the size), which
+/// is a change of the object, not a bad range of the caller's.
+async fn a_part_past_the_end_of_a_shrunk_object_is_changed(s: &dyn Storage, base: &ObjectUri) {
+    let uri = at(base, "shrinks");
+    s.put(&uri, data(5000, 1)).await.unwrap();
+    let long = Version::of(&s.head(&uri).await.unwrap());
+    s.put(&uri, data(1000, 2)).await.unwrap();
+    let dated = Version {
+        etag: None,
+        ..long.clone()
+    };
+    for version in [&long, &dated] {
+        let mut dst = vec![0; 100];
+        let e = s
+            .read_into(&uri, 2000, version, &mut dst)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.uri()),
+            (ErrorKind::Changed, uri.to_string().as_str()),
+            "{version:?}: {e}"
+        );
+    }
 }
 
 async fn missing_objects_are_not_found(s: &dyn Storage, base: &ObjectUri) {

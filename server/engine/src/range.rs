@@ -20,7 +20,8 @@
 //! Every part's length is checked against what was asked for. A part that
 //! fails transiently — throttled, unavailable, short or broken body — is
 //! retried alone up to `part_attempts` times with jittered exponential
-//! backoff; other errors end the fetch.
+//! backoff (the first part too, when its body breaks); other errors end the
+//! fetch.
 //!
 //! Limits: `per_object_concurrency` parts in flight per object, and a global
 //! semaphore of `max_concurrency` requests shared by every fetch.
@@ -260,7 +261,10 @@ impl Job {
             let res = drain(first_body, &job.uri, head).await;
             drop(permit);
             match res {
-                Err(e) if e.kind().is_transient() => job.part_into(first_range, head, 1).await,
+                Err(e) if e.kind().is_transient() => {
+                    job.engine.backoff(1, &e).await;
+                    job.part_into(first_range, head, 1).await
+                }
                 other => other.map_err(ReadError::from),
             }
         };
@@ -299,7 +303,10 @@ impl Job {
             let res = drain(first_body, &job.uri, buf).await;
             drop(permit);
             match res {
-                Err(e) if e.kind().is_transient() => job.part_into(first_range, buf, 1).await?,
+                Err(e) if e.kind().is_transient() => {
+                    job.engine.backoff(1, &e).await;
+                    job.part_into(first_range, buf, 1).await?;
+                }
                 other => other?,
             }
             Ok(reservation.into_bytes())

@@ -198,6 +198,41 @@ async fn short_parts_are_retried_then_fail() {
     assert!(err.to_string().contains("short body"), "{err}");
 }
 
+/// A first part whose body breaks is retried like any other part: after a
+/// backoff, counted in `part_retries`, within `part_attempts` — buffered and
+/// streamed alike.
+#[tokio::test]
+async fn a_broken_first_body_is_retried_by_the_same_rules() {
+    let fx = fixture();
+    let (uri, data) = fx.object("o", 8 * 1024);
+    let metrics = Arc::new(StorageMetrics::default());
+    let cfg = EngineConfig {
+        part_size: ByteSize(1024),
+        // One part at a time: the script's faults meet the first part.
+        per_object_concurrency: 1,
+        part_attempts: 3,
+        part_backoff: Duration::from_millis(1),
+        ..EngineConfig::default()
+    };
+    let e = RangeEngine::new(cfg, metrics.clone());
+    for (n, max_buffer) in [(1, u64::MAX), (2, 0)] {
+        fx.fault.script([Fault::BreakAfter(100)]);
+        let mem = memory(1 << 20);
+        let fetched = e.fetch(fx.fault.clone(), &uri, None, &mem, max_buffer);
+        assert_eq!(collect(fetched.await.unwrap()).await, data);
+        assert_eq!(metrics.part_retries.get(), n, "max_buffer {max_buffer}");
+    }
+    // Two more breaks: the third attempt is the last one.
+    fx.fault
+        .script([Fault::BreakAfter(10), Fault::Short(1), Fault::Short(1)]);
+    let err = e
+        .fetch(fx.fault.clone(), &uri, None, &memory(1 << 20), u64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err.storage_kind(), Some(ErrorKind::Protocol), "{err}");
+    assert_eq!(metrics.part_retries.get(), 4);
+}
+
 /// A server's `Retry-After` is honoured up to `max_retry_wait`, never
 /// beyond: an hour-long hint cannot park the request (time is paused and
 /// advanced by tokio, so the measured wait is exactly what was slept).

@@ -170,7 +170,23 @@ pub async fn read_into_via_get<S: Storage + ?Sized>(
         range: Some(range.clone()),
         if_match: Some(expect.clone()),
     };
-    let res = storage.get(uri, opts).await?;
+    let res = match storage.get(uri, opts).await {
+        // The version this part belongs to had these bytes: refused as past
+        // the end, the object shrank (or its first response lied about the
+        // size). A change of the object, not a bad range of the caller's.
+        Err(e)
+            if e.kind() == ErrorKind::InvalidArgument
+                && expect.size.is_some_and(|size| range.end <= size) =>
+        {
+            return Err(StorageError::new(
+                ErrorKind::Changed,
+                uri.to_string(),
+                "object changed while being read (it ends before this part)",
+            )
+            .with_source(e));
+        }
+        other => other?,
+    };
     expect.check(&uri.to_string(), &res.meta)?;
     if res.range != range {
         let msg = format!("asked for bytes {range:?}, got {:?}", res.range);
