@@ -21,6 +21,10 @@
 //!   sees that the server gives no consistency guarantee.
 //!
 //! The size is compared whenever both sides know it, whatever the strength.
+//! Two sizes for one ETag mean a wrong `Content-Range` total in one of the
+//! answers rather than a change; it is still `Changed` (ABORTED), because
+//! retrying the part cannot tell which answer lied, while the caller's
+//! retry of the whole read starts over from a fresh first answer.
 
 use std::time::SystemTime;
 
@@ -90,6 +94,20 @@ impl Version {
             if !got.etag.as_deref().is_some_and(|e| etag_matches(e, want)) {
                 return changed("etag");
             }
+            if self.size.is_some_and(|size| size != got.size) {
+                // One etag names one content: one of the two answers has a
+                // wrong size. Retrying this part cannot tell which; the
+                // caller's retry of the whole read can (ABORTED).
+                return Err(StorageError::new(
+                    ErrorKind::Changed,
+                    uri,
+                    format!(
+                        "the server reported sizes {} and {} for one etag during the read",
+                        self.size.unwrap_or_default(),
+                        got.size
+                    ),
+                ));
+            }
         } else if let Some(want) = self.last_modified
             && got.last_modified != Some(want)
         {
@@ -146,8 +164,10 @@ mod tests {
         let etag = changed(&v, &meta(10, Some("\"b\""), Some(5))).unwrap();
         assert!(etag.contains("etag differs"), "{etag}");
         assert!(changed(&v, &meta(10, None, Some(5))).is_some());
-        let size = changed(&v, &meta(11, Some("\"a\""), Some(5))).unwrap();
-        assert!(size.contains("size differs"), "{size}");
+        let e = v.check("s3://b/k", &meta(11, Some("\"a\""), Some(5)));
+        let e = e.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Changed, "{e}");
+        assert!(e.message().contains("sizes 10 and 11 for one etag"), "{e}");
     }
 
     #[test]

@@ -186,7 +186,8 @@ mod tests {
         assert_eq!(head.get("host"), Some("x"));
         assert_eq!(read_body(&mut r, 4).await.unwrap(), b"rest");
         assert!(read_head(&mut r).await.unwrap().is_none());
-        let mut again = tokio::io::BufReader::new(&head.encode()[..]);
+        let encoded = head.encode();
+        let mut again = tokio::io::BufReader::new(&encoded[..]);
         let back = read_head(&mut again).await.unwrap().unwrap();
         assert_eq!(back.headers, head.headers);
     }
