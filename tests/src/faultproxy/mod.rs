@@ -5,8 +5,10 @@
 //! `Connection: close`, so response framing never depends on the upstream's
 //! keep-alive); the client side keeps its connection alive as HTTP/1.1 does.
 //! For each `GET` or `HEAD` it draws, with a seeded RNG, whether to inject a
-//! fault (probability [`FaultConfig::rate`]) and which one
-//! ([`FaultKind`], uniformly among [`FaultConfig::kinds`]):
+//! fault (probability [`FaultConfig::rate`]); the kinds ([`FaultKind`],
+//! among [`FaultConfig::kinds`]) take turns, so that even a short run
+//! injects every kind about equally often (a `HEAD` has no body: it only
+//! gets the kinds that need none):
 //!
 //! | kind | what the client sees |
 //! |---|---|
@@ -19,8 +21,8 @@
 //!
 //! Body faults apply only to responses that have a `Content-Length` body of
 //! at least two bytes (and `WrongContentRange` only to a `206`); where a
-//! drawn fault does not apply, the response passes unchanged and nothing is
-//! counted. [`FaultProxy::injected`] counts what was injected, by kind.
+//! drawn fault does not apply (an error response), the response passes
+//! unchanged and nothing is counted. [`FaultProxy::injected`] counts what was injected, by kind.
 //!
 //! Independently of the draw, [`FaultProxy::set_strip`] removes headers from
 //! every response (`ETag`, `Last-Modified`: a server that sends no version),
@@ -72,6 +74,14 @@ impl FaultKind {
         FaultKind::Truncate,
         FaultKind::WrongContentRange,
     ];
+
+    /// Whether it can be injected into a response without a body (`HEAD`).
+    pub fn without_body(self) -> bool {
+        matches!(
+            self,
+            FaultKind::SlowDown | FaultKind::SlowDownRetryAfter | FaultKind::Stall
+        )
+    }
 }
 
 /// What the proxy injects.
@@ -81,7 +91,7 @@ pub struct FaultConfig {
     pub rate: f64,
     /// Seed of the RNG that draws faults, cut points and wrong ranges.
     pub seed: u64,
-    /// Kinds drawn from, uniformly.
+    /// Kinds injected, in turn.
     pub kinds: Vec<FaultKind>,
     /// Longest stall, should the client never give up.
     pub stall_for: Duration,
@@ -125,6 +135,8 @@ struct State {
     strip: Vec<String>,
     seen: Injected,
     held: u64,
+    /// Faults drawn so far for requests with and without a response body.
+    turns: [usize; 2],
 }
 
 struct Shared {
@@ -143,14 +155,26 @@ impl Shared {
     fn draw(&self, req: &Head) -> (Option<FaultKind>, u64) {
         let mut st = self.state();
         st.seen.requests += 1;
-        let eligible = matches!(req.method(), "GET" | "HEAD");
         let pick = st.rng.random::<u64>();
-        if !eligible || st.config.kinds.is_empty() || st.rng.random::<f64>() >= st.config.rate {
+        let head = match req.method() {
+            "GET" => false,
+            "HEAD" => true,
+            _ => return (None, pick),
+        };
+        let kinds: Vec<FaultKind> = st
+            .config
+            .kinds
+            .iter()
+            .copied()
+            .filter(|k| !head || k.without_body())
+            .collect();
+        if kinds.is_empty() || st.rng.random::<f64>() >= st.config.rate {
             return (None, pick);
         }
-        let n = st.config.kinds.len();
-        let i = st.rng.random_range(0..n);
-        (Some(st.config.kinds[i]), pick)
+        let turn = &mut st.turns[usize::from(head)];
+        let kind = kinds[*turn % kinds.len()];
+        *turn += 1;
+        (Some(kind), pick)
     }
 
     fn count(&self, kind: FaultKind) {
@@ -189,6 +213,7 @@ impl FaultProxy {
                 strip: Vec::new(),
                 seen: Injected::default(),
                 held: 0,
+                turns: [0; 2],
             }),
             hold: watch::channel(false).0,
         });
