@@ -198,6 +198,37 @@ async fn short_parts_are_retried_then_fail() {
     assert!(err.to_string().contains("short body"), "{err}");
 }
 
+/// A first answer that lies about the object's size (a wrong
+/// `Content-Range` total, same etag) is caught by the next part, whose
+/// answer has the real size: the read fails with `Changed` instead of
+/// serving a truncated object as whole.
+#[tokio::test]
+async fn a_wrong_total_in_the_first_answer_is_never_served() {
+    let fx = fixture();
+    let (uri, _) = fx.object("o", 8 * 1024);
+    let e = engine(1024, 2, 4);
+    for streamed in [false, true] {
+        fx.fault.script([Fault::Size(5 * 1024)]);
+        let mem = memory(1 << 20);
+        let max_buffer = if streamed { 0 } else { u64::MAX };
+        let read = async {
+            let fetched = e
+                .fetch(fx.fault.clone(), &uri, None, &mem, max_buffer)
+                .await?;
+            match fetched {
+                Fetched::Buffered { data, .. } => Ok(data.len()),
+                Fetched::Streaming { body, .. } => {
+                    let parts: Vec<_> = body.try_collect().await?;
+                    Ok(parts.concat().len())
+                }
+            }
+        };
+        let err: sluice_engine::ReadError = read.await.unwrap_err();
+        assert_eq!(err.storage_kind(), Some(ErrorKind::Changed), "{err}");
+        assert!(err.to_string().contains("sizes 5120 and 8192"), "{err}");
+    }
+}
+
 /// A first part whose body breaks is retried like any other part: after a
 /// backoff, counted in `part_retries`, within `part_attempts` — buffered and
 /// streamed alike.
