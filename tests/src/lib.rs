@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod daemon;
+pub mod faultproxy;
 pub mod grpc;
 pub mod s3server;
 pub mod shm;

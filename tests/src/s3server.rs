@@ -144,6 +144,30 @@ impl S3Server {
         }
         ObjectUri::parse(&format!("s3://{}/{name}/", self.endpoint())).expect("bucket uri")
     }
+
+    /// Stores `data` as `bucket/key` (the bucket must exist), straight to
+    /// the server; returns the object's Last-Modified time.
+    pub async fn put(&self, bucket: &str, key: &str, data: Vec<u8>) -> std::time::SystemTime {
+        use aws_sdk_s3::error::DisplayErrorContext as Shown;
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(data.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("putting {bucket}/{key}: {}", Shown(e)));
+        let head = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("head of {bucket}/{key}: {}", Shown(e)));
+        let at = head.last_modified().expect("s3s-fs sends Last-Modified");
+        std::time::SystemTime::try_from(*at).expect("a time after 1970")
+    }
 }
 
 impl Drop for S3Server {

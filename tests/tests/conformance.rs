@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use rand::{RngCore, SeedableRng};
 use sluice_storage::file::{FileStorage, Resolver};
 use sluice_storage::s3::{ChecksumMode, S3Backends};
-use sluice_storage::{ErrorKind, GetOptions, ListOptions, ObjectUri, Storage};
+use sluice_storage::{ErrorKind, GetOptions, ListOptions, ObjectUri, Storage, Version};
 use sluice_tests::s3server::S3Server;
 
 const MIB: usize = 1 << 20;
@@ -100,6 +100,7 @@ conformance!(
     put_head_get_are_byte_exact,
     ranged_gets_follow_the_contract,
     if_match_detects_changes,
+    a_part_past_the_end_of_a_shrunk_object_is_changed,
     missing_objects_are_not_found,
     recursive_listing_pages_in_key_order,
     delimited_listing_folds_common_prefixes,
@@ -254,18 +255,24 @@ async fn if_match_detects_changes(s: &dyn Storage, base: &ObjectUri) {
     s.put(&uri, Bytes::from_static(b"first version"))
         .await
         .unwrap();
-    let etag = s.head(&uri).await.unwrap().etag.unwrap();
-    let opts = |range| GetOptions {
+    let first = s.head(&uri).await.unwrap();
+    let etag = first.etag.clone().unwrap();
+    // What a server without etags is held to: size and last-modified time.
+    let dated = Version {
+        etag: None,
+        ..Version::of(&first)
+    };
+    assert!(dated.last_modified.is_some(), "head reports last-modified");
+    let opts = |range, version: &Version| GetOptions {
         range,
-        if_match: Some(etag.clone()),
+        if_match: Some(version.clone()),
     };
-    let got = s.get(&uri, opts(Some(6..13))).await.unwrap();
-    let body: Vec<Bytes> = got.body.try_collect().await.unwrap();
-    assert_eq!(body.concat(), b"version");
-    let bogus = GetOptions {
-        range: None,
-        if_match: Some("\"0123456789abcdef\"".into()),
-    };
+    for version in [&Version::etag(etag.clone()), &dated] {
+        let got = s.get(&uri, opts(Some(6..13), version)).await.unwrap();
+        let body: Vec<Bytes> = got.body.try_collect().await.unwrap();
+        assert_eq!(body.concat(), b"version", "{version:?}");
+    }
+    let bogus = opts(None, &Version::etag("\"0123456789abcdef\""));
     assert_eq!(
         s.get(&uri, bogus).await.unwrap_err().kind(),
         ErrorKind::Changed
@@ -280,16 +287,44 @@ async fn if_match_detects_changes(s: &dyn Storage, base: &ObjectUri) {
         Some(etag.as_str()),
         "rewriting changes the etag"
     );
-    for range in [None, Some(0..5)] {
-        let e = s.get(&uri, opts(range.clone())).await.unwrap_err();
-        assert_eq!(
-            (e.kind(), e.uri()),
-            (ErrorKind::Changed, uri.to_string().as_str()),
-            "{range:?}: {e}"
-        );
+    for version in [&Version::etag(etag.clone()), &dated] {
+        for range in [None, Some(0..5)] {
+            let e = s.get(&uri, opts(range.clone(), version)).await.unwrap_err();
+            assert_eq!(
+                (e.kind(), e.uri()),
+                (ErrorKind::Changed, uri.to_string().as_str()),
+                "{range:?}, {version:?}: {e}"
+            );
+        }
     }
     let (_, body) = get_bytes(s, &uri, None).await;
     assert_eq!(body, b"second version, longer");
+}
+
+/// A later part of a read, for bytes the version it started on had: the
+/// object shrank since (or its first response lied about the size), which
+/// is a change of the object, not a bad range of the caller's.
+async fn a_part_past_the_end_of_a_shrunk_object_is_changed(s: &dyn Storage, base: &ObjectUri) {
+    let uri = at(base, "shrinks");
+    s.put(&uri, data(5000, 1)).await.unwrap();
+    let long = Version::of(&s.head(&uri).await.unwrap());
+    s.put(&uri, data(1000, 2)).await.unwrap();
+    let dated = Version {
+        etag: None,
+        ..long.clone()
+    };
+    for version in [&long, &dated] {
+        let mut dst = vec![0; 100];
+        let e = s
+            .read_into(&uri, 2000, version, &mut dst)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.uri()),
+            (ErrorKind::Changed, uri.to_string().as_str()),
+            "{version:?}: {e}"
+        );
+    }
 }
 
 async fn missing_objects_are_not_found(s: &dyn Storage, base: &ObjectUri) {

@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use sluice_storage::{
     GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta, ObjectUri, Result,
-    Storage,
+    Storage, Strength, Version,
 };
 
 /// Cache counters and gauges (`sluice_cache_*`).
@@ -111,6 +111,13 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// `backend`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// `file`, `s3`.
+    pub backend: &'static str,
+}
+
 /// `backend`, `direction`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ByteLabels {
@@ -134,6 +141,9 @@ pub struct StorageMetrics {
     bytes: Family<ByteLabels, Counter>,
     /// Part attempts the RangeEngine repeated after a transient failure.
     pub part_retries: Counter,
+    /// Reads whose object came with neither an etag nor a last-modified
+    /// time, so that no change during or after them can be noticed.
+    unversioned: Family<BackendLabels, Counter>,
 }
 
 impl Default for StorageMetrics {
@@ -144,6 +154,7 @@ impl Default for StorageMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             bytes: Family::default(),
             part_retries: Counter::default(),
+            unversioned: Family::default(),
         }
     }
 }
@@ -269,6 +280,12 @@ impl EngineMetrics {
             "Ranged-GET parts retried after a transient failure",
             s.part_retries.clone(),
         );
+        r.register(
+            "unversioned_reads",
+            "Reads of objects the backend gave neither an etag nor a last-modified time, \
+             served without any version check",
+            s.unversioned.clone(),
+        );
     }
 }
 
@@ -333,6 +350,13 @@ impl Storage for Instrumented {
         let res = self.inner.get(uri, opts).await;
         self.record(Operation::get, t, &res);
         let mut out = res?;
+        if Version::of(&out.meta).strength() == Strength::None {
+            let backend = self.inner.name();
+            self.metrics
+                .unversioned
+                .get_or_create(&BackendLabels { backend })
+                .inc();
+        }
         let counter = self.count_bytes("read");
         out.body = Box::pin(out.body.inspect(move |c| {
             if let Ok(chunk) = c {
@@ -387,12 +411,12 @@ impl Storage for Instrumented {
         &self,
         uri: &ObjectUri,
         offset: u64,
-        etag: Option<&str>,
+        expect: &Version,
         dst: &mut [u8],
     ) -> Result<()> {
         let t = Instant::now();
         let len = dst.len() as u64;
-        let res = self.inner.read_into(uri, offset, etag, dst).await;
+        let res = self.inner.read_into(uri, offset, expect, dst).await;
         self.record(Operation::read_part, t, &res);
         if res.is_ok() {
             self.count_bytes("read").inc_by(len);

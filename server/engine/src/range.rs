@@ -7,10 +7,11 @@
 //!    `Content-Range`) and etag.
 //! 2. As soon as its headers are in, the rest of the wanted range is split
 //!    into parts ([`plan::split`](crate::plan::split)) that fan out while the
-//!    first body is still arriving. Each later part sends `If-Match` with the
-//!    first part's etag and its response etag is compared too, so an object
-//!    overwritten during the read fails with `Changed` — never a mix of two
-//!    versions.
+//!    first body is still arriving. Each later part is held to the first
+//!    part's [`Version`] (`If-Match` with its etag, or size and
+//!    Last-Modified where the server sends no etag) and its response is
+//!    compared too, so an object overwritten during the read fails with
+//!    `Changed` — never a mix of two versions.
 //! 3. Every part's body is written into its own disjoint slice of one buffer
 //!    reserved from the memory budget (buffered mode), or into a part-sized
 //!    buffer handed on in order (streaming mode, for objects too large to
@@ -19,7 +20,8 @@
 //! Every part's length is checked against what was asked for. A part that
 //! fails transiently — throttled, unavailable, short or broken body — is
 //! retried alone up to `part_attempts` times with jittered exponential
-//! backoff; other errors end the fetch.
+//! backoff (the first part too, when its body breaks); other errors end the
+//! fetch.
 //!
 //! Limits: `per_object_concurrency` parts in flight per object, and a global
 //! semaphore of `max_concurrency` requests shared by every fetch, of which
@@ -40,7 +42,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use sluice_storage::{ByteStream, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, drain};
+use sluice_storage::{
+    ByteStream, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, Version, drain,
+};
 use tokio::sync::Semaphore;
 
 use crate::budget::{Evict, MemoryBudget, Reservation};
@@ -162,7 +166,9 @@ struct Job {
     engine: RangeEngine,
     storage: Arc<dyn Storage>,
     uri: ObjectUri,
-    etag: Option<String>,
+    /// What every later part must match: the first part's etag, else its
+    /// size and last-modified time.
+    version: Version,
     client: Arc<ClientShare>,
 }
 
@@ -233,7 +239,7 @@ impl RangeEngine {
             engine: self.clone(),
             storage,
             uri: uri.clone(),
-            etag: first.meta.etag.clone(),
+            version: Version::of(&first.meta),
             client: memory.client.clone(),
         });
         let buffered = len <= max_buffer;
@@ -374,7 +380,10 @@ impl Job {
             let res = drain(first_body, &job.uri, head).await;
             drop(permit);
             match res {
-                Err(e) if e.kind().is_transient() => job.part_into(first_range, head, 1).await,
+                Err(e) if e.kind().is_transient() => {
+                    job.engine.backoff(1, &e).await;
+                    job.part_into(first_range, head, 1).await
+                }
                 other => other.map_err(ReadError::from),
             }
         };
@@ -411,7 +420,10 @@ impl Job {
                     let res = drain(body, &self.uri, buf).await;
                     drop(slot);
                     match res {
-                        Err(e) if e.kind().is_transient() => self.part_into(range, buf, 1).await?,
+                        Err(e) if e.kind().is_transient() => {
+                            self.engine.backoff(1, &e).await;
+                            self.part_into(range, buf, 1).await?;
+                        }
                         other => other?,
                     }
                 }
@@ -487,7 +499,7 @@ impl Job {
     async fn try_part(&self, range: Range<u64>, dst: &mut [u8]) -> Result<(), StorageError> {
         debug_assert_eq!(range.end - range.start, dst.len() as u64);
         self.storage
-            .read_into(&self.uri, range.start, self.etag.as_deref(), dst)
+            .read_into(&self.uri, range.start, &self.version, dst)
             .await
     }
 }

@@ -199,6 +199,72 @@ async fn short_parts_are_retried_then_fail() {
     assert!(err.to_string().contains("short body"), "{err}");
 }
 
+/// A first answer that lies about the object's size (a wrong
+/// `Content-Range` total, same etag) is caught by the next part, whose
+/// answer has the real size: the read fails with `Changed` instead of
+/// serving a truncated object as whole.
+#[tokio::test]
+async fn a_wrong_total_in_the_first_answer_is_never_served() {
+    let fx = fixture();
+    let (uri, _) = fx.object("o", 8 * 1024);
+    let e = engine(1024, 2, 4);
+    for streamed in [false, true] {
+        fx.fault.script([Fault::Size(5 * 1024)]);
+        let mem = memory(1 << 20);
+        let max_buffer = if streamed { 0 } else { u64::MAX };
+        let read = async {
+            let fetched = e
+                .fetch(fx.fault.clone(), &uri, None, &mem, max_buffer)
+                .await?;
+            match fetched {
+                Fetched::Buffered { data, .. } => Ok(data.len()),
+                Fetched::Streaming { body, .. } => {
+                    let parts: Vec<_> = body.try_collect().await?;
+                    Ok(parts.concat().len())
+                }
+            }
+        };
+        let err: sluice_engine::ReadError = read.await.unwrap_err();
+        assert_eq!(err.storage_kind(), Some(ErrorKind::Changed), "{err}");
+        assert!(err.to_string().contains("sizes 5120 and 8192"), "{err}");
+    }
+}
+
+/// A first part whose body breaks is retried like any other part: after a
+/// backoff, counted in `part_retries`, within `part_attempts` — buffered and
+/// streamed alike.
+#[tokio::test]
+async fn a_broken_first_body_is_retried_by_the_same_rules() {
+    let fx = fixture();
+    let (uri, data) = fx.object("o", 8 * 1024);
+    let metrics = Arc::new(StorageMetrics::default());
+    let cfg = EngineConfig {
+        part_size: ByteSize(1024),
+        // One part at a time: the script's faults meet the first part.
+        per_object_concurrency: 1,
+        part_attempts: 3,
+        part_backoff: Duration::from_millis(1),
+        ..EngineConfig::default()
+    };
+    let e = RangeEngine::new(cfg, metrics.clone());
+    for (n, max_buffer) in [(1, u64::MAX), (2, 0)] {
+        fx.fault.script([Fault::BreakAfter(100)]);
+        let mem = memory(1 << 20);
+        let fetched = e.fetch(fx.fault.clone(), &uri, None, &mem, max_buffer);
+        assert_eq!(collect(fetched.await.unwrap()).await, data);
+        assert_eq!(metrics.part_retries.get(), n, "max_buffer {max_buffer}");
+    }
+    // Two more breaks: the third attempt is the last one.
+    fx.fault
+        .script([Fault::BreakAfter(10), Fault::Short(1), Fault::Short(1)]);
+    let err = e
+        .fetch(fx.fault.clone(), &uri, None, &memory(1 << 20), u64::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err.storage_kind(), Some(ErrorKind::Protocol), "{err}");
+    assert_eq!(metrics.part_retries.get(), 4);
+}
+
 /// A server's `Retry-After` is honoured up to `max_retry_wait`, never
 /// beyond: an hour-long hint cannot park the request (time is paused and
 /// advanced by tokio, so the measured wait is exactly what was slept).

@@ -1,7 +1,7 @@
 //! A fault-injecting [`Storage`] double for tests of the layers above.
 //!
 //! Wraps a real backend and applies a script of faults to successive `get`
-//! calls (fail, cut the body short, report another etag), while recording how
+//! calls (fail, cut the body short, report another etag or size), while recording how
 //! many gets ran and the most that were in flight at once.
 
 use std::collections::VecDeque;
@@ -33,6 +33,9 @@ pub enum Fault {
     BreakAfter(u64),
     /// Report this etag instead of the real one.
     Etag(String),
+    /// Report this size of the whole object instead of the real one (a
+    /// wrong `Content-Range` total); the body is unchanged.
+    Size(u64),
 }
 
 /// The double.
@@ -147,6 +150,10 @@ impl Storage for FaultStorage {
             Fault::BreakAfter(n) => cut(body, n, Some(uri_s), guard),
             Fault::Etag(tag) => {
                 res.meta.etag = Some(tag);
+                cut(body, u64::MAX, None, guard)
+            }
+            Fault::Size(size) => {
+                res.meta.size = size;
                 cut(body, u64::MAX, None, guard)
             }
             Fault::None | Fault::Fail(_) | Fault::Throttle(_) => cut(body, u64::MAX, None, guard),

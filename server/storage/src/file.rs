@@ -44,6 +44,28 @@
 //! Etags are `size-mtime_ns-inode` in hex: any rewrite (new inode on rename,
 //! or a new mtime in place) changes the etag, which is what the RangeEngine
 //! and the cache rely on.
+//!
+//! # Files rewritten while they are read
+//!
+//! A writer that truncates and rewrites a file in place (same inode) while a
+//! read is under way would hand the reader a mix of the two versions, which
+//! no etag compared *before* the read can see. So every read (each chunk of
+//! a `get` body, each [`Storage::read_into`]) `fstat`s the descriptor it
+//! read from again afterwards and compares it with the `fstat` taken when
+//! the file was opened ([`Snapshot`]): size, mtime and ctime to the
+//! nanosecond, inode and device. Any difference is `Changed` (ABORTED),
+//! naming the URI, and the bytes are never handed on or cached. The kernel
+//! updates the timestamps before it copies a write's data, so a write whose
+//! bytes the read saw has changed them by the time of the second `fstat`.
+//!
+//! The check is as fine as the filesystem's timestamps. Since Linux 6.13
+//! (multigrain timestamps: ext4, xfs, btrfs, tmpfs) the first write after
+//! an `fstat` always gets a new timestamp; on older kernels timestamps move
+//! in clock ticks (1–10 ms), and a rewrite of the same size within the tick
+//! of the previous write is not seen. The ctime catches a rewrite whose
+//! mtime was set back (`cp -p`, `rsync --inplace`); it is not compared when
+//! the link count changed, because a file unlinked or replaced by a rename
+//! while being read keeps its bytes.
 
 mod beneath;
 mod list;
@@ -70,7 +92,7 @@ use roots::Roots;
 
 use crate::{
     ErrorKind, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta,
-    ObjectUri, Result, Storage, StorageError, clamp_range,
+    ObjectUri, Result, Storage, StorageError, Version, clamp_range,
 };
 
 /// Bytes per `pread`: large enough to amortise the blocking-pool hop (a few
@@ -141,6 +163,54 @@ pub(crate) fn meta_of(uri: String, st: &Stat) -> ObjectMeta {
         etag: Some(format!("{size:x}-{mtime_ns:x}-{:x}", st.st_ino as u64)),
         last_modified: Some(mtime),
         version: None,
+    }
+}
+
+/// What an `fstat` of an open file says about its content's version; two
+/// snapshots of one descriptor differ when the file was written in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Snapshot {
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    dev: u64,
+    nlink: u64,
+}
+
+// The field types of `struct stat` differ between architectures: the casts
+// are no-ops on some.
+#[allow(clippy::unnecessary_cast)]
+impl Snapshot {
+    fn of(st: &Stat) -> Snapshot {
+        Snapshot {
+            size: st.st_size as i64,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+            ino: st.st_ino as u64,
+            dev: st.st_dev as u64,
+            nlink: st.st_nlink as u64,
+        }
+    }
+
+    /// `Changed` unless `fd` still holds the version this snapshot saw
+    /// (see the module comment for what is compared and why).
+    fn recheck(&self, fd: &impl std::os::fd::AsFd, uri: &str) -> Result<()> {
+        let now = rustix::fs::fstat(fd)
+            .map(|st| Snapshot::of(&st))
+            .map_err(|e| StorageError::from_io(uri, e.into()))?;
+        let same = self.size == now.size
+            && self.mtime == now.mtime
+            && (self.ino, self.dev) == (now.ino, now.dev)
+            && (self.ctime == now.ctime || self.nlink != now.nlink);
+        if same {
+            return Ok(());
+        }
+        Err(StorageError::new(
+            ErrorKind::Changed,
+            uri,
+            "file changed while being read (size, mtime or ctime differs after the read)",
+        ))
     }
 }
 
@@ -278,22 +348,20 @@ impl Storage for FileStorage {
 
     async fn get(&self, uri: &ObjectUri, opts: GetOptions) -> Result<GetResult> {
         let (roots, u) = (self.roots.clone(), uri.clone());
-        let (file, meta) = blocking(uri, move || {
+        let (file, meta, seen) = blocking(uri, move || {
             let (fd, st) = open_object(&roots, &u, READ_FLAGS)?;
-            Ok((File::from(fd), meta_of(u.to_string(), &st)))
+            Ok((
+                File::from(fd),
+                meta_of(u.to_string(), &st),
+                Snapshot::of(&st),
+            ))
         })
         .await?;
-        if let Some(expected) = &opts.if_match
-            && meta.etag.as_deref() != Some(expected.as_str())
-        {
-            return Err(StorageError::new(
-                ErrorKind::Changed,
-                meta.uri,
-                "object changed: etag does not match",
-            ));
+        if let Some(expected) = &opts.if_match {
+            expected.check(&meta.uri, &meta)?;
         }
         let range = clamp_range(uri, opts.range, meta.size)?;
-        let body = read_stream(Arc::new(file), uri.to_string(), range.clone());
+        let body = read_stream(Arc::new(file), seen, uri.to_string(), range.clone());
         Ok(GetResult { meta, range, body })
     }
 
@@ -319,30 +387,26 @@ impl Storage for FileStorage {
     /// Reads straight into `dst` with one `pread` on a multi-threaded
     /// runtime (the worker hands its other tasks on while it blocks: no
     /// chunk buffers, no second copy); elsewhere through a ranged get.
+    /// Either way the file is checked again after the read.
     async fn read_into(
         &self,
         uri: &ObjectUri,
         offset: u64,
-        etag: Option<&str>,
+        expect: &Version,
         dst: &mut [u8],
     ) -> Result<()> {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if !multi_thread {
-            return crate::read_into_via_get(self, uri, offset, etag, dst).await;
+            return crate::read_into_via_get(self, uri, offset, expect, dst).await;
         }
         tokio::task::block_in_place(|| {
             let (fd, st) = open_object(&self.roots, uri, READ_FLAGS)?;
             let shown = uri.to_string();
-            if meta_of(shown.clone(), &st).etag.as_deref() != etag {
-                return Err(StorageError::new(
-                    ErrorKind::Changed,
-                    shown,
-                    "object changed while being read (etag differs)",
-                ));
-            }
-            match File::from(fd).read_exact_at(dst, offset) {
-                Ok(()) => Ok(()),
+            expect.check(&shown, &meta_of(shown.clone(), &st))?;
+            let file = File::from(fd);
+            match file.read_exact_at(dst, offset) {
+                Ok(()) => Snapshot::of(&st).recheck(&file, &shown),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StorageError::new(
                     ErrorKind::Changed,
                     shown,
@@ -359,11 +423,18 @@ impl Storage for FileStorage {
     }
 }
 
-fn read_stream(file: Arc<File>, uri: String, range: std::ops::Range<u64>) -> crate::ByteStream {
+/// The bytes of `range`, [`READ_CHUNK`] at a time; each chunk is handed on
+/// only after [`Snapshot::recheck`] found the file as it was at `seen`.
+fn read_stream(
+    file: Arc<File>,
+    seen: Snapshot,
+    uri: String,
+    range: std::ops::Range<u64>,
+) -> crate::ByteStream {
     let state = (file, uri, range.start, range.end);
     Box::pin(futures::stream::try_unfold(
         state,
-        |(file, uri, pos, end)| async move {
+        move |(file, uri, pos, end)| async move {
             if pos >= end {
                 return Ok(None);
             }
@@ -387,6 +458,7 @@ fn read_stream(file: Arc<File>, uri: String, range: std::ops::Range<u64>) -> cra
                         Err(e) => return Err(StorageError::from_io(u, e)),
                     }
                 }
+                seen.recheck(&*f, &u)?;
                 Ok(buf.freeze())
             })
             .await

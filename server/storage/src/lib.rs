@@ -11,7 +11,8 @@
 //!   `GetResult::meta.size` is the size of the whole object; a range that
 //!   starts past the end of a non-empty object is `InvalidArgument`; any range
 //!   starting at 0 of an empty object returns an empty body.
-//! - `get` with `if_match` fails with `Changed` when the etag differs.
+//! - `get` with `if_match` fails with `Changed` when the object is not that
+//!   [`Version`] (etag, else size and last-modified time; see [`version`]).
 //! - `list` returns keys in lexicographic (byte) order, `page_size` entries at
 //!   most, and a token to continue; with a delimiter, keys below the next
 //!   delimiter are folded into common prefixes.
@@ -22,6 +23,7 @@ pub mod file;
 pub mod registry;
 pub mod s3;
 pub mod uri;
+pub mod version;
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -37,6 +39,7 @@ use futures::stream::BoxStream;
 pub use error::{BoxError, ErrorKind, Result, StorageError};
 pub use registry::Backends;
 pub use uri::{MAX_URI_LEN, ObjectUri, Scheme};
+pub use version::{Strength, Version, etag_matches};
 
 /// The body of a `get`: chunks in order, each at most a few MiB.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
@@ -62,8 +65,8 @@ pub struct GetOptions {
     /// Half-open byte range; `None` reads the whole object. The end is
     /// clamped to the object size.
     pub range: Option<Range<u64>>,
-    /// Fail with [`ErrorKind::Changed`] unless the object's etag is this one.
-    pub if_match: Option<String>,
+    /// Fail with [`ErrorKind::Changed`] unless the object is this version.
+    pub if_match: Option<Version>,
 }
 
 /// Answer of [`Storage::get`].
@@ -137,43 +140,54 @@ pub trait Storage: Send + Sync + Debug + 'static {
     async fn delete(&self, uri: &ObjectUri) -> Result<()>;
 
     /// Reads exactly `dst.len()` bytes at `offset` of the object version
-    /// `etag` into `dst`: a part of a ranged fetch whose first part gave the
-    /// size and etag. A different etag is [`ErrorKind::Changed`]. The
+    /// `expect` into `dst`: a part of a ranged fetch whose first part gave
+    /// the size and version. Another version is [`ErrorKind::Changed`]. The
     /// default is a ranged [`get`](Storage::get) drained into `dst`;
     /// backends that can read straight into memory override it.
     async fn read_into(
         &self,
         uri: &ObjectUri,
         offset: u64,
-        etag: Option<&str>,
+        expect: &Version,
         dst: &mut [u8],
     ) -> Result<()> {
-        read_into_via_get(self, uri, offset, etag, dst).await
+        read_into_via_get(self, uri, offset, expect, dst).await
     }
 }
 
-/// [`Storage::read_into`] through a ranged `get`: checks the etag and the
-/// returned range, then copies the body into `dst`, which it must fill.
+/// [`Storage::read_into`] through a ranged `get`: checks the version (some
+/// servers ignore preconditions) and the returned range, then copies the
+/// body into `dst`, which it must fill.
 pub async fn read_into_via_get<S: Storage + ?Sized>(
     storage: &S,
     uri: &ObjectUri,
     offset: u64,
-    etag: Option<&str>,
+    expect: &Version,
     dst: &mut [u8],
 ) -> Result<()> {
     let range = offset..offset + dst.len() as u64;
     let opts = GetOptions {
         range: Some(range.clone()),
-        if_match: etag.map(str::to_owned),
+        if_match: Some(expect.clone()),
     };
-    let res = storage.get(uri, opts).await?;
-    if res.meta.etag.as_deref() != etag {
-        return Err(StorageError::new(
-            ErrorKind::Changed,
-            uri.to_string(),
-            "object changed while being read (etag differs)",
-        ));
-    }
+    let res = match storage.get(uri, opts).await {
+        // The version this part belongs to had these bytes: refused as past
+        // the end, the object shrank (or its first response lied about the
+        // size). A change of the object, not a bad range of the caller's.
+        Err(e)
+            if e.kind() == ErrorKind::InvalidArgument
+                && expect.size.is_some_and(|size| range.end <= size) =>
+        {
+            return Err(StorageError::new(
+                ErrorKind::Changed,
+                uri.to_string(),
+                "object changed while being read (it ends before this part)",
+            )
+            .with_source(e));
+        }
+        other => other?,
+    };
+    expect.check(&uri.to_string(), &res.meta)?;
     if res.range != range {
         let msg = format!("asked for bytes {range:?}, got {:?}", res.range);
         return Err(StorageError::protocol(uri.to_string(), msg));

@@ -2,6 +2,7 @@
 //! checked with both resolvers.
 
 mod race;
+mod rewrite;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -302,7 +303,11 @@ async fn fifos_sockets_and_devices_are_refused_without_blocking() {
             let get = returns("get", s.get(&u, GetOptions::default())).await;
             assert_eq!(kind(get), ErrorKind::PermissionDenied, "{name}");
             let mut dst = [0u8; 4];
-            let read = returns("read_into", s.read_into(&u, 0, None, &mut dst)).await;
+            let read = returns(
+                "read_into",
+                s.read_into(&u, 0, &Version::default(), &mut dst),
+            )
+            .await;
             assert_eq!(kind(read), ErrorKind::PermissionDenied, "{name}");
             if *name == "fifo-link" {
                 continue; // a link is replaced or removed, never what it names
@@ -371,20 +376,18 @@ async fn read_into_reads_in_place_and_checks_the_version() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(root_path.join("o"), &data).unwrap();
     let u = uri(&root_path.join("o"));
-    let etag = s.head(&u).await.unwrap().etag;
+    let version = Version::of(&s.head(&u).await.unwrap());
     let mut dst = vec![0u8; 30_000];
-    s.read_into(&u, 50_000, etag.as_deref(), &mut dst)
-        .await
-        .unwrap();
+    s.read_into(&u, 50_000, &version, &mut dst).await.unwrap();
     assert_eq!(dst, data[50_000..80_000]);
     let err = s
-        .read_into(&u, 0, Some("another-version"), &mut dst)
+        .read_into(&u, 0, &Version::etag("another-version"), &mut dst)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Changed);
     // Past the end: the file is shorter than the part asked for.
     let err = s
-        .read_into(&u, 90_000, etag.as_deref(), &mut dst)
+        .read_into(&u, 90_000, &version, &mut dst)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Changed, "{err}");

@@ -115,7 +115,7 @@ pub(super) fn classify(status: u16, code: Option<&str>) -> (ErrorKind, &'static 
         (_, "NoSuchUpload") => (ErrorKind::NotFound, "no such upload"),
         (_, "NoSuchKey" | "NotFound") | (404, _) => (ErrorKind::NotFound, "no such object"),
         (_, "PreconditionFailed") | (412, _) => {
-            (ErrorKind::Changed, "object changed: etag does not match")
+            (ErrorKind::Changed, "object changed: precondition failed")
         }
         (_, "InvalidRange") | (416, _) => (ErrorKind::InvalidArgument, "range not satisfiable"),
         (_, c) if THROTTLING_CODES.contains(&c) => {

@@ -25,8 +25,10 @@ use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use bytes::Bytes;
 
 use super::errors;
-use super::{etag_matches, object_key, system_time};
-use crate::{ErrorKind, GetOptions, GetResult, ObjectMeta, ObjectUri, Result, StorageError};
+use super::{object_key, system_time};
+use crate::{
+    ErrorKind, GetOptions, GetResult, ObjectMeta, ObjectUri, Result, StorageError, Version,
+};
 
 pub(super) async fn get(client: &Client, uri: &ObjectUri, opts: GetOptions) -> Result<GetResult> {
     object_key(uri)?;
@@ -38,7 +40,7 @@ pub(super) async fn get(client: &Client, uri: &ObjectUri, opts: GetOptions) -> R
             "range start is after its end",
         ));
     }
-    let if_match = opts.if_match.as_deref();
+    let if_match = opts.if_match.as_ref();
     match send(client, uri, opts.range.as_ref(), if_match).await {
         Ok(out) => answer(uri, opts.range, if_match, out),
         Err(err) if errors::status_of(&err) == Some(416) => match opts.range {
@@ -69,7 +71,7 @@ async fn send(
     client: &Client,
     uri: &ObjectUri,
     range: Option<&Range<u64>>,
-    if_match: Option<&str>,
+    if_match: Option<&Version>,
 ) -> SendResult {
     let mut req = client.get_object().bucket(uri.bucket()).key(uri.key());
     if let Some(r) = range {
@@ -77,8 +79,15 @@ async fn send(
         let last = r.end.max(r.start + 1) - 1;
         req = req.range(format!("bytes={}-{last}", r.start));
     }
-    if let Some(etag) = if_match {
-        req = req.if_match(etag);
+    match if_match {
+        Some(Version {
+            etag: Some(etag), ..
+        }) => req = req.if_match(etag),
+        Some(Version {
+            last_modified: Some(at),
+            ..
+        }) => req = req.if_unmodified_since(aws_smithy_types::DateTime::from(*at)),
+        _ => {}
     }
     req.send().await
 }
@@ -87,7 +96,7 @@ async fn send(
 async fn empty_object(
     client: &Client,
     uri: &ObjectUri,
-    if_match: Option<&str>,
+    if_match: Option<&Version>,
 ) -> Result<GetResult> {
     let out = send(client, uri, None, if_match)
         .await
@@ -107,20 +116,21 @@ async fn empty_object(
 fn answer(
     uri: &ObjectUri,
     requested: Option<Range<u64>>,
-    if_match: Option<&str>,
+    if_match: Option<&Version>,
     out: GetObjectOutput,
 ) -> Result<GetResult> {
     let shown = uri.to_string();
-    if let Some(want) = if_match
-        && !out.e_tag().is_some_and(|got| etag_matches(got, want))
-    {
-        return Err(StorageError::new(
-            ErrorKind::Changed,
-            shown,
-            "object changed: etag does not match",
-        ));
-    }
     let (sent, size) = sent_span(&out, &shown)?;
+    let meta = ObjectMeta {
+        uri: shown.clone(),
+        size,
+        etag: out.e_tag().map(str::to_owned),
+        last_modified: out.last_modified().and_then(system_time),
+        version: out.version_id().map(str::to_owned),
+    };
+    if let Some(want) = if_match {
+        want.check(&shown, &meta)?;
+    }
     // The contract's clamping; also catches a start past the end that a
     // server ignoring `Range` answered with the whole object.
     let range = crate::clamp_range(uri, requested, size)?;
@@ -140,13 +150,6 @@ fn answer(
             ),
         ));
     }
-    let meta = ObjectMeta {
-        uri: shown.clone(),
-        size,
-        etag: out.e_tag().map(str::to_owned),
-        last_modified: out.last_modified().and_then(system_time),
-        version: out.version_id().map(str::to_owned),
-    };
     let body = if range.is_empty() {
         Box::pin(futures::stream::empty()) as crate::ByteStream
     } else {

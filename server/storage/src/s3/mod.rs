@@ -40,6 +40,8 @@
 //! ETags are kept exactly as the server sends them (quoted, for S3) and
 //! compared by [`etag_matches`], which ignores the quotes, so an ETag from a
 //! listing, a HEAD or a GET can be passed back as `if_match` either way.
+//! Servers that send no ETag are held to size and Last-Modified instead
+//! (`If-Unmodified-Since`, see [`Version`](crate::Version)).
 
 mod client;
 mod config;
@@ -49,6 +51,7 @@ mod get;
 mod list;
 mod upload;
 
+pub use crate::version::etag_matches;
 pub use config::{ChecksumMode, REDACTED, S3Config, S3Endpoint, Secret};
 
 use std::collections::HashMap;
@@ -233,18 +236,6 @@ fn object_key(uri: &ObjectUri) -> Result<&str> {
     }
 }
 
-/// Whether two ETags are the same, with or without their quotes.
-pub fn etag_matches(a: &str, b: &str) -> bool {
-    let bare = |t: &str| {
-        let t = t.trim();
-        t.strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .unwrap_or(t)
-            .to_owned()
-    };
-    bare(a) == bare(b)
-}
-
 fn system_time(t: &aws_smithy_types::DateTime) -> Option<SystemTime> {
     SystemTime::try_from(*t).ok()
 }
@@ -252,14 +243,6 @@ fn system_time(t: &aws_smithy_types::DateTime) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn etags_compare_without_their_quotes() {
-        assert!(etag_matches("\"abc\"", "abc"));
-        assert!(etag_matches("abc", "\"abc\""));
-        assert!(!etag_matches("\"abc\"", "\"abd\""));
-        assert!(!etag_matches("\"abc-2\"", "abc"));
-    }
 
     #[tokio::test]
     async fn only_configured_endpoints_have_clients() {

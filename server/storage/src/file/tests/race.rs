@@ -92,7 +92,7 @@ async fn round(s: &FileStorage, t: &Tree, sw: &Swapped, i: u64, seen: &mut Seen)
     outcome(r.await, |s| &mut s.reads);
     let mut dst = vec![0u8; INSIDE.len()];
     let r = s
-        .read_into(&f, 0, Some(inside_etag), &mut dst)
+        .read_into(&f, 0, &Version::etag(inside_etag), &mut dst)
         .await
         .map(|()| {
             assert_eq!(dst, INSIDE, "read_into of {f} read another file");
