@@ -195,3 +195,65 @@ impl WaitOutput for Child {
         (status, err)
     }
 }
+
+/// A writer that stops sending has its write aborted after the stall
+/// timeout: its part buffer (charged to its share) is freed and nothing is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_writer_gives_its_buffer_back() {
+    use sluice_proto::v1;
+    use sluice_proto::v1::write_request::Msg;
+    use sluice_tests::daemon::TestDaemon;
+    let daemon = TestDaemon::start_with(|c| {
+        c.read.stall_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let uri = daemon.file_uri("stalled-write");
+    let mut client = sluice_tests::grpc::connect(daemon.socket()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::WriteRequest {
+        msg: Some(Msg::Header(v1::WriteHeader {
+            uri: uri.clone(),
+            size_hint: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    tx.send(v1::WriteRequest {
+        msg: Some(Msg::Data(bytes::Bytes::from(pattern(1 << 20, 3)))),
+    })
+    .await
+    .unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    // The write holds its part buffer, charged to the client …
+    let metrics = |daemon: &TestDaemon| {
+        let http = daemon.http();
+        async move {
+            let body = sluice_tests::grpc::http_get(http, "/metrics").await.1;
+            sluice_tests::grpc::metric(&body, "sluice_share_held_bytes")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics(&daemon).await == 0.0 {
+        assert!(Instant::now() < deadline, "the write never held its buffer");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // … then sends nothing more, with its stream still open.
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{}", err.message());
+    assert!(
+        err.message().contains("read.stall_timeout"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(metrics(&daemon).await, 0.0, "the buffer was given back");
+    assert!(
+        !daemon.root().join("stalled-write").exists(),
+        "nothing stored"
+    );
+    drop(tx);
+}

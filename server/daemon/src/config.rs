@@ -134,7 +134,8 @@ pub struct ReadConfig {
     pub read_many_max_items: usize,
     /// A Read, ReadMany or Session stream whose client has not asked for
     /// the next message for this long is ended (ABORTED) and what it held
-    /// is freed. `0s`: never.
+    /// is freed; a Write whose client sends nothing for this long is
+    /// aborted. `0s`: never.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
 }

@@ -122,7 +122,8 @@ impl Sluice for SluiceService {
         &self,
         req: Request<Streaming<v1::WriteRequest>>,
     ) -> Result<Response<v1::WriteResponse>, Status> {
-        write::write(self, req.into_inner())
+        let client = self.client_of(&req);
+        write::write(self, client, req.into_inner())
             .await
             .map(Response::new)
     }

@@ -5,16 +5,22 @@
 //! still finishes), so an upload is completed only when the trailer arrives
 //! and its byte count matches what was received.
 //!
-//! Up to one part is buffered (its memory reserved from the budget). If the
+//! Up to one part is buffered (its memory reserved from the budget and
+//! charged to the client's share, like a read's buffer). A client that
+//! sends nothing for `read.stall_timeout` has its write aborted, so a
+//! stopped writer does not keep its part. If the
 //! stream ends within it, the object goes up in one request; otherwise a
 //! multipart upload starts and each full part is sent as it fills. Any
 //! failure — the client's stream breaking, a size mismatch, a backend error —
 //! aborts the upload and is reported; an upload is never completed unless
 //! every byte the client sent arrived and every part succeeded.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use sluice_engine::Reader;
 use sluice_engine::budget::Reservation;
+use sluice_engine::share::Hold;
+use sluice_engine::{ClientShare, Reader};
 use sluice_proto::v1;
 use sluice_proto::v1::write_request::Msg;
 use sluice_storage::{MultipartUpload, ObjectUri, Storage};
@@ -28,6 +34,7 @@ use crate::telemetry::metrics::Method;
 
 pub(super) async fn write(
     svc: &SluiceService,
+    client: Arc<ClientShare>,
     mut stream: Streaming<v1::WriteRequest>,
 ) -> Result<v1::WriteResponse, Status> {
     let timer = svc.metrics.rpc.start(Method::write);
@@ -49,6 +56,7 @@ pub(super) async fn write(
             uri: &uri,
             storage: storage.as_ref(),
             reader: &svc.reader,
+            client,
             part_size,
             part: None,
             filled: 0,
@@ -77,10 +85,12 @@ struct Upload<'a> {
     uri: &'a ObjectUri,
     storage: &'a dyn Storage,
     reader: &'a Reader,
+    client: Arc<ClientShare>,
     part_size: u64,
     /// The part being filled: an arena extent, so an upload's buffer counts
-    /// against the memory budget like every other payload byte.
-    part: Option<Reservation>,
+    /// against the memory budget like every other payload byte, and its
+    /// charge to the client's share.
+    part: Option<(Reservation, Hold)>,
     filled: usize,
     multipart: Option<Box<dyn MultipartUpload>>,
     parts: u32,
@@ -99,8 +109,9 @@ impl Upload<'_> {
         // Past the grace period of a shutdown, the write stops waiting for
         // its client and is aborted below; a part or the commit already
         // under way finishes (each is one backend request).
+        let stall = svc.config.read.stall_timeout;
         while let Some(msg) = tokio::select! {
-            msg = stream.message() => msg?,
+            msg = next_message(stream, stall, self.uri) => msg?,
             () = svc.uploads.cancelled() => return Err(Status::unavailable(format!(
                 "{}: the daemon is shutting down; upload discarded",
                 self.uri
@@ -126,18 +137,22 @@ impl Upload<'_> {
             }
             while !data.is_empty() {
                 if self.part.is_none() {
+                    let exhausted = |e| Status::resource_exhausted(format!("{}: {e}", self.uri));
+                    let hold = self
+                        .client
+                        .acquire(self.part_size)
+                        .await
+                        .map_err(exhausted)?;
                     let r = self
                         .reader
                         .budget()
                         .reserve(self.part_size, self.reader.cache())
-                        .await;
-                    self.part =
-                        Some(r.map_err(|e| {
-                            Status::resource_exhausted(format!("{}: {e}", self.uri))
-                        })?);
+                        .await
+                        .map_err(exhausted)?;
+                    self.part = Some((r, hold));
                     self.filled = 0;
                 }
-                let part = self.part.as_mut().expect("reserved above");
+                let (part, _) = self.part.as_mut().expect("reserved above");
                 let dst = &mut part.as_mut_slice()[self.filled..];
                 let take = dst.len().min(data.len());
                 dst[..take].copy_from_slice(&data.split_to(take));
@@ -208,7 +223,7 @@ impl Upload<'_> {
     fn take_part(&mut self) -> Bytes {
         let filled = std::mem::take(&mut self.filled);
         match self.part.take() {
-            Some(r) => r.into_bytes().slice(..filled),
+            Some((r, hold)) => hold.attach(r.into_bytes().slice(..filled)),
             None => Bytes::new(),
         }
     }
@@ -229,4 +244,23 @@ impl Upload<'_> {
             tracing::warn!(%error, uri = %self.uri, "aborting a failed multipart upload failed");
         }
     }
+}
+
+/// The client's next message; ABORTED when it sends nothing for `stall`
+/// (`read.stall_timeout`; zero: wait as long as it takes).
+async fn next_message(
+    stream: &mut Streaming<v1::WriteRequest>,
+    stall: std::time::Duration,
+    uri: &ObjectUri,
+) -> Result<Option<v1::WriteRequest>, Status> {
+    if stall.is_zero() {
+        return stream.message().await;
+    }
+    tokio::time::timeout(stall, stream.message())
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::aborted(format!(
+                "{uri}: the client sent nothing for {stall:?} (read.stall_timeout); upload discarded"
+            )))
+        })
 }
