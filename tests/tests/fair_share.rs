@@ -257,3 +257,36 @@ async fn a_stopped_writer_gives_its_buffer_back() {
     );
     drop(tx);
 }
+
+/// A busy client that reads everything it is given always completes,
+/// whatever the delivery, even when its fetches together need far more
+/// than its share: streams and buffers of one client never wait for each
+/// other's room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_client_completes_with_every_delivery() {
+    let daemon = daemon("0s");
+    data(&daemon.root);
+    for i in 0..64 {
+        std::fs::write(
+            daemon.root.join(format!("big/s{i:02}")),
+            pattern(300_000, i),
+        )
+        .unwrap();
+    }
+    let uri = format!("file://{}/big/", daemon.root.display());
+    for delivery in ["shm", "stream", "read"] {
+        let out = Command::new(bin("sluice"))
+            .args(["--address", &daemon.address()])
+            .args(["bench", &uri, "--delivery", delivery, "--concurrency", "64"])
+            .args(["--passes", "1"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sluice bench");
+        assert!(
+            out.status.success(),
+            "{delivery}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            daemon.log()
+        );
+    }
+}

@@ -100,6 +100,11 @@ pub struct Memory {
     pub evict: Arc<dyn Evict>,
     /// The client the bytes are fetched for.
     pub client: Arc<ClientShare>,
+    /// Charge a streamed object's whole size to the client before its
+    /// first part, as for a buffered one: for shared-memory delivery, where
+    /// the client holds every part of the object before it can release
+    /// any. Otherwise parts are charged one by one as they are reserved.
+    pub whole: bool,
 }
 
 impl Memory {
@@ -245,9 +250,14 @@ impl RangeEngine {
         let buffered = len <= max_buffer;
         let first_len = first.range.end - first.range.start;
         let want_now = if buffered { len } else { first_len };
+        let charge_now = if buffered || memory.whole {
+            len
+        } else {
+            first_len
+        };
         // The buffer at once, or the first response goes back: no request
         // slot (nor connection) is held while waiting for memory.
-        let now = if hold.try_grow(want_now) {
+        let now = if hold.try_grow(charge_now) {
             memory.budget.try_reserve(want_now, memory.evict.as_ref())
         } else {
             None
@@ -255,8 +265,11 @@ impl RangeEngine {
         let (reservation, first_part) = match now {
             Some(r) => (r, Some((first.range.clone(), first.body, slot))),
             None => {
+                // Waiting for room while holding the first part's would let
+                // two fetches of one client each wait for the other's.
                 drop((first.body, slot));
-                hold.grow(want_now)
+                hold.shrink(0);
+                hold.grow(charge_now)
                     .await
                     .map_err(|e| ReadError::memory(uri, e))?;
                 (memory.reserve_budget(uri, want_now).await?, None)
@@ -277,14 +290,17 @@ impl RangeEngine {
             // Parts of this stream the consumer holds (given and not yet
             // dropped), or that are ahead of it.
             let live = Arc::new(AtomicU64::new(0));
+            // Paid for the whole object: each part takes its share of it.
+            let first_hold = hold.split(first_len);
+            let prepaid = memory.whole.then_some(hold);
             let head = job.clone().first_task(
                 first.range.clone(),
                 first_part,
                 reservation,
-                hold,
+                first_hold,
                 Live::new(&live),
             );
-            let body = job.streaming(head, total.clone(), memory.clone(), live);
+            let body = job.streaming(head, total.clone(), memory.clone(), live, prepaid);
             Ok(Fetched::Streaming {
                 meta: first.meta,
                 range: total,
@@ -441,7 +457,9 @@ impl Job {
         total: Range<u64>,
         memory: Memory,
         live: Arc<AtomicU64>,
+        prepaid: Option<Hold>,
     ) -> BoxStream<'static, Result<Bytes, ReadError>> {
+        let prepaid = Arc::new(std::sync::Mutex::new(prepaid));
         let head = stream::once(head.join());
         let ahead = self.engine.config.per_object_concurrency.max(1);
         let job = self.clone();
@@ -453,9 +471,20 @@ impl Job {
             let job = job.clone();
             let mem = memory.clone();
             let live = live.clone();
+            let paid = prepaid
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_mut()
+                .map(|pool| pool.split(range.end - range.start));
             async move {
                 let len = range.end - range.start;
-                let (reservation, hold, live) = mem.reserve_part(&job.uri, len, &live).await?;
+                let (reservation, hold, live) = match paid {
+                    Some(hold) => {
+                        let reservation = mem.reserve_budget(&job.uri, len).await?;
+                        (reservation, hold, Live::new(&live))
+                    }
+                    None => mem.reserve_part(&job.uri, len, &live).await?,
+                };
                 Ok::<_, ReadError>((range, reservation, hold, live))
             }
         });

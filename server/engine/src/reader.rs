@@ -91,6 +91,9 @@ struct Flight {
 
 type Inflight = Mutex<HashMap<String, Flight>>;
 
+/// Whom a read is for, and whether they hold streamed objects whole.
+type For<'a> = (&'a Arc<ClientShare>, bool);
+
 /// Reads objects through the cache.
 pub struct Reader {
     backends: Backends,
@@ -182,11 +185,12 @@ impl Reader {
     }
 
     /// The budget, the cache to evict from, and `client` to charge.
-    fn memory(&self, client: &Arc<ClientShare>) -> Memory {
+    fn memory(&self, client: &Arc<ClientShare>, whole: bool) -> Memory {
         Memory {
             budget: self.budget.clone(),
             evict: self.cache.clone(),
             client: client.clone(),
+            whole,
         }
     }
 
@@ -242,15 +246,18 @@ impl Reader {
 
     /// Reads `range` of `uri` (the whole object if `None`) for `client`:
     /// what the output's bytes pin is charged to the client's share for as
-    /// long as any clone of them lives.
+    /// long as any clone of them lives. `whole`: the client will hold every
+    /// part of a streamed object at once (shared-memory delivery), so its
+    /// whole size is charged before the first part.
     pub fn read<'a>(
         &'a self,
         uri: &'a ObjectUri,
         range: Option<Range<u64>>,
         no_cache: bool,
         client: &'a Arc<ClientShare>,
+        whole: bool,
     ) -> futures::future::BoxFuture<'a, Result<ReadOutput, ReadError>> {
-        Box::pin(self.read_inner(uri, range, no_cache, client))
+        Box::pin(self.read_inner(uri, range, no_cache, (client, whole)))
     }
 
     async fn read_inner(
@@ -258,7 +265,7 @@ impl Reader {
         uri: &ObjectUri,
         range: Option<Range<u64>>,
         no_cache: bool,
-        client: &Arc<ClientShare>,
+        client: For<'_>,
     ) -> Result<ReadOutput, ReadError> {
         let storage = self.storage(uri)?;
         if no_cache {
@@ -273,7 +280,7 @@ impl Reader {
                     .await?
             {
                 self.metrics.cache.hits.inc();
-                let pin = self.pin(uri, client, &obj).await?;
+                let pin = self.pin(uri, client.0, &obj).await?;
                 return slice(uri, &obj, range, Source::Cache, pin);
             }
             let whole = range
@@ -295,7 +302,7 @@ impl Reader {
                     match outcome {
                         Some(Outcome::Cached(obj)) => {
                             self.metrics.cache.coalesced.inc();
-                            let pin = self.pin(uri, client, &obj).await?;
+                            let pin = self.pin(uri, client.0, &obj).await?;
                             return slice(uri, &obj, range, Source::Coalesced, pin);
                         }
                         Some(Outcome::TooLarge) => {
@@ -337,12 +344,18 @@ impl Reader {
         storage: Arc<dyn Storage>,
         uri: &ObjectUri,
         range: Option<Range<u64>>,
-        client: &Arc<ClientShare>,
+        client: For<'_>,
     ) -> Result<ReadOutput, ReadError> {
         self.metrics.cache.misses.inc();
         match self
             .engine
-            .fetch(storage, uri, None, &self.memory(client), self.max_cached())
+            .fetch(
+                storage,
+                uri,
+                None,
+                &self.memory(client.0, client.1),
+                self.max_cached(),
+            )
             .await
         {
             Ok(Fetched::Buffered {
@@ -421,11 +434,17 @@ impl Reader {
         storage: Arc<dyn Storage>,
         uri: &ObjectUri,
         range: Option<Range<u64>>,
-        client: &Arc<ClientShare>,
+        client: For<'_>,
     ) -> Result<ReadOutput, ReadError> {
         let fetched = self
             .engine
-            .fetch(storage, uri, range, &self.memory(client), self.max_cached())
+            .fetch(
+                storage,
+                uri,
+                range,
+                &self.memory(client.0, client.1),
+                self.max_cached(),
+            )
             .await;
         let fetched = fetched.inspect_err(|e| self.note_error(e))?;
         Ok(match fetched {
@@ -671,7 +690,10 @@ mod tests {
         std::fs::write(root.join("o"), b"new bytes!").unwrap();
         reader.invalidate(&uri);
         let client = ClientShare::unlimited();
-        let out = reader.read(&uri, None, false, &client).await.unwrap();
+        let out = reader
+            .read(&uri, None, false, &client, false)
+            .await
+            .unwrap();
         match out.body {
             Body::Bytes(b) => assert_eq!(&b[..], b"new bytes!"),
             Body::Stream(_) => panic!("a small object is buffered"),

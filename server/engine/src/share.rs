@@ -426,6 +426,20 @@ impl Hold {
         Ok(())
     }
 
+    /// Moves `bytes` of this charge (at most all of it) into a hold of its
+    /// own, without waiting: the bytes were paid for already.
+    pub fn split(&mut self, bytes: u64) -> Hold {
+        let take = match &mut self.what {
+            Charged::Bytes(n) => {
+                let take = bytes.min(*n);
+                *n -= take;
+                take
+            }
+            Charged::Entry(_) => 0,
+        };
+        self.client.hold_of(take)
+    }
+
     /// Lowers the charge to `to` bytes.
     pub fn shrink(&mut self, to: u64) {
         if let Charged::Bytes(n) = self.what

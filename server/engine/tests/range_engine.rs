@@ -67,6 +67,7 @@ fn memory(total: u64) -> Memory {
             .unwrap(),
         evict: Arc::new(NoEvict),
         client: sluice_engine::ClientShare::unlimited(),
+        whole: false,
     }
 }
 

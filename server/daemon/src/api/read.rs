@@ -24,7 +24,7 @@ pub(super) async fn read(
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
         svc.reader
-            .read(&uri, range, req.no_cache, &client)
+            .read(&uri, range, req.no_cache, &client, false)
             .await
             .map_err(|e| read_status(&e))
     }
@@ -168,7 +168,7 @@ pub(super) fn read_many(
             let uri = parse_uri(&item.uri)?;
             let range = parse_range(&uri, item.range.as_ref())?;
             reader
-                .read(&uri, range, false, &client)
+                .read(&uri, range, false, &client, false)
                 .await
                 .map_err(|e| read_status(&e))
         }));

@@ -22,7 +22,7 @@ pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
         ctx.reader
-            .read(&uri, range, false, &ctx.client)
+            .read(&uri, range, false, &ctx.client, ctx.shm)
             .await
             .map_err(|e| read_status(&e))
     }
