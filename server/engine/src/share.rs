@@ -192,6 +192,20 @@ impl ClientShare {
         self.charge_unless(mine, extra, &|| false).await
     }
 
+    /// Charges `extra` bytes if all clients together stay within
+    /// `clients_share`, whatever this client holds.
+    fn try_charge_within_total(&self, extra: u64) -> bool {
+        let mut total = lock(&self.shares.total);
+        if total.saturating_add(extra) > self.shares.clients_bytes {
+            return false;
+        }
+        let mut state = lock(&self.state);
+        state.held += extra;
+        *total += extra;
+        self.shares.metrics.held.inc_by(extra as i64);
+        true
+    }
+
     /// Charges `extra` bytes unconditionally.
     fn force(&self, extra: u64) {
         let mut total = lock(&self.shares.total);
@@ -218,8 +232,7 @@ impl ClientShare {
             if self.try_charge(mine, extra) {
                 return Ok(());
             }
-            if exempt() {
-                self.force(extra);
+            if exempt() && self.try_charge_within_total(extra) {
                 return Ok(());
             }
             if !waited {
@@ -262,9 +275,11 @@ impl ClientShare {
     /// its parts: waits for room like [`ClientShare::acquire`], except that
     /// while the stream has at most one part alive (the one its consumer is
     /// working on, which it holds while it looks ahead for this one) the
-    /// part goes through. A consumer that reads thus always makes progress,
+    /// part goes through if all clients together stay within
+    /// `clients_share`. A consumer that reads thus always makes progress,
     /// whatever its other streams hold; one that stops holds at most two
-    /// parts beyond its share and gets no more.
+    /// parts per stream beyond its share, and never more than the clients'
+    /// total.
     pub async fn acquire_next_part(
         self: &Arc<Self>,
         bytes: u64,

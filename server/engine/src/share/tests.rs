@@ -150,3 +150,23 @@ async fn a_hold_grows_within_the_share() {
     h2.grow(20).await.unwrap();
     assert_eq!(a.held(), 70);
 }
+
+/// A stream whose consumer holds none of its parts gets its next part past
+/// the client's share — but never past the clients' total.
+#[tokio::test(start_paused = true)]
+async fn the_next_part_of_a_reading_stream_stays_within_the_total() {
+    let s = shares(100, 150);
+    let (a, b) = (s.client(), s.client());
+    let live = AtomicU64::new(0);
+    let _a = a.acquire(100).await.unwrap();
+    let part = a
+        .acquire_next_part(20, &live)
+        .await
+        .expect("a reading stream is not held back by its client's share");
+    drop(part);
+    let b_held = b.acquire(40).await.unwrap();
+    let err = a.acquire_next_part(20, &live).await.unwrap_err();
+    assert!(matches!(err, BudgetError::Share { .. }), "{err}");
+    drop(b_held);
+    a.acquire_next_part(20, &live).await.unwrap();
+}
