@@ -405,7 +405,7 @@ impl Reader {
                 leader.publish(Outcome::Cached(obj.clone()));
                 // The buffer's charge becomes the entry's: no wait, the
                 // client holds these bytes already.
-                let pin = self.pin_now(uri, &hold, &obj)?;
+                let pin = hold.client().pin_now(&obj);
                 drop(hold);
                 slice(uri, &obj, range, Source::Backend, pin)
             }
@@ -484,19 +484,6 @@ impl Reader {
             self.metrics.memory.exhausted.inc();
             ReadError::memory(uri, e)
         })
-    }
-
-    /// Pins a cached entry for the client of `hold` without waiting: the
-    /// bytes are charged to it already.
-    fn pin_now(
-        &self,
-        uri: &ObjectUri,
-        hold: &Hold,
-        obj: &Arc<CachedObject>,
-    ) -> Result<Hold, ReadError> {
-        hold.client()
-            .pin_now(obj)
-            .map_err(|e| ReadError::memory(uri, e))
     }
 
     fn note_error(&self, e: &ReadError) {

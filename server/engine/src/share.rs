@@ -162,23 +162,15 @@ impl ClientShare {
         lock(&self.state).held
     }
 
-    /// Whether `extra` more bytes may be charged to a client already holding
-    /// `mine` of its `held` bytes for the caller. Under the total's lock.
-    fn fits(&self, total: u64, held: u64, mine: u64, extra: u64) -> bool {
-        let s = &self.shares;
-        held == mine
-            || (held.saturating_add(extra) <= s.client_bytes
-                && total.saturating_add(extra) <= s.clients_bytes)
-    }
-
-    /// Charges `extra` bytes if they fit now (see [`ClientShare::fits`]).
-    fn try_charge(&self, mine: u64, extra: u64) -> bool {
+    /// Charges `extra` bytes if `allowed(total, held)` says so, given what
+    /// all clients and this one hold now; both locks held while it decides.
+    fn charge_if(&self, extra: u64, allowed: impl FnOnce(u64, u64) -> bool) -> bool {
         if extra == 0 {
             return true;
         }
         let mut total = lock(&self.shares.total);
         let mut state = lock(&self.state);
-        if !self.fits(*total, state.held, mine, extra) {
+        if !allowed(*total, state.held) {
             return false;
         }
         state.held += extra;
@@ -187,32 +179,33 @@ impl ClientShare {
         true
     }
 
-    /// Charges `extra` bytes, waiting for room up to `memory_wait`.
-    async fn charge(&self, mine: u64, extra: u64) -> Result<(), BudgetError> {
-        self.charge_unless(mine, extra, &|| false).await
+    /// Charges `extra` bytes if they fit now: the client holds nothing but
+    /// the caller's `mine`, or both its share and the clients' total have
+    /// room.
+    fn try_charge(&self, mine: u64, extra: u64) -> bool {
+        let s = &self.shares;
+        self.charge_if(extra, |total, held| {
+            held == mine
+                || (held.saturating_add(extra) <= s.client_bytes
+                    && total.saturating_add(extra) <= s.clients_bytes)
+        })
     }
 
     /// Charges `extra` bytes if all clients together stay within
     /// `clients_share`, whatever this client holds.
     fn try_charge_within_total(&self, extra: u64) -> bool {
-        let mut total = lock(&self.shares.total);
-        if total.saturating_add(extra) > self.shares.clients_bytes {
-            return false;
-        }
-        let mut state = lock(&self.state);
-        state.held += extra;
-        *total += extra;
-        self.shares.metrics.held.inc_by(extra as i64);
-        true
+        let clients = self.shares.clients_bytes;
+        self.charge_if(extra, |total, _| total.saturating_add(extra) <= clients)
     }
 
     /// Charges `extra` bytes unconditionally.
     fn force(&self, extra: u64) {
-        let mut total = lock(&self.shares.total);
-        let mut state = lock(&self.state);
-        state.held += extra;
-        *total += extra;
-        self.shares.metrics.held.inc_by(extra as i64);
+        self.charge_if(extra, |_, _| true);
+    }
+
+    /// Charges `extra` bytes, waiting for room up to `memory_wait`.
+    async fn charge(&self, mine: u64, extra: u64) -> Result<(), BudgetError> {
+        self.charge_unless(mine, extra, &|| false).await
     }
 
     /// Charges `extra` bytes, waiting for room up to `memory_wait` — or
@@ -317,14 +310,13 @@ impl ClientShare {
 
     /// Pins a cached object without waiting for room: for bytes this
     /// client holds already under another charge, about to be let go.
-    pub fn pin_now(self: &Arc<Self>, obj: &Arc<CachedObject>) -> Result<Hold, BudgetError> {
+    pub fn pin_now(self: &Arc<Self>, obj: &Arc<CachedObject>) -> Hold {
         let key = Arc::as_ptr(obj) as usize;
         if let Some(hold) = self.pin_again(key) {
-            return Ok(hold);
+            return hold;
         }
-        let size = obj.data.len() as u64;
-        self.force(size);
-        Ok(self.enter(key, obj))
+        self.force(obj.data.len() as u64);
+        self.enter(key, obj)
     }
 
     /// Records the pin of `obj`, charged already.
