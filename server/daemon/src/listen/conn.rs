@@ -1,12 +1,12 @@
-//! An accepted connection: its IO, its slot of the connection limit, and
-//! the idle clock.
+//! An accepted connection: its IO, its slot of the connection limit, the
+//! idle clock, and its lingering close.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
@@ -108,6 +108,19 @@ impl Slot {
     }
 }
 
+/// How long a connection whose HTTP/2 side is done keeps reading (and
+/// discarding) what its peer still sends before the socket is closed.
+///
+/// The last frames of a response (its trailers, the GOAWAY of a daemon
+/// shutting down) are written, then the write side is shut. A client that
+/// writes to a socket already closed — a WINDOW_UPDATE for the data it is
+/// reading — gets EPIPE, and the HTTP/2 client gives up the connection
+/// with frames it has received but not read yet: a stream the daemon
+/// finished would end in "broken pipe". Closing only once the peer has
+/// closed (it does when it reads the GOAWAY and has no stream left), or
+/// after this long, lets it read everything.
+pub(super) const LINGER: Duration = Duration::from_secs(2);
+
 /// An accepted connection.
 #[derive(Debug)]
 pub struct Conn<IO> {
@@ -115,6 +128,8 @@ pub struct Conn<IO> {
     pub(super) slot: Slot,
     /// Armed while no call is in flight, with the `started` count it saw.
     pub(super) idle: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
+    /// Set once the write side is shut: the end of the lingering close.
+    pub(super) linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> Conn<IO> {
@@ -124,6 +139,7 @@ impl<IO> Conn<IO> {
             io,
             slot,
             idle: None,
+            linger: None,
         }
     }
 
@@ -183,7 +199,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -196,8 +212,37 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// Shuts the write side, then reads and discards until the peer closes
+    /// or [`LINGER`] has passed (see there).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        if self.linger.is_none() {
+            ready!(Pin::new(&mut self.io).poll_shutdown(cx))?;
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 8192];
+        // Bounded per poll: a peer that keeps sending cannot hold the task.
+        let mut drained = false;
+        for _ in 0..64 {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    drained = true;
+                    break;
+                }
+            }
+        }
+        if !drained {
+            // More to read: come back after other tasks had their turn.
+            cx.waker().wake_by_ref();
+        }
+        let linger = self.linger.as_mut().expect("set above");
+        if linger.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
     }
 
     fn poll_write_vectored(
@@ -235,5 +280,72 @@ impl<IO> Connected for Conn<IO> {
             retained: self.slot.retained.clone(),
             activity: self.slot.activity.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn conn(io: tokio::net::UnixStream) -> Conn<tokio::net::UnixStream> {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        Conn::new(
+            io,
+            Slot {
+                peer: Peer::Unix(None),
+                activity: Arc::default(),
+                idle_timeout: None,
+                idle_closed: Counter::default(),
+                client: None,
+                retained: Arc::default(),
+                _open: OpenGuard(Gauge::default()),
+                _permit: permit,
+            },
+        )
+    }
+
+    /// Closing a connection shuts its write side at once but keeps the
+    /// socket until the peer closes: the peer reads everything sent before
+    /// and can still write meanwhile (no EPIPE), however late it does.
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_connection_lingers_until_its_peer_closes() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut c = conn(ours);
+        c.write_all(b"last frames").await.unwrap();
+        let mut closing = tokio::spawn(async move {
+            c.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last frames", "the peer reads all, then EOF");
+        // Late, but within the linger: the peer's writes still land.
+        tokio::time::sleep(LINGER / 2).await;
+        theirs.write_all(&[0; 100_000]).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(
+            futures::poll!(&mut closing).is_pending(),
+            "the socket is kept while the peer has it open"
+        );
+        drop(theirs);
+        closing.await.unwrap();
+    }
+
+    /// A peer that never closes is closed on after the linger.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_never_closes_is_closed_on_after_the_linger() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut c = conn(ours);
+        let start = tokio::time::Instant::now();
+        c.shutdown().await.unwrap();
+        assert!(start.elapsed() >= LINGER);
+        drop(c);
+        let mut theirs = theirs;
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }
