@@ -229,3 +229,49 @@ async fn a_hundred_sessions_stay_within_budget_plus_overhead() {
         overhead >> 20
     );
 }
+
+/// Shared-memory pages the process has resident, in bytes.
+fn rss_shmem(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssShmem:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssShmem in /proc/pid/status");
+    kb * 1024
+}
+
+/// By default the whole arena is made resident soon after start (on an
+/// idle-priority thread); with `cache.prefault = false` its pages stay
+/// untouched until reads fill them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_arena_is_made_resident_at_startup_unless_disabled() {
+    const BUDGET: u64 = 64 << 20;
+    let p = DaemonProcess::spawn(&["--memory-budget", "64MiB"]);
+    // Idle priority: slow only when the machine is busy, so the wait is long.
+    p.wait_log("shared-memory arena resident", Duration::from_secs(300));
+    let resident = rss_shmem(p.child.id());
+    assert!(
+        resident >= BUDGET,
+        "RssShmem {} MiB after the prefault of a {} MiB arena",
+        resident >> 20,
+        BUDGET >> 20
+    );
+
+    let lazy = DaemonProcess::spawn_with_env(
+        &["--memory-budget", "64MiB"],
+        &[("SLUICE_CACHE__PREFAULT", "false")],
+    );
+    let data = pattern(100_000, 5);
+    std::fs::write(lazy.root.join("small"), &data).unwrap();
+    let mut client = connect(&lazy.socket).await;
+    let uri = format!("file://{}/small", lazy.root.display());
+    assert_eq!(read(&mut client, &uri, None).await.unwrap().1, data);
+    let resident = rss_shmem(lazy.child.id());
+    assert!(
+        resident < BUDGET / 4,
+        "RssShmem {} MiB without prefault after one 100 kB read",
+        resident >> 20
+    );
+    assert!(!lazy.log().contains("arena resident"), "{}", lazy.log());
+}

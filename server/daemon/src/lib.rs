@@ -6,6 +6,7 @@ pub mod api;
 mod auth;
 pub mod config;
 pub mod listen;
+mod prefault;
 pub mod server;
 pub mod session;
 mod stall;

@@ -146,6 +146,15 @@ impl Daemon {
     /// Serves until `shutdown` completes, then drains (see the module docs).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let addrs = self.addresses();
+        // Stopped when `serve` returns.
+        let _prefault = if self.config.cache.prefault {
+            let gauge = self.metrics.engine.memory.prefaulted.clone();
+            crate::prefault::start(self.reader.arena().clone(), gauge)
+                .map_err(|error| tracing::warn!(%error, "cannot start the arena prefault thread"))
+                .ok()
+        } else {
+            None
+        };
         let stop = CancellationToken::new();
         let service = SluiceService::new(
             self.reader.clone(),

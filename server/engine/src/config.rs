@@ -173,6 +173,10 @@ pub struct CacheConfig {
     /// segments of this size. No object is buffered (and cached) in more
     /// than one segment, so this also caps `max_object_size`.
     pub segment_size: ByteSize,
+    /// Make the whole arena resident at startup, on a thread that runs only
+    /// when a core is idle, instead of page by page as reads first fill it.
+    /// The daemon's RSS then reaches the budget within seconds of start.
+    pub prefault: bool,
 }
 
 impl Default for CacheConfig {
@@ -190,6 +194,10 @@ impl Default for CacheConfig {
             // 256 MiB: few descriptors to hand out and map per client, and
             // large enough for typical samples and shards to be cached whole.
             segment_size: ByteSize::mib(256),
+            // The pages are the budget: paid for once the cache has filled
+            // anyway, and first touch costs more than the copy that fills a
+            // page (`Arena::prefault`).
+            prefault: true,
         }
     }
 }

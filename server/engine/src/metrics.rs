@@ -69,6 +69,8 @@ pub struct MemoryMetrics {
     pub largest_free: Gauge,
     /// Arena segments (descriptors each client maps).
     pub segments: Gauge,
+    /// Arena bytes made resident by the startup prefault so far.
+    pub prefaulted: Gauge,
 }
 
 /// Backend operations, the `operation` label.
@@ -214,6 +216,12 @@ impl EngineMetrics {
             "segments",
             "Shared-memory arena segments",
             m.segments.clone(),
+        );
+        r.register_with_unit(
+            "prefaulted",
+            "Shared-memory arena bytes made resident by the startup prefault (cache.prefault)",
+            Unit::Bytes,
+            m.prefaulted.clone(),
         );
         r.register_with_unit(
             "budget",

@@ -16,11 +16,13 @@
 //! mapping, made before the seal, stays writable. Kernels before 5.1 lack
 //! `F_SEAL_FUTURE_WRITE`; there only the size is sealed, and a warning says so.
 //!
-//! A fresh memfd's pages are not resident until first touched, so the
-//! arena's capacity is a ceiling on RSS, not an up-front cost. Freed ranges
-//! stay resident (no hole punching): the capacity *is* the memory budget, so
-//! memory the arena once held is memory it is allowed to hold, and reusing a
-//! resident page is cheaper than faulting in a new one.
+//! A fresh memfd's pages are not resident until first touched; the daemon
+//! touches them all at startup on an idle thread ([`Arena::prefault`],
+//! `cache.prefault`), because a first touch costs far more than the copy
+//! that fills the page. Freed ranges stay resident (no hole punching): the
+//! capacity *is* the memory budget, so memory the arena once held is memory
+//! it is allowed to hold, and reusing a resident page is cheaper than
+//! faulting in a new one.
 //!
 //! # Allocation
 //!
@@ -325,6 +327,39 @@ impl Arena {
             len: s.map.len() as u64,
             fd: s.map.fd().as_fd(),
         })
+    }
+
+    /// Makes every page of the arena resident, `chunk` bytes at a time
+    /// (`MADV_POPULATE_WRITE`, Linux 5.14), without changing a byte: extents
+    /// already in use keep their contents. `progress` gets the bytes done
+    /// after each chunk and stops the work when it returns `false`. Returns
+    /// the bytes made resident.
+    ///
+    /// First touch of a fresh shared-memory page costs more than the copy
+    /// that fills it: measured on a 2-core VM, ~160 µs per 128 KiB
+    /// (allocating, charging and zeroing 32 pages) against ~10 µs to copy
+    /// into pages already resident. The arena's pages are paid for once the
+    /// cache has filled anyway (freed ranges stay resident); paying for them
+    /// up front, on an idle thread, keeps that cost off the first epoch's
+    /// reads. Errors (an older kernel: EINVAL) end the work; the pages not
+    /// done are touched lazily as before.
+    pub fn prefault(&self, chunk: u64, mut progress: impl FnMut(u64) -> bool) -> io::Result<u64> {
+        let chunk = round_up(chunk.max(GRANULE)) as usize;
+        let mut done = 0u64;
+        for seg in self.segments.iter() {
+            let len = seg.map.len();
+            let mut off = 0;
+            while off < len {
+                let n = chunk.min(len - off);
+                seg.map.populate(off, n)?;
+                off += n;
+                done += n as u64;
+                if !progress(done) {
+                    return Ok(done);
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Notified (`notify_waiters`) each time an extent is freed. It stores no

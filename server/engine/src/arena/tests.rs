@@ -432,3 +432,49 @@ fn a_budget_below_one_segment_caps_the_largest_extent() {
     assert_eq!(arena.capacity(), 8192);
     assert!(arena.try_alloc(8192).is_some());
 }
+
+/// Pages of `arena` resident in its segments' memfds (mincore).
+fn resident_pages(arena: &Arena) -> usize {
+    let page = 4096;
+    arena
+        .segments
+        .iter()
+        .map(|s| {
+            let pages = s.map.len() / page;
+            let mut vec = vec![0u8; pages];
+            // SAFETY: the whole mapping, page-aligned; `vec` has one byte
+            // per page.
+            let rc = unsafe {
+                libc::mincore(s.map.base().as_ptr().cast(), s.map.len(), vec.as_mut_ptr())
+            };
+            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            vec.iter().filter(|&&b| b & 1 == 1).count()
+        })
+        .sum()
+}
+
+/// Prefaulting makes every page resident, changes no byte of an extent in
+/// use, and stops when told to.
+#[test]
+fn prefault_makes_pages_resident_without_changing_them() {
+    let arena = Arena::new(4 * MIB, MIB).unwrap();
+    let mut e = arena.try_alloc(300 * KIB).unwrap();
+    for (i, b) in e.as_mut_slice().iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let touched = resident_pages(&arena);
+    assert!(touched <= 80, "{touched} pages resident before prefault");
+    // Stopped after the first chunk.
+    let done = arena.prefault(256 * KIB, |_| false).unwrap();
+    assert_eq!(done, 256 * KIB);
+    let done = arena.prefault(256 * KIB, |_| true).unwrap();
+    assert_eq!(done, arena.capacity());
+    assert_eq!(resident_pages(&arena), (4 * MIB / 4096) as usize);
+    assert!(
+        e.as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 251) as u8),
+        "an extent in use was changed"
+    );
+}
