@@ -466,6 +466,32 @@ class Daemon:
             if time.time() > deadline:
                 raise RuntimeError("sluiced did not open its socket within 30 s")
             time.sleep(0.05)
+        self.wait_prefaulted()
+
+    def wait_prefaulted(self) -> None:
+        """Waits until the arena is resident (cache.prefault, on by default),
+        as on a node where the daemon has been up for a few seconds: cold
+        passes then measure reads, not the daemon's first seconds."""
+        if os.environ.get("SLUICE_CACHE__PREFAULT", "true").lower() in ("false", "0", "no"):
+            return
+        units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 1000, "mb": 10**6, "gb": 10**9, "b": 1}
+        text = self.a.memory_budget.strip().lower()
+        unit = next((u for u in units if text.endswith(u)), "b")
+        budget = int(float(text[: len(text) - len(unit)] or text) * units[unit])
+        deadline = time.time() + 300
+        while self.rss_shmem() < budget:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sluiced exited with {self.proc.returncode}")
+            if time.time() > deadline:
+                raise RuntimeError("the arena was not resident within 300 s")
+            time.sleep(0.1)
+
+    def rss_shmem(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("RssShmem:"):
+                    return int(line.split()[1]) * 1024
+        return 0
 
     def peak_rss(self) -> str | None:
         try:
