@@ -479,11 +479,16 @@ class Daemon:
         unit = next((u for u in units if text.endswith(u)), "b")
         budget = int(float(text[: len(text) - len(unit)] or text) * units[unit])
         deadline = time.time() + 300
-        while self.rss_shmem() < budget:
+        last, still_since = -1, time.time()
+        while (now := self.rss_shmem()) < budget:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sluiced exited with {self.proc.returncode}")
             if time.time() > deadline:
                 raise RuntimeError("the arena was not resident within 300 s")
+            if now != last:
+                last, still_since = now, time.time()
+            elif time.time() - still_since > 5:
+                return  # not growing: a daemon without cache.prefault
             time.sleep(0.1)
 
     def rss_shmem(self) -> int:
