@@ -50,6 +50,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
 
+/// Largest HTTP/2 frame the daemon may send us (the protocol's default is
+/// 16 KiB): a 1 MiB chunk then travels as one DATA frame, not 64.
+const MAX_FRAME: u32 = 1 << 20;
+
 /// A parsed daemon address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
@@ -162,6 +166,7 @@ fn configure(endpoint: Endpoint) -> Endpoint {
         .connect_timeout(CONNECT_TIMEOUT)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .tcp_nodelay(true)
 }
 

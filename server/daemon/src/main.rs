@@ -98,21 +98,24 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Payload bytes live in the shared-memory arena, not on the heap; what
-/// the heap holds are protocol buffers, the largest of them HTTP read
-/// buffers of up to ~400 KiB per backend connection, allocated and freed for
-/// every response. Under glibc's default 128 KiB mmap threshold each one
-/// was a fresh mmap: every page faulted in on the first read into it and
-/// handed back by munmap (with a TLB shootdown) on free — a quarter of the
-/// daemon's CPU per cold 128 KiB object. Below 1 MiB allocations now come
-/// from the heap and are reused; at most 8 MiB of free memory at the top of
-/// each of the (at most 4) arenas is kept rather than trimmed, so the heap
-/// stays a small fixed overhead on top of the budget.
+/// the heap holds are protocol buffers: HTTP read buffers of up to ~400 KiB
+/// per backend connection and gRPC encode buffers of a message (up to
+/// `read.chunk_size` plus framing) per response stream, allocated, grown
+/// and freed for every response or message. Under glibc's default 128 KiB
+/// mmap threshold each one was a fresh mmap (or an mremap on growth): every
+/// page faulted in on first write, handed back by munmap with a TLB
+/// shootdown on free, all under the process's mmap lock — a quarter of the
+/// daemon's CPU per cold 128 KiB object and a third of it when streaming
+/// cached objects over TCP. Up to 32 MiB (glibc's largest threshold; no
+/// buffer gets near it) allocations now come from the heap and are reused;
+/// at most 8 MiB of free memory at the top of each of the (at most 4)
+/// arenas is kept rather than trimmed, so the heap stays a small fixed
+/// overhead on top of the budget.
 fn tune_allocator() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator tunables; called before any
-    // other thread exists.
+    // SAFETY: mallopt only changes allocator tunables.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
