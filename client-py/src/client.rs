@@ -341,7 +341,14 @@ impl FetchIter {
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<(usize, Buffer)>> {
         let mut guard = step(&self.results)?;
         let results = guard.get_mut().ok_or_else(forked)?;
-        match wait(py, results.recv())? {
+        // A result that is already there is taken without giving up the
+        // GIL and blocking on the runtime: in a batch read ahead, most are.
+        let next = match results.try_recv() {
+            Ok(tagged) => Some(tagged),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => wait(py, results.recv())?,
+        };
+        match next {
             None => Ok(None),
             Some((index, Ok(buffer))) => Ok(Some((index, buffer))),
             Some((_, Err(error))) => Err(convert::error(py, error)),
