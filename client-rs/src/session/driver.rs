@@ -2,8 +2,8 @@
 //!
 //! Outgoing, [`Outgoing`] is the request body tonic pulls from: the open
 //! message first, then lease releases and fetches as they come. Releases
-//! go first, since they free quota that queued fetches may wait for; all
-//! the ids queued when the stream is polled go into one `ReleaseRequest`.
+//! are held up to `RELEASE_DELAY` to share a `ReleaseRequest`, and go first
+//! when a fetch is sent, since they free quota that it may wait for.
 //! The body ends when both the fetch sender (the `Session` handles) and the
 //! release sender (the session's [`Core`], held by handles and leases) are
 //! gone.
@@ -38,6 +38,10 @@ use crate::error::{Error, Result};
 
 /// Most lease ids in one `ReleaseRequest` (8 KiB of ids at most).
 const MAX_RELEASE_BATCH: usize = 1024;
+
+/// Longest a released lease id waits for others to share its message (the
+/// runtime's timers tick in milliseconds).
+const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What a fetch's caller receives, in this order: the metadata, the parts,
 /// the end (or an error instead of any of them).
@@ -274,6 +278,12 @@ pub(crate) struct Outgoing {
     fetches: mpsc::Receiver<SessionRequest>,
     releases_done: bool,
     fetches_done: bool,
+    /// Released lease ids not sent yet.
+    held: Vec<u64>,
+    /// When `held` goes out at the latest; armed with its first id.
+    flush: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A fetch that waits for the releases sent ahead of it.
+    next_fetch: Option<SessionRequest>,
 }
 
 impl Outgoing {
@@ -288,6 +298,17 @@ impl Outgoing {
             fetches,
             releases_done: false,
             fetches_done: false,
+            held: Vec::new(),
+            flush: None,
+            next_fetch: None,
+        }
+    }
+
+    fn release_message(&mut self) -> SessionRequest {
+        self.flush = None;
+        let lease_ids = std::mem::take(&mut self.held);
+        SessionRequest {
+            msg: Some(Request::Release(ReleaseRequest { lease_ids })),
         }
     }
 }
@@ -295,30 +316,50 @@ impl Outgoing {
 impl Stream for Outgoing {
     type Item = SessionRequest;
 
+    /// Releases are held for up to [`RELEASE_DELAY`] so that the leases a
+    /// reader drops one by one (a DataLoader worker: one per sample, tens
+    /// of microseconds apart) share a message instead of costing one each,
+    /// on both sides. They go out earlier with the next fetch (ahead of
+    /// it: they free quota it may need), when [`MAX_RELEASE_BATCH`] are
+    /// held, or when the session's users are all gone.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SessionRequest>> {
         let this = &mut *self;
         if let Some(open) = this.open.take() {
             return Poll::Ready(Some(open));
         }
-        if !this.releases_done {
-            let mut lease_ids = Vec::new();
-            match this
-                .releases
-                .poll_recv_many(cx, &mut lease_ids, MAX_RELEASE_BATCH)
-            {
+        if let Some(fetch) = this.next_fetch.take() {
+            return Poll::Ready(Some(fetch));
+        }
+        while !this.releases_done && this.held.len() < MAX_RELEASE_BATCH {
+            let room = MAX_RELEASE_BATCH - this.held.len();
+            match this.releases.poll_recv_many(cx, &mut this.held, room) {
                 Poll::Ready(0) => this.releases_done = true,
-                Poll::Ready(_) => {
-                    let release = Request::Release(ReleaseRequest { lease_ids });
-                    return Poll::Ready(Some(SessionRequest { msg: Some(release) }));
-                }
-                Poll::Pending => {}
+                Poll::Ready(_) => {}
+                Poll::Pending => break,
             }
+        }
+        if this.held.len() >= MAX_RELEASE_BATCH || (this.releases_done && !this.held.is_empty()) {
+            return Poll::Ready(Some(this.release_message()));
         }
         if !this.fetches_done {
             match this.fetches.poll_recv(cx) {
-                Poll::Ready(Some(fetch)) => return Poll::Ready(Some(fetch)),
+                Poll::Ready(Some(fetch)) if this.held.is_empty() => {
+                    return Poll::Ready(Some(fetch));
+                }
+                Poll::Ready(Some(fetch)) => {
+                    this.next_fetch = Some(fetch);
+                    return Poll::Ready(Some(this.release_message()));
+                }
                 Poll::Ready(None) => this.fetches_done = true,
                 Poll::Pending => {}
+            }
+        }
+        if !this.held.is_empty() {
+            let flush = this
+                .flush
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(RELEASE_DELAY)));
+            if flush.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(this.release_message()));
             }
         }
         if this.releases_done && this.fetches_done {

@@ -316,3 +316,35 @@ async fn release_batches_are_bounded() {
     }
     assert_eq!(sizes, [MAX_RELEASE_BATCH, 10]);
 }
+
+/// Leases dropped one by one within `RELEASE_DELAY` share one message;
+/// one dropped alone still goes out once the delay has passed.
+#[tokio::test(start_paused = true)]
+async fn releases_dropped_one_by_one_share_a_message() {
+    let (_fetch_tx, fetch_rx) = mpsc::channel(1);
+    let (release_tx, release_rx) = mpsc::unbounded_channel();
+    let mut outgoing = Outgoing::new(open(), fetch_rx, release_rx);
+    outgoing.next().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        for id in 0..5 {
+            release_tx.send(id).unwrap();
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(RELEASE_DELAY * 4).await;
+        release_tx.send(99).unwrap();
+        release_tx
+    });
+    let Some(Request::Release(release)) = outgoing.next().await.unwrap().msg else {
+        panic!("not a release");
+    };
+    assert_eq!(release.lease_ids, [0, 1, 2, 3, 4]);
+    assert!(started.elapsed() >= RELEASE_DELAY, "sent before the delay");
+    let Some(Request::Release(release)) = outgoing.next().await.unwrap().msg else {
+        panic!("not a release");
+    };
+    assert_eq!(release.lease_ids, [99], "a lone release still goes out");
+    drop(sender.await.unwrap());
+    drop(_fetch_tx);
+    assert!(outgoing.next().await.is_none());
+}
