@@ -147,7 +147,16 @@ impl Daemon {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let addrs = self.addresses();
         // Stopped when `serve` returns.
-        let _prefault = if self.config.cache.prefault {
+        let budget = self.reader.arena().capacity();
+        let limit = crate::prefault::cgroup_memory_limit();
+        if let Some(limit) = limit.filter(|&l| l < budget) {
+            tracing::warn!(
+                budget,
+                cgroup_limit = limit,
+                "cache.memory_budget exceeds this process's memory cgroup limit: the daemon will                  be OOM-killed once the cache fills it (lower the budget or raise the limit);                  the arena is not prefaulted"
+            );
+        }
+        let _prefault = if self.config.cache.prefault && limit.is_none_or(|l| l >= budget) {
             let gauge = self.metrics.engine.memory.prefaulted.clone();
             crate::prefault::start(self.reader.arena().clone(), gauge)
                 .map_err(|error| tracing::warn!(%error, "cannot start the arena prefault thread"))
