@@ -7,15 +7,20 @@ use sluice_tests::daemon::DaemonProcess;
 use sluice_tests::grpc::{connect, pattern, read};
 use sluice_tests::shm::{RawSession, map_segments};
 
-/// Peak resident set size of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/pid/status");
+        .unwrap_or_else(|| panic!("{field} in /proc/pid/status"));
     kb * 1024
+}
+
+/// Peak resident set size of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,13 +237,7 @@ async fn a_hundred_sessions_stay_within_budget_plus_overhead() {
 
 /// Shared-memory pages the process has resident, in bytes.
 fn rss_shmem(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssShmem:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssShmem in /proc/pid/status");
-    kb * 1024
+    status_bytes(pid, "RssShmem:")
 }
 
 /// By default the whole arena is made resident soon after start (on an
