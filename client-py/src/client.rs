@@ -175,10 +175,23 @@ impl Client {
             })
             .collect::<PyResult<Vec<(String, Option<Range<u64>>)>>>()?;
         let conn = self.conn(py)?;
+        // At most `window` results are fetched ahead of the consumer: a
+        // fetch starts only with a credit, and a credit comes back when
+        // Python takes a result — in bunches (`Ahead`), so that the task
+        // driving the fetches wakes once per half window, not per result.
+        let credits = Arc::new(tokio::sync::Semaphore::new(window));
+        let gate = Arc::clone(&credits);
         let fetches =
             stream::iter(items.into_iter().enumerate()).map(move |(index, (uri, range))| {
                 let conn = Arc::clone(&conn);
-                async move { (index, conn.fetch(&uri, range).await.map(Buffer::new)) }
+                let gate = Arc::clone(&gate);
+                async move {
+                    match gate.acquire().await {
+                        Ok(credit) => credit.forget(),
+                        Err(_) => unreachable!("the semaphore is never closed"),
+                    }
+                    (index, conn.fetch(&uri, range).await.map(Buffer::new))
+                }
             });
         let mut results: Results = if ordered {
             fetches.buffered(window).boxed()
@@ -186,21 +199,22 @@ impl Client {
             fetches.buffer_unordered(window).boxed()
         };
         // A task drives the fetches, so the window stays full while Python
-        // works on the previous result (not only inside `__next__`). It
-        // takes a result only once the one-slot channel has room, so at most
-        // `window` results are fetched ahead of the consumer: the one ready
-        // in the channel and the others in flight.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // works on the previous result (not only inside `__next__`).
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = crate::runtime::runtime()?.spawn(async move {
-            while let Ok(slot) = tx.reserve().await {
-                match results.next().await {
-                    Some(item) => slot.send(item),
-                    None => break,
+            while let Some(item) = results.next().await {
+                if tx.send(item).is_err() {
+                    break;
                 }
             }
         });
         Ok(FetchIter {
-            results: Mutex::new(PidBound::new(rx)),
+            results: Mutex::new(PidBound::new(Ahead {
+                results: rx,
+                credits,
+                taken: 0,
+                bunch: window.div_ceil(2),
+            })),
             driver: PidBound::new(driver.abort_handle()),
         })
     }
@@ -315,10 +329,51 @@ type Tagged = (usize, SluiceResult<Buffer>);
 /// The results of `get_many`, in the order they are handed out.
 type Results = BoxStream<'static, Tagged>;
 
+/// The results of `get_many` on their way to Python, and the credits of
+/// those taken, given back in bunches.
+struct Ahead {
+    results: tokio::sync::mpsc::UnboundedReceiver<Tagged>,
+    credits: Arc<tokio::sync::Semaphore>,
+    /// Results taken whose credits were not given back yet.
+    taken: usize,
+    /// Credits given back at once.
+    bunch: usize,
+}
+
+impl Ahead {
+    fn give_back(&mut self) {
+        if self.taken > 0 {
+            self.credits.add_permits(std::mem::take(&mut self.taken));
+        }
+    }
+
+    fn next(&mut self, py: Python<'_>) -> PyResult<Option<Tagged>> {
+        // A result that is already there is taken without giving up the
+        // GIL and blocking on the runtime: in a batch read ahead, most are.
+        let next = match self.results.try_recv() {
+            Ok(tagged) => Some(tagged),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                // Nothing ready: every credit goes back before waiting, or
+                // the fetches that would refill the channel could not start.
+                self.give_back();
+                wait(py, self.results.recv())?
+            }
+        };
+        if next.is_some() {
+            self.taken += 1;
+            if self.taken >= self.bunch {
+                self.give_back();
+            }
+        }
+        Ok(next)
+    }
+}
+
 /// The results of `get_many`.
 #[pyclass(module = "sluice._native", frozen)]
 pub(crate) struct FetchIter {
-    results: Mutex<PidBound<tokio::sync::mpsc::Receiver<Tagged>>>,
+    results: Mutex<PidBound<Ahead>>,
     driver: PidBound<tokio::task::AbortHandle>,
 }
 
@@ -340,14 +395,7 @@ impl FetchIter {
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<(usize, Buffer)>> {
         let mut guard = step(&self.results)?;
-        let results = guard.get_mut().ok_or_else(forked)?;
-        // A result that is already there is taken without giving up the
-        // GIL and blocking on the runtime: in a batch read ahead, most are.
-        let next = match results.try_recv() {
-            Ok(tagged) => Some(tagged),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => wait(py, results.recv())?,
-        };
+        let next = guard.get_mut().ok_or_else(forked)?.next(py)?;
         match next {
             None => Ok(None),
             Some((index, Ok(buffer))) => Ok(Some((index, buffer))),

@@ -2,7 +2,7 @@
 //! mappings, and the Session stream, without the client library — so the
 //! tests check the wire contract itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use sluice_proto::v1;
@@ -88,18 +88,33 @@ pub struct RawSession {
     pub rx: tonic::Streaming<v1::SessionResponse>,
     /// The daemon's answer to open.
     pub opened: v1::SessionOpened,
+    /// Responses of a batch not handed out yet.
+    unbatched: VecDeque<Out>,
+    /// `ResponseBatch` messages received so far.
+    pub batches_received: usize,
 }
 
 impl RawSession {
-    /// Opens a session on `client`.
+    /// Opens a session on `client`, one response per message.
     pub async fn open(
         client: &mut v1::sluice_client::SluiceClient<tonic::transport::Channel>,
         shared_memory: bool,
+    ) -> RawSession {
+        Self::open_with(client, shared_memory, false).await
+    }
+
+    /// Opens a session on `client`, accepting batched responses if
+    /// `batches`.
+    pub async fn open_with(
+        client: &mut v1::sluice_client::SluiceClient<tonic::transport::Channel>,
+        shared_memory: bool,
+        batches: bool,
     ) -> RawSession {
         let (tx, rx) = mpsc::channel(1024);
         let open = v1::SessionOpen {
             shared_memory,
             pid: std::process::id(),
+            batches,
         };
         tx.send(v1::SessionRequest {
             msg: Some(In::Open(open)),
@@ -115,7 +130,13 @@ impl RawSession {
             Some(Out::Opened(o)) => o,
             other => panic!("expected opened, got {other:?}"),
         };
-        RawSession { tx, rx, opened }
+        RawSession {
+            tx,
+            rx,
+            opened,
+            unbatched: VecDeque::new(),
+            batches_received: 0,
+        }
     }
 
     /// Sends a fetch.
@@ -133,6 +154,24 @@ impl RawSession {
             .unwrap();
     }
 
+    /// Sends fetches `(id, uri)` in one `FetchBatch`.
+    pub async fn fetch_batch(&self, fetches: &[(u64, String)]) {
+        let fetches = fetches
+            .iter()
+            .map(|(id, uri)| v1::FetchRequest {
+                id: *id,
+                uri: uri.clone(),
+                range: None,
+            })
+            .collect();
+        self.tx
+            .send(v1::SessionRequest {
+                msg: Some(In::FetchBatch(v1::FetchBatch { fetches })),
+            })
+            .await
+            .unwrap();
+    }
+
     /// Releases leases.
     pub async fn release(&self, lease_ids: Vec<u64>) {
         let r = v1::ReleaseRequest { lease_ids };
@@ -144,14 +183,30 @@ impl RawSession {
             .unwrap();
     }
 
-    /// The next response.
+    /// The next response (the responses of a batch one by one).
     pub async fn next(&mut self) -> Out {
-        self.rx
-            .message()
-            .await
-            .expect("session stream")
-            .expect("session open")
-            .msg
-            .expect("message")
+        loop {
+            if let Some(next) = self.unbatched.pop_front() {
+                return next;
+            }
+            let msg = self
+                .rx
+                .message()
+                .await
+                .expect("session stream")
+                .expect("session open")
+                .msg
+                .expect("message");
+            let Out::Batch(batch) = msg else {
+                return msg;
+            };
+            self.batches_received += 1;
+            assert!(!batch.responses.is_empty(), "an empty batch");
+            for response in batch.responses {
+                let response = response.msg.expect("message in a batch");
+                assert!(!matches!(response, Out::Batch(_)), "a nested batch");
+                self.unbatched.push_back(response);
+            }
+        }
     }
 }

@@ -170,6 +170,62 @@ async fn without_shared_memory_results_come_as_chunks() {
     assert_eq!(d.leased_bytes().await, 0.0);
 }
 
+/// Fetches sent as one `FetchBatch` are answered exactly as if they came
+/// one by one (a client that accepts batches may get the answers together);
+/// a client that did not ask for batches never gets one; a batch over the
+/// protocol's limit ends the session with INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_batches_are_answered_like_single_fetches() {
+    let d = TestDaemon::start().await;
+    let objects: Vec<Vec<u8>> = (0..40).map(|i| pattern(1000 + i * 977, i as u8)).collect();
+    for (i, data) in objects.iter().enumerate() {
+        std::fs::write(d.root().join(format!("o{i}")), data).unwrap();
+    }
+    let maps = map_segments(&fd_socket(&d));
+    let mut client = connect(d.socket()).await;
+    for batches in [true, false] {
+        let mut s = RawSession::open_with(&mut client, true, batches).await;
+        assert!(s.opened.batches, "the daemon takes fetch batches");
+        // Twice: cold (read from the files), then cached.
+        for round in 0..2u64 {
+            let mut fetches: Vec<(u64, String)> = (0..40u64)
+                .map(|i| (round * 100 + i, d.file_uri(&format!("o{i}"))))
+                .collect();
+            fetches.push((round * 100 + 99, d.file_uri("missing")));
+            s.fetch_batch(&fetches).await;
+            let done = collect(&mut s, fetches.len()).await;
+            assert_eq!(done.len(), 41);
+            for (i, data) in objects.iter().enumerate() {
+                let extents = done[&(round * 100 + i as u64)].as_ref().unwrap();
+                assert_eq!(extents.len(), 1);
+                let e = &extents[0];
+                assert!(
+                    maps[&e.segment].slice(e.segment_offset, e.length) == &data[..],
+                    "object {i}, round {round}"
+                );
+            }
+            let missing = done[&(round * 100 + 99)].as_ref().unwrap_err();
+            assert_eq!(missing.code, Code::NotFound as i32);
+        }
+        if !batches {
+            assert_eq!(s.batches_received, 0, "batches only to a client asking");
+        }
+    }
+    let s = RawSession::open_with(&mut client, true, true).await;
+    let too_many: Vec<(u64, String)> = (0..1025u64).map(|i| (i, d.file_uri("o0"))).collect();
+    s.fetch_batch(&too_many).await;
+    let mut rx = s.rx;
+    let status = loop {
+        match rx.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the session ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("1024"), "{}", status.message());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_quota_is_enforced() {
     let d = TestDaemon::start_with(|c| {

@@ -17,8 +17,9 @@
 //! [`Error::SessionClosed`], and so does every later one: no caller waits on
 //! a session that is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 
@@ -26,7 +27,8 @@ use futures::Stream;
 use sluice_proto::v1::session_request::Msg as Request;
 use sluice_proto::v1::session_response::Msg as Response;
 use sluice_proto::v1::{
-    FetchChunk, FetchError, LeasedExtent, ObjectMeta, ReleaseRequest, SessionRequest,
+    FetchBatch, FetchChunk, FetchError, FetchRequest, LeasedExtent, ObjectMeta, ReleaseRequest,
+    SessionRequest,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +40,9 @@ use crate::error::{Error, Result};
 
 /// Most lease ids in one `ReleaseRequest` (8 KiB of ids at most).
 const MAX_RELEASE_BATCH: usize = 1024;
+
+/// Most fetches in one `FetchBatch` (the protocol allows 1024).
+const MAX_FETCH_BATCH: usize = 256;
 
 /// Longest a released lease id waits for others to share its message (the
 /// runtime's timers tick in milliseconds).
@@ -117,6 +122,14 @@ impl Dispatch {
             Response::Extent(extent) => self.on_extent(extent, core),
             Response::Chunk(chunk) => self.on_chunk(chunk),
             Response::Error(error) => self.on_error(error),
+            Response::Batch(batch) => {
+                for response in batch.responses.into_iter().filter_map(|r| r.msg) {
+                    // Batches are never nested; one inside is ignored.
+                    if !matches!(response, Response::Batch(_)) {
+                        self.handle(response, core);
+                    }
+                }
+            }
             // Only the first message may be `opened`; a repeat changes nothing.
             Response::Opened(_) => {}
         }
@@ -275,33 +288,51 @@ pub(crate) async fn run(
 pub(crate) struct Outgoing {
     open: Option<SessionRequest>,
     releases: mpsc::UnboundedReceiver<u64>,
-    fetches: mpsc::Receiver<SessionRequest>,
+    fetches: mpsc::Receiver<FetchRequest>,
+    /// Set once the daemon said it takes `FetchBatch`es.
+    batches: Arc<AtomicBool>,
     releases_done: bool,
     fetches_done: bool,
     /// Released lease ids not sent yet.
     held: Vec<u64>,
     /// When `held` goes out at the latest; armed with its first id.
     flush: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// A fetch that waits for the releases sent ahead of it.
-    next_fetch: Option<SessionRequest>,
+    /// Fetches taken but not sent yet: they wait for the releases sent
+    /// ahead of them, or (to a daemon without batches) go one by one.
+    next_fetches: VecDeque<FetchRequest>,
 }
 
 impl Outgoing {
     pub(crate) fn new(
         open: SessionRequest,
-        fetches: mpsc::Receiver<SessionRequest>,
+        fetches: mpsc::Receiver<FetchRequest>,
         releases: mpsc::UnboundedReceiver<u64>,
+        batches: Arc<AtomicBool>,
     ) -> Self {
         Outgoing {
             open: Some(open),
             releases,
             fetches,
+            batches,
             releases_done: false,
             fetches_done: false,
             held: Vec::new(),
             flush: None,
-            next_fetch: None,
+            next_fetches: VecDeque::new(),
         }
+    }
+
+    /// The fetches taken, in one message if the daemon takes batches.
+    fn fetch_message(&mut self) -> Option<SessionRequest> {
+        let msg = match self.next_fetches.len() {
+            0 => return None,
+            1 => Request::Fetch(self.next_fetches.pop_front()?),
+            _ if self.batches.load(Ordering::Relaxed) => Request::FetchBatch(FetchBatch {
+                fetches: self.next_fetches.drain(..).collect(),
+            }),
+            _ => Request::Fetch(self.next_fetches.pop_front()?),
+        };
+        Some(SessionRequest { msg: Some(msg) })
     }
 
     fn release_message(&mut self) -> SessionRequest {
@@ -327,7 +358,7 @@ impl Stream for Outgoing {
         if let Some(open) = this.open.take() {
             return Poll::Ready(Some(open));
         }
-        if let Some(fetch) = this.next_fetch.take() {
+        if let Some(fetch) = this.fetch_message() {
             return Poll::Ready(Some(fetch));
         }
         while !this.releases_done && this.held.len() < MAX_RELEASE_BATCH {
@@ -342,15 +373,16 @@ impl Stream for Outgoing {
             return Poll::Ready(Some(this.release_message()));
         }
         if !this.fetches_done {
-            match this.fetches.poll_recv(cx) {
-                Poll::Ready(Some(fetch)) if this.held.is_empty() => {
-                    return Poll::Ready(Some(fetch));
+            let mut taken = Vec::new();
+            match this.fetches.poll_recv_many(cx, &mut taken, MAX_FETCH_BATCH) {
+                Poll::Ready(0) => this.fetches_done = true,
+                Poll::Ready(_) => {
+                    this.next_fetches.extend(taken);
+                    if !this.held.is_empty() {
+                        return Poll::Ready(Some(this.release_message()));
+                    }
+                    return Poll::Ready(this.fetch_message());
                 }
-                Poll::Ready(Some(fetch)) => {
-                    this.next_fetch = Some(fetch);
-                    return Poll::Ready(Some(this.release_message()));
-                }
-                Poll::Ready(None) => this.fetches_done = true,
                 Poll::Pending => {}
             }
         }

@@ -31,7 +31,7 @@ mod mapping;
 
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
@@ -129,7 +129,7 @@ pub struct Session {
 struct Inner {
     /// Keeps the driver and the mappings alive.
     core: Arc<Core>,
-    requests: mpsc::Sender<SessionRequest>,
+    requests: mpsc::Sender<FetchRequest>,
     dispatch: Arc<Mutex<Dispatch>>,
     closed: CancellationToken,
     window: Arc<Semaphore>,
@@ -149,11 +149,13 @@ pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -
         msg: Some(Request::Open(SessionOpen {
             shared_memory: mappings.is_some(),
             pid: std::process::id(),
+            batches: true,
         })),
     };
+    let batches = Arc::new(AtomicBool::new(false));
     let mut responses = client
         .clone()
-        .session(Outgoing::new(open, fetches, releases))
+        .session(Outgoing::new(open, fetches, releases, Arc::clone(&batches)))
         .await?
         .into_inner();
     let opened = match responses.message().await? {
@@ -174,6 +176,8 @@ pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -
         }
     };
     let mappings = check_opened(address, options.delivery, fd_socket, mappings, &opened)?;
+    // Fetches go out together from now on, if the daemon takes them so.
+    batches.store(opened.batches, Ordering::Relaxed);
     let dispatch = Arc::new(Mutex::new(Dispatch::new(address)));
     let closed = CancellationToken::new();
     let core = Arc::new_cyclic(|weak| {
@@ -332,12 +336,10 @@ impl Session {
             meta: ObjectMeta::default(),
             done: false,
         };
-        let request = SessionRequest {
-            msg: Some(Request::Fetch(FetchRequest {
-                id,
-                uri: uri.to_owned(),
-                range: wire_range,
-            })),
+        let request = FetchRequest {
+            id,
+            uri: uri.to_owned(),
+            range: wire_range,
         };
         tokio::select! {
             sent = inner.requests.send(request) => sent.map_err(|_| self.closed_error())?,

@@ -41,6 +41,7 @@ fn opened(shared_memory: bool, sizes: &[u64]) -> SessionOpened {
                 size,
             })
             .collect(),
+        batches: true,
     }
 }
 

@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         msg: Some(In::Open(v1::SessionOpen {
             shared_memory: false,
             pid: std::process::id(),
+            batches: false,
         })),
     };
     let opened = async {

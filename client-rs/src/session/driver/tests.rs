@@ -253,13 +253,11 @@ async fn closing_fails_what_is_owed_and_what_comes_later() {
     assert!(error.is_unavailable(), "{error}");
 }
 
-fn fetch(id: u64) -> SessionRequest {
-    SessionRequest {
-        msg: Some(Request::Fetch(FetchRequest {
-            id,
-            uri: "f://a".into(),
-            range: None,
-        })),
+fn fetch(id: u64) -> FetchRequest {
+    FetchRequest {
+        id,
+        uri: "f://a".into(),
+        range: None,
     }
 }
 
@@ -273,7 +271,12 @@ fn open() -> SessionRequest {
 async fn queued_releases_go_out_as_one_request_before_fetches() {
     let (fetch_tx, fetch_rx) = mpsc::channel(4);
     let (release_tx, release_rx) = mpsc::unbounded_channel();
-    let mut outgoing = Outgoing::new(open(), fetch_rx, release_rx);
+    let mut outgoing = Outgoing::new(
+        open(),
+        fetch_rx,
+        release_rx,
+        Arc::new(AtomicBool::new(true)),
+    );
     fetch_tx.send(fetch(1)).await.unwrap();
     for id in [5, 6, 7] {
         release_tx.send(id).unwrap();
@@ -302,7 +305,12 @@ async fn queued_releases_go_out_as_one_request_before_fetches() {
 async fn release_batches_are_bounded() {
     let (_fetch_tx, fetch_rx) = mpsc::channel(1);
     let (release_tx, release_rx) = mpsc::unbounded_channel();
-    let mut outgoing = Outgoing::new(open(), fetch_rx, release_rx);
+    let mut outgoing = Outgoing::new(
+        open(),
+        fetch_rx,
+        release_rx,
+        Arc::new(AtomicBool::new(true)),
+    );
     for id in 0..(MAX_RELEASE_BATCH as u64 + 10) {
         release_tx.send(id).unwrap();
     }
@@ -323,7 +331,12 @@ async fn release_batches_are_bounded() {
 async fn releases_dropped_one_by_one_share_a_message() {
     let (_fetch_tx, fetch_rx) = mpsc::channel(1);
     let (release_tx, release_rx) = mpsc::unbounded_channel();
-    let mut outgoing = Outgoing::new(open(), fetch_rx, release_rx);
+    let mut outgoing = Outgoing::new(
+        open(),
+        fetch_rx,
+        release_rx,
+        Arc::new(AtomicBool::new(true)),
+    );
     outgoing.next().await.unwrap();
     let started = tokio::time::Instant::now();
     let sender = tokio::spawn(async move {
@@ -347,4 +360,36 @@ async fn releases_dropped_one_by_one_share_a_message() {
     drop(sender.await.unwrap());
     drop(_fetch_tx);
     assert!(outgoing.next().await.is_none());
+}
+
+/// Fetches queued together go out as one `FetchBatch` to a daemon that
+/// takes them, and one by one, in order, to one that does not.
+#[tokio::test]
+async fn queued_fetches_go_out_as_one_batch_if_the_daemon_takes_them() {
+    for batches in [true, false] {
+        let (fetch_tx, fetch_rx) = mpsc::channel(8);
+        let (_release_tx, release_rx) = mpsc::unbounded_channel();
+        let flag = Arc::new(AtomicBool::new(batches));
+        let mut outgoing = Outgoing::new(open(), fetch_rx, release_rx, flag);
+        outgoing.next().await.unwrap();
+        for id in 1..=3 {
+            fetch_tx.send(fetch(id)).await.unwrap();
+        }
+        let mut sent = Vec::new();
+        while sent.iter().map(Vec::len).sum::<usize>() < 3 {
+            match outgoing.next().await.unwrap().msg {
+                Some(Request::FetchBatch(b)) => {
+                    assert!(batches, "a batch to a daemon without batches");
+                    sent.push(b.fetches.iter().map(|f| f.id).collect::<Vec<_>>());
+                }
+                Some(Request::Fetch(f)) => sent.push(vec![f.id]),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if batches {
+            assert_eq!(sent, [vec![1, 2, 3]]);
+        } else {
+            assert_eq!(sent, [vec![1], vec![2], vec![3]]);
+        }
+    }
 }

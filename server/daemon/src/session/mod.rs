@@ -48,6 +48,12 @@ use leases::LeaseTable;
 /// Responses buffered per session before fetch tasks wait for the client.
 const OUTBOX: usize = 256;
 
+/// Most fetches in one `FetchBatch` (the protocol's limit).
+pub(crate) const MAX_FETCH_BATCH: usize = 1024;
+
+/// Most responses put together into one `ResponseBatch`.
+const MAX_RESPONSE_BATCH: usize = 256;
+
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Lease tables of sessions ended by shutdown, kept until the daemon exits.
@@ -131,6 +137,7 @@ pub(crate) async fn open(
                 size: s.len,
             })
             .collect(),
+        batches: true,
     };
     tx.send(Ok(v1::SessionResponse {
         msg: Some(Out::Opened(opened)),
@@ -172,7 +179,12 @@ pub(crate) async fn open(
     // is ended for its client's silence: then the connection keeps the
     // leases.
     let kept = leases.clone();
-    let stream = ReceiverStream::new(rx)
+    let responses = if open.batches {
+        Batched::new(rx).boxed()
+    } else {
+        ReceiverStream::new(rx).boxed()
+    };
+    let stream = responses
         .map(move |m| {
             let _owners = (&driver, &leases);
             m
@@ -234,20 +246,19 @@ async fn drive(
             }
             msg = inbound.message(), if reading => match msg {
                 Ok(Some(v1::SessionRequest { msg: Some(In::Fetch(f)) })) => {
-                    if shutting_down {
-                        refuse(&ctx, f.id).await;
-                    } else if let Err(e) = sluice_storage::uri::check_len(&f.uri) {
-                        // Refused before it is queued: what a session holds
-                        // queued is bounded by max_outstanding short URIs.
-                        let status = storage_status(&e);
-                        let error = v1::FetchError {
-                            id: f.id,
-                            code: status.code() as i32,
-                            message: status.message().to_owned(),
-                        };
-                        ctx.send(Out::Error(error)).await;
-                    } else {
-                        queued.push_back(f);
+                    take(&ctx, f, shutting_down, &mut queued).await;
+                }
+                Ok(Some(v1::SessionRequest { msg: Some(In::FetchBatch(b)) })) => {
+                    if b.fetches.len() > MAX_FETCH_BATCH {
+                        let status = Status::invalid_argument(format!(
+                            "a fetch batch of {} fetches; at most {MAX_FETCH_BATCH}",
+                            b.fetches.len()
+                        ));
+                        let _ = ctx.out.send(Err(status)).await;
+                        break;
+                    }
+                    for f in b.fetches {
+                        take(&ctx, f, shutting_down, &mut queued).await;
                     }
                 }
                 Ok(Some(v1::SessionRequest { msg: Some(In::Release(r)) })) => {
@@ -331,6 +342,96 @@ impl Who {
     }
 }
 
+/// Queues a fetch the client sent, or answers it at once: refused while
+/// shutting down, or for a URI that is too long (before it is queued: what a
+/// session holds queued is bounded by `max_outstanding` plus one batch of
+/// short URIs).
+async fn take(
+    ctx: &SessionCtx,
+    f: v1::FetchRequest,
+    shutting_down: bool,
+    queued: &mut VecDeque<v1::FetchRequest>,
+) {
+    if shutting_down {
+        refuse(ctx, f.id).await;
+    } else if let Err(e) = sluice_storage::uri::check_len(&f.uri) {
+        let status = storage_status(&e);
+        let error = v1::FetchError {
+            id: f.id,
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        };
+        ctx.send(Out::Error(error)).await;
+    } else {
+        queued.push_back(f);
+    }
+}
+
+/// The responses of a session whose client accepts batches: what is ready
+/// when the connection asks for the next message goes out as one
+/// `ResponseBatch` (up to [`MAX_RESPONSE_BATCH`]), so a burst of small
+/// results costs one message, one frame and one wake-up of the client
+/// instead of one each. Nothing waits to fill a batch. An error ending the
+/// stream goes out on its own, after what came before it.
+struct Batched {
+    rx: mpsc::Receiver<Result<v1::SessionResponse, Status>>,
+    /// What ended the previous batch (a chunk, an error), next.
+    held: Option<Result<v1::SessionResponse, Status>>,
+}
+
+impl Batched {
+    fn new(rx: mpsc::Receiver<Result<v1::SessionResponse, Status>>) -> Self {
+        Batched { rx, held: None }
+    }
+}
+
+impl futures::Stream for Batched {
+    type Item = Result<v1::SessionResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let first = match this.held.take() {
+            Some(held) => held,
+            None => match std::task::ready!(this.rx.poll_recv(cx)) {
+                Some(first) => first,
+                None => return std::task::Poll::Ready(None),
+            },
+        };
+        let first = match first {
+            // A chunk of data goes alone: it is large already.
+            Ok(first) if !carries_data(&first) => first,
+            other => return std::task::Poll::Ready(Some(other)),
+        };
+        let mut batch = Vec::new();
+        while batch.len() + 1 < MAX_RESPONSE_BATCH {
+            match this.rx.try_recv() {
+                Ok(Ok(next)) if !carries_data(&next) => batch.push(next),
+                Ok(next) => {
+                    this.held = Some(next);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return std::task::Poll::Ready(Some(Ok(first)));
+        }
+        batch.insert(0, first);
+        let batch = v1::ResponseBatch { responses: batch };
+        std::task::Poll::Ready(Some(Ok(v1::SessionResponse {
+            msg: Some(Out::Batch(batch)),
+        })))
+    }
+}
+
+/// Whether a response carries object bytes (a stream-delivered chunk).
+fn carries_data(response: &v1::SessionResponse) -> bool {
+    matches!(&response.msg, Some(Out::Chunk(c)) if !c.data.is_empty())
+}
+
 async fn refuse(ctx: &SessionCtx, id: u64) {
     let error = v1::FetchError {
         id,
@@ -338,4 +439,78 @@ async fn refuse(ctx: &SessionCtx, id: u64) {
         message: "the daemon is shutting down".into(),
     };
     ctx.send(Out::Error(error)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn extent(id: u64) -> Result<v1::SessionResponse, Status> {
+        Ok(v1::SessionResponse {
+            msg: Some(Out::Extent(v1::LeasedExtent {
+                id,
+                last: true,
+                ..Default::default()
+            })),
+        })
+    }
+
+    fn chunk(id: u64) -> Result<v1::SessionResponse, Status> {
+        Ok(v1::SessionResponse {
+            msg: Some(Out::Chunk(v1::FetchChunk {
+                id,
+                data: bytes::Bytes::from_static(b"data"),
+                last: true,
+                ..Default::default()
+            })),
+        })
+    }
+
+    fn ids(response: &v1::SessionResponse) -> Vec<u64> {
+        match &response.msg {
+            Some(Out::Batch(b)) => b.responses.iter().flat_map(ids).collect(),
+            Some(Out::Extent(e)) => vec![e.id],
+            Some(Out::Chunk(c)) => vec![c.id],
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// What is ready goes out as one batch, in order; a chunk of data and
+    /// an error go alone, after what came before them; nothing waits.
+    #[tokio::test]
+    async fn ready_responses_go_out_together_in_order() {
+        let (tx, rx) = mpsc::channel(2 * MAX_RESPONSE_BATCH);
+        let mut batched = Batched::new(rx);
+        for id in 1..=5 {
+            tx.send(extent(id)).await.unwrap();
+        }
+        tx.send(chunk(6)).await.unwrap();
+        tx.send(extent(7)).await.unwrap();
+        tx.send(Err(Status::unavailable("bye"))).await.unwrap();
+        let first = batched.next().await.unwrap().unwrap();
+        assert!(matches!(first.msg, Some(Out::Batch(_))));
+        assert_eq!(ids(&first), [1, 2, 3, 4, 5]);
+        let chunk = batched.next().await.unwrap().unwrap();
+        assert!(matches!(chunk.msg, Some(Out::Chunk(_))), "a chunk alone");
+        let single = batched.next().await.unwrap().unwrap();
+        assert!(
+            matches!(single.msg, Some(Out::Extent(_))),
+            "one ready response is not wrapped"
+        );
+        assert_eq!(ids(&single), [7]);
+        let error = batched.next().await.unwrap().unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unavailable);
+        // Bounded: a long queue goes out in batches of at most the limit.
+        for id in 0..(MAX_RESPONSE_BATCH as u64 + 3) {
+            tx.send(extent(id)).await.unwrap();
+        }
+        drop(tx);
+        let sizes: Vec<usize> = batched
+            .map(|r| ids(&r.unwrap()).len())
+            .collect::<Vec<_>>()
+            .await;
+        assert_eq!(sizes, [MAX_RESPONSE_BATCH, 3]);
+    }
 }
