@@ -36,6 +36,7 @@ use tonic::codec::Streaming;
 
 use super::assemble::{Accepted, Assembly, Piece};
 use super::lease::{Core, Lease};
+use super::releases::ReleaseReceiver;
 use crate::error::{Error, Result};
 
 /// Most lease ids in one `ReleaseRequest` (8 KiB of ids at most).
@@ -287,7 +288,7 @@ pub(crate) async fn run(
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     open: Option<SessionRequest>,
-    releases: mpsc::UnboundedReceiver<u64>,
+    releases: ReleaseReceiver,
     fetches: mpsc::Receiver<FetchRequest>,
     /// Set once the daemon said it takes `FetchBatch`es.
     batches: Arc<AtomicBool>,
@@ -306,7 +307,7 @@ impl Outgoing {
     pub(crate) fn new(
         open: SessionRequest,
         fetches: mpsc::Receiver<FetchRequest>,
-        releases: mpsc::UnboundedReceiver<u64>,
+        releases: ReleaseReceiver,
         batches: Arc<AtomicBool>,
     ) -> Self {
         Outgoing {

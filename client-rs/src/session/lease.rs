@@ -22,24 +22,24 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::mapping::Mappings;
+use super::releases::ReleaseSender;
 
 /// What a session's users share: the mappings, the way back for releases,
 /// and the driver task, which ends with the last user.
 #[derive(Debug)]
 pub(crate) struct Core {
     mappings: Option<Mappings>,
-    releases: mpsc::UnboundedSender<u64>,
+    releases: ReleaseSender,
     driver: AbortHandle,
 }
 
 impl Core {
     pub(crate) fn new(
         mappings: Option<Mappings>,
-        releases: mpsc::UnboundedSender<u64>,
+        releases: ReleaseSender,
         driver: AbortHandle,
     ) -> Self {
         Core {
@@ -56,7 +56,7 @@ impl Core {
     /// Queues the release of `lease_id`; a no-op once the stream is gone
     /// (the daemon released everything when it ended).
     pub(crate) fn release(&self, lease_id: u64) {
-        let _ = self.releases.send(lease_id);
+        self.releases.send(lease_id);
     }
 }
 

@@ -28,6 +28,7 @@ mod assemble;
 mod driver;
 mod lease;
 mod mapping;
+mod releases;
 
 use std::ops::Range;
 use std::pin::Pin;
@@ -144,7 +145,7 @@ pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -
     let window = options.window.max(1);
     let (fd_socket, mappings) = map_segments(address, options.delivery).await?;
     let (requests, fetches) = mpsc::channel(window);
-    let (releases_tx, releases) = mpsc::unbounded_channel();
+    let (releases_tx, releases) = releases::channel();
     let open = SessionRequest {
         msg: Some(Request::Open(SessionOpen {
             shared_memory: mappings.is_some(),

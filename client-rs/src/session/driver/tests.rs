@@ -16,7 +16,7 @@ use crate::session::mapping::Mappings;
 
 /// A session core over one segment (id 0) holding `data`, and the
 /// receiving end of its releases.
-fn core(data: &[u8]) -> (Arc<Core>, mpsc::UnboundedReceiver<u64>) {
+fn core(data: &[u8]) -> (Arc<Core>, ReleaseReceiver) {
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(data).unwrap();
     let segment = SegmentFd {
@@ -25,7 +25,7 @@ fn core(data: &[u8]) -> (Arc<Core>, mpsc::UnboundedReceiver<u64>) {
         fd: OwnedFd::from(file),
     };
     let mappings = Mappings::map(vec![segment]).unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = crate::session::releases::channel();
     let driver = tokio::spawn(std::future::pending::<()>()).abort_handle();
     (Arc::new(Core::new(Some(mappings), tx, driver)), rx)
 }
@@ -74,9 +74,9 @@ fn extent(
     })
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<u64>) -> Vec<u64> {
+fn drain(rx: &mut ReleaseReceiver) -> Vec<u64> {
     let mut ids = Vec::new();
-    while let Ok(id) = rx.try_recv() {
+    while let Some(id) = rx.try_recv() {
         ids.push(id);
     }
     ids
@@ -270,7 +270,7 @@ fn open() -> SessionRequest {
 #[tokio::test]
 async fn queued_releases_go_out_as_one_request_before_fetches() {
     let (fetch_tx, fetch_rx) = mpsc::channel(4);
-    let (release_tx, release_rx) = mpsc::unbounded_channel();
+    let (release_tx, release_rx) = crate::session::releases::channel();
     let mut outgoing = Outgoing::new(
         open(),
         fetch_rx,
@@ -279,7 +279,7 @@ async fn queued_releases_go_out_as_one_request_before_fetches() {
     );
     fetch_tx.send(fetch(1)).await.unwrap();
     for id in [5, 6, 7] {
-        release_tx.send(id).unwrap();
+        release_tx.send(id);
     }
     assert!(matches!(
         outgoing.next().await.unwrap().msg,
@@ -292,7 +292,7 @@ async fn queued_releases_go_out_as_one_request_before_fetches() {
     assert!(matches!(outgoing.next().await.unwrap().msg, Some(Request::Fetch(f)) if f.id == 1));
     // Ends only when both senders are gone.
     drop(fetch_tx);
-    release_tx.send(8).unwrap();
+    release_tx.send(8);
     let Some(Request::Release(release)) = outgoing.next().await.unwrap().msg else {
         panic!("release after the fetches ended");
     };
@@ -304,7 +304,7 @@ async fn queued_releases_go_out_as_one_request_before_fetches() {
 #[tokio::test]
 async fn release_batches_are_bounded() {
     let (_fetch_tx, fetch_rx) = mpsc::channel(1);
-    let (release_tx, release_rx) = mpsc::unbounded_channel();
+    let (release_tx, release_rx) = crate::session::releases::channel();
     let mut outgoing = Outgoing::new(
         open(),
         fetch_rx,
@@ -312,7 +312,7 @@ async fn release_batches_are_bounded() {
         Arc::new(AtomicBool::new(true)),
     );
     for id in 0..(MAX_RELEASE_BATCH as u64 + 10) {
-        release_tx.send(id).unwrap();
+        release_tx.send(id);
     }
     outgoing.next().await.unwrap();
     let mut sizes = Vec::new();
@@ -330,7 +330,7 @@ async fn release_batches_are_bounded() {
 #[tokio::test(start_paused = true)]
 async fn releases_dropped_one_by_one_share_a_message() {
     let (_fetch_tx, fetch_rx) = mpsc::channel(1);
-    let (release_tx, release_rx) = mpsc::unbounded_channel();
+    let (release_tx, release_rx) = crate::session::releases::channel();
     let mut outgoing = Outgoing::new(
         open(),
         fetch_rx,
@@ -341,11 +341,11 @@ async fn releases_dropped_one_by_one_share_a_message() {
     let started = tokio::time::Instant::now();
     let sender = tokio::spawn(async move {
         for id in 0..5 {
-            release_tx.send(id).unwrap();
+            release_tx.send(id);
             tokio::task::yield_now().await;
         }
         tokio::time::sleep(RELEASE_DELAY * 4).await;
-        release_tx.send(99).unwrap();
+        release_tx.send(99);
         release_tx
     });
     let Some(Request::Release(release)) = outgoing.next().await.unwrap().msg else {
@@ -368,7 +368,7 @@ async fn releases_dropped_one_by_one_share_a_message() {
 async fn queued_fetches_go_out_as_one_batch_if_the_daemon_takes_them() {
     for batches in [true, false] {
         let (fetch_tx, fetch_rx) = mpsc::channel(8);
-        let (_release_tx, release_rx) = mpsc::unbounded_channel();
+        let (_release_tx, release_rx) = crate::session::releases::channel();
         let flag = Arc::new(AtomicBool::new(batches));
         let mut outgoing = Outgoing::new(open(), fetch_rx, release_rx, flag);
         outgoing.next().await.unwrap();
