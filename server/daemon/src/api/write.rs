@@ -5,16 +5,20 @@
 //! still finishes), so an upload is completed only when the trailer arrives
 //! and its byte count matches what was received.
 //!
-//! Up to one part is buffered (its memory reserved from the budget and
-//! charged to the client's share, like a read's buffer). A client that
-//! sends nothing for `read.stall_timeout` has its write aborted, so a
-//! stopped writer does not keep its part. If the
-//! stream ends within it, the object goes up in one request; otherwise a
-//! multipart upload starts and each full part is sent as it fills. Any
+//! Up to two parts are buffered: one being stored while the next is
+//! received, so the client's stream and the backend's writes overlap (each
+//! part's memory reserved from the budget and charged to the client's
+//! share, like a read's buffer). A client that sends nothing for
+//! `read.stall_timeout` has its write aborted, so a stopped writer does not
+//! keep its parts. If the stream ends within the first part, the object goes
+//! up in one request; otherwise a multipart upload starts and each full part
+//! is sent as it fills, after the one before it was stored. Any
 //! failure — the client's stream breaking, a size mismatch, a backend error —
 //! aborts the upload and is reported; an upload is never completed unless
 //! every byte the client sent arrived and every part succeeded.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -61,6 +65,7 @@ pub(super) async fn write(
             part: None,
             filled: 0,
             multipart: None,
+            storing: None,
             parts: 0,
             total: 0,
         };
@@ -93,9 +98,15 @@ struct Upload<'a> {
     part: Option<(Reservation, Hold)>,
     filled: usize,
     multipart: Option<Box<dyn MultipartUpload>>,
+    /// The part being stored, which holds the upload until it is done.
+    storing: Option<Storing>,
     parts: u32,
     total: u64,
 }
+
+/// A part on its way to the backend; gives the upload back with the result.
+type Storing =
+    Pin<Box<dyn Future<Output = (Box<dyn MultipartUpload>, sluice_storage::Result<()>)> + Send>>;
 
 impl Upload<'_> {
     async fn run(
@@ -110,13 +121,22 @@ impl Upload<'_> {
         // its client and is aborted below; a part or the commit already
         // under way finishes (each is one backend request).
         let stall = svc.config.read.stall_timeout;
-        while let Some(msg) = tokio::select! {
-            msg = next_message(stream, stall, self.uri) => msg?,
-            () = svc.uploads.cancelled() => return Err(Status::unavailable(format!(
-                "{}: the daemon is shutting down; upload discarded",
-                self.uri
-            ))),
-        } {
+        loop {
+            let msg = tokio::select! {
+                msg = next_message(stream, stall, self.uri) => msg?,
+                () = svc.uploads.cancelled() => return Err(Status::unavailable(format!(
+                    "{}: the daemon is shutting down; upload discarded",
+                    self.uri
+                ))),
+                stored = async { self.storing.as_mut().expect("checked").await },
+                    if self.storing.is_some() =>
+                {
+                    self.storing = None;
+                    self.stored(stored)?;
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
             let mut data = match msg.msg {
                 Some(Msg::Data(data)) if trailer.is_none() => data,
                 Some(Msg::Trailer(t)) if trailer.is_none() => {
@@ -177,6 +197,7 @@ impl Upload<'_> {
         if size_hint != 0 && self.total != size_hint {
             return Err(self.size_mismatch(size_hint));
         }
+        self.wait_stored().await?;
         let m = match self.multipart.take() {
             None => {
                 let data = self.take_part();
@@ -203,18 +224,43 @@ impl Upload<'_> {
         })
     }
 
+    /// Starts storing the full part, once the one before it is stored.
     async fn send_part(&mut self) -> Result<(), Status> {
-        if self.multipart.is_none() {
-            let mp = self
+        self.wait_stored().await?;
+        let mut mp = match self.multipart.take() {
+            Some(mp) => mp,
+            None => self
                 .storage
                 .start_multipart(self.uri)
                 .await
-                .map_err(|e| storage_status(&e))?;
-            self.multipart = Some(mp);
-        }
+                .map_err(|e| storage_status(&e))?,
+        };
         let part = self.take_part();
-        let mp = self.multipart.as_mut().expect("started above");
-        mp.put_part(part).await.map_err(|e| storage_status(&e))?;
+        self.storing = Some(Box::pin(async move {
+            let res = mp.put_part(part).await;
+            (mp, res)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the part being stored, if any.
+    async fn wait_stored(&mut self) -> Result<(), Status> {
+        match self.storing.take() {
+            Some(storing) => {
+                let stored = storing.await;
+                self.stored(stored)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the upload back from a stored part.
+    fn stored(
+        &mut self,
+        (mp, res): (Box<dyn MultipartUpload>, sluice_storage::Result<()>),
+    ) -> Result<(), Status> {
+        self.multipart = Some(mp);
+        res.map_err(|e| storage_status(&e))?;
         self.parts += 1;
         Ok(())
     }
@@ -235,9 +281,13 @@ impl Upload<'_> {
         ))
     }
 
-    /// Discards a started multipart upload; a failure to abort is logged
-    /// (the write already failed and says so).
+    /// Discards a started multipart upload (after the part being stored, if
+    /// any, gave it back); a failure to abort is logged (the write already
+    /// failed and says so).
     async fn abort(&mut self) {
+        if let Some(storing) = self.storing.take() {
+            self.multipart = Some(storing.await.0);
+        }
         if let Some(mp) = self.multipart.take()
             && let Err(error) = mp.abort().await
         {

@@ -9,7 +9,6 @@
 //! parent meanwhile, the upload lands in the directory it resolved to.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use async_trait::async_trait;
@@ -34,9 +33,94 @@ pub(super) struct FileUpload {
     name: String,
     /// The temporary file's name in `parent`.
     tmp: String,
-    file: Option<File>,
+    file: Option<Parts>,
     /// Renamed into place or removed: nothing for `Drop` to clean up.
     finished: bool,
+}
+
+/// The temporary file and how its parts are written.
+#[derive(Debug)]
+struct Parts {
+    file: File,
+    /// Where the next part goes.
+    offset: u64,
+    /// `O_DIRECT` is set on the descriptor now.
+    direct: bool,
+    /// `O_DIRECT` was refused (by the filesystem, or for an alignment this
+    /// device wants): every part is written through the page cache.
+    buffered_only: bool,
+}
+
+/// What `O_DIRECT` needs here: buffer, offset and length in whole pages
+/// (every block device's logical block divides it).
+const DIRECT_ALIGN: u64 = 4096;
+
+impl Parts {
+    /// Writes the next part: its page-aligned bulk with `O_DIRECT` when the
+    /// buffer is page-aligned (an arena extent always is) — the disk reads
+    /// it by DMA, with no copy into the page cache, which was half of the
+    /// daemon's CPU for a large upload — and whatever is left (an unaligned
+    /// tail, a filesystem without `O_DIRECT`) through the page cache, its
+    /// writeback started at once. Either way the commit's `fsync` decides.
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let aligned = (data.as_ptr() as u64).is_multiple_of(DIRECT_ALIGN)
+            && self.offset.is_multiple_of(DIRECT_ALIGN);
+        let bulk = if aligned && !self.buffered_only {
+            (data.len() as u64 / DIRECT_ALIGN * DIRECT_ALIGN) as usize
+        } else {
+            0
+        };
+        let mut done = 0;
+        if bulk > 0 && self.set_direct(true) {
+            match self.file.write_all_at(&data[..bulk], self.offset) {
+                Ok(()) => done = bulk,
+                // Refused after all: the part goes through the page cache
+                // (from its start: rewriting what did reach the file is
+                // harmless).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.buffered_only = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if done < data.len() {
+            self.set_direct(false);
+            let at = self.offset + done as u64;
+            self.file.write_all_at(&data[done..], at)?;
+            start_writeback(&self.file, at, (data.len() - done) as u64);
+        }
+        self.offset += data.len() as u64;
+        Ok(())
+    }
+
+    /// Sets or clears `O_DIRECT`; false if it could not be set (then it
+    /// never will be).
+    fn set_direct(&mut self, on: bool) -> bool {
+        if self.direct == on {
+            return true;
+        }
+        let flags = match rustix::fs::fcntl_getfl(&self.file) {
+            Ok(flags) => flags,
+            Err(_) => {
+                self.buffered_only = true;
+                return !on;
+            }
+        };
+        let flags = if on {
+            flags | OFlags::DIRECT
+        } else {
+            flags - OFlags::DIRECT
+        };
+        match rustix::fs::fcntl_setfl(&self.file, flags) {
+            Ok(()) => {
+                self.direct = on;
+                true
+            }
+            Err(_) => {
+                self.buffered_only = true;
+                !on && !self.direct
+            }
+        }
+    }
 }
 
 impl FileUpload {
@@ -68,7 +152,12 @@ impl FileUpload {
             parent,
             name,
             tmp,
-            file: Some(file),
+            file: Some(Parts {
+                file,
+                offset: 0,
+                direct: false,
+                buffered_only: false,
+            }),
             finished: false,
         })
     }
@@ -125,20 +214,21 @@ fn check_replaceable(parent: &OwnedFd, name: &str, uri: &ObjectUri) -> Result<()
 #[async_trait]
 impl MultipartUpload for FileUpload {
     async fn put_part(&mut self, data: Bytes) -> Result<()> {
-        let mut file = self.file.take().expect("upload used after completion");
+        let mut parts = self.file.take().expect("upload used after completion");
         let u = self.uri.to_string();
-        let file = blocking(&self.uri, move || {
-            file.write_all(&data)
+        let parts = blocking(&self.uri, move || {
+            parts
+                .write(&data)
                 .map_err(|e| StorageError::from_io(u, e))?;
-            Ok(file)
+            Ok(parts)
         })
         .await?;
-        self.file = Some(file);
+        self.file = Some(parts);
         Ok(())
     }
 
     async fn complete(mut self: Box<Self>) -> Result<ObjectMeta> {
-        let file = self.file.take().expect("upload used after completion");
+        let file = self.file.take().expect("upload used after completion").file;
         let uri = self.uri.clone();
         blocking(&uri, move || {
             let res = self.finish(&file);
@@ -158,6 +248,27 @@ impl MultipartUpload for FileUpload {
             Err(e) => Err(io_error(&self.uri, e)),
         })
         .await
+    }
+}
+
+/// Starts writing `len` bytes at `offset` back to the disk without waiting
+/// for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): the disk works on a
+/// part while the next one arrives, and the `fsync` that commits the upload
+/// finds little left to do. Advisory: an error here (a filesystem without
+/// it) changes nothing, the commit's `fsync` still decides.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain system call on a descriptor this upload owns; it
+    // reads no memory of this process.
+    unsafe {
+        libc::sync_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            offset,
+            len,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
@@ -187,5 +298,97 @@ impl Drop for FileUpload {
         if !self.finished {
             let _ = self.remove_tmp();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::Layout;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use super::*;
+
+    /// `len` bytes of `seed`'s pattern at a page-aligned address.
+    struct Aligned {
+        ptr: std::ptr::NonNull<u8>,
+        layout: Layout,
+    }
+
+    // SAFETY: owns its allocation; only read after it is filled.
+    unsafe impl Send for Aligned {}
+
+    impl Aligned {
+        fn new(len: usize, seed: u8) -> Self {
+            let layout = Layout::from_size_align(len.max(1), DIRECT_ALIGN as usize).unwrap();
+            // SAFETY: a non-zero size.
+            let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
+            // SAFETY: `len` bytes were just allocated.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
+            }
+            Aligned { ptr, layout }
+        }
+    }
+
+    impl AsRef<[u8]> for Aligned {
+        fn as_ref(&self) -> &[u8] {
+            // SAFETY: filled in `new`; `layout.size()` may exceed the length
+            // asked for only when that was 0.
+            unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+        }
+    }
+
+    impl Drop for Aligned {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+        }
+    }
+
+    /// Parts of every shape — page-aligned buffers (written with `O_DIRECT`
+    /// where the filesystem takes it), unaligned ones, unaligned offsets
+    /// after a short part, tails — land byte for byte where they belong.
+    #[test]
+    fn parts_of_any_alignment_are_written_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upload");
+        let mut parts = Parts {
+            file: File::create_new(&path).unwrap(),
+            offset: 0,
+            direct: false,
+            buffered_only: false,
+        };
+        let page = DIRECT_ALIGN as usize;
+        let aligned = |len, seed| Bytes::from_owner(Aligned::new(len, seed)).slice(..len);
+        let unaligned = |len, seed| aligned(len + 1, seed).slice(1..);
+        let pieces = [
+            aligned(4 * page, 1),          // all direct
+            aligned(3 * page + 100, 2),    // direct bulk, buffered tail
+            aligned(2 * page, 3),          // now at an unaligned offset
+            unaligned(5 * page, 4),        // an unaligned buffer
+            aligned(page, 5),              // unaligned offset still
+            aligned(page - 100 + page, 6), // back to an aligned offset after it
+            aligned(8 * page, 7),          // direct again
+            aligned(17, 8),                // a short tail
+        ];
+        let mut expected = Vec::new();
+        for piece in &pieces {
+            parts.write(piece).unwrap();
+            expected.extend_from_slice(piece);
+        }
+        parts.file.sync_data().unwrap();
+        // Where the filesystem takes O_DIRECT, the aligned bulk used it.
+        let takes_direct = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.path().join("probe"))
+            .is_ok();
+        assert_eq!(!parts.buffered_only, takes_direct);
+        drop(parts);
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written.len(), expected.len());
+        assert!(written == expected, "the file differs from the parts");
     }
 }
