@@ -58,7 +58,7 @@ for _ in $(seq 300); do [ -S "$sock" ] && [ -S "$sock.fds" ] && break; sleep 0.1
 # The arena resident first (cache.prefault), as on a node up for a while.
 budget=$((1 << 30))
 for _ in $(seq 600); do
-  shm=$(awk '/^RssShmem:/ {print $2 * 1024}' "/proc/$daemon/status")
+  shm=$(awk '/^RssShmem:/ {printf "%d", $2 * 1024}' "/proc/$daemon/status")
   [ "$shm" -ge "$budget" ] && break
   sleep 0.1
 done

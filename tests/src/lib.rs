@@ -6,3 +6,4 @@ pub mod faultproxy;
 pub mod grpc;
 pub mod s3server;
 pub mod shm;
+pub mod tlsproxy;

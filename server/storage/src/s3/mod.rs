@@ -85,6 +85,11 @@ impl S3Backends {
         let sdk = client::load_sdk_config(config).await?;
         let default = Arc::new(S3Storage {
             client: client::default_client(&sdk, config).await?,
+            // AWS itself (no endpoint) is HTTPS.
+            tls: config
+                .endpoint
+                .as_deref()
+                .is_none_or(|url| url.starts_with("https://")),
         });
         let default_ip = config
             .endpoint
@@ -120,7 +125,8 @@ impl S3Backends {
                 );
             }
             let client = client::endpoint_client(&sdk, config, &address, ep).await?;
-            explicit.insert(address, Arc::new(S3Storage { client }));
+            let tls = ep.scheme == "https";
+            explicit.insert(address, Arc::new(S3Storage { client, tls }));
         }
         Ok(S3Backends { default, explicit })
     }
@@ -154,6 +160,9 @@ impl S3Backends {
 #[derive(Debug)]
 pub struct S3Storage {
     client: Client,
+    /// The endpoint is HTTPS: uploads go with `UNSIGNED-PAYLOAD`
+    /// (`upload.rs`).
+    tls: bool,
 }
 
 #[async_trait]
@@ -197,12 +206,14 @@ impl Storage for S3Storage {
 
     async fn put(&self, uri: &ObjectUri, data: Bytes) -> Result<ObjectMeta> {
         object_key(uri)?;
-        upload::put(&self.client, uri, data).await
+        upload::put(&self.client, self.tls, uri, data).await
     }
 
     async fn start_multipart(&self, uri: &ObjectUri) -> Result<Box<dyn MultipartUpload>> {
         object_key(uri)?;
-        Ok(Box::new(upload::S3Upload::start(&self.client, uri).await?))
+        Ok(Box::new(
+            upload::S3Upload::start(&self.client, self.tls, uri).await?,
+        ))
     }
 
     fn min_part_size(&self) -> u64 {
