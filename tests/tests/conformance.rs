@@ -710,3 +710,40 @@ async fn s3_abandoned_uploads_are_aborted() {
     }
     assert_eq!(s.head(&uri).await.unwrap_err().kind(), ErrorKind::NotFound);
 }
+
+/// Parts go up several at a time; one that fails — here the upload vanished
+/// on the server (a lifecycle rule, another client's abort) — fails the
+/// upload at the next call or at `complete`, naming the object, and nothing
+/// becomes visible.
+#[tokio::test]
+async fn s3_a_failed_part_fails_the_upload() {
+    let server = S3Server::start().await;
+    let uri = server.bucket("failing").await.with_key("k");
+    let s = S3Backends::new(&server.config())
+        .await
+        .unwrap()
+        .for_uri(&uri)
+        .unwrap();
+    let mut up = s.start_multipart(&uri).await.unwrap();
+    let pending = pending_uploads(&server);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let path = server.data_dir().join(&pending[0]);
+    if path.is_dir() {
+        std::fs::remove_dir_all(&path).unwrap();
+    } else {
+        std::fs::remove_file(&path).unwrap();
+    }
+    let mut failed = None;
+    for i in 0..6 {
+        if let Err(e) = up.put_part(data(5 * MIB, i)).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = match failed {
+        Some(e) => e,
+        None => up.complete().await.unwrap_err(),
+    };
+    assert!(err.to_string().contains(&uri.to_string()), "{err}");
+    assert_eq!(s.head(&uri).await.unwrap_err().kind(), ErrorKind::NotFound);
+}

@@ -94,6 +94,9 @@ pub(super) fn validate(config: &S3Config) -> Result<()> {
         config.secret_access_key.as_ref(),
         config.session_token.as_ref(),
     )?;
+    if config.upload_concurrency == 0 {
+        return Err(config_error(TOP, "upload_concurrency must be at least 1"));
+    }
     if config.max_attempts == 0 {
         return Err(config_error(TOP, "max_attempts must be at least 1"));
     }

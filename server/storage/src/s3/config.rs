@@ -120,6 +120,9 @@ pub struct S3Config {
     pub ca_bundle: Option<PathBuf>,
     /// Upload checksums: `when_supported` (SDK default) or `when_required`.
     pub request_checksum: ChecksumMode,
+    /// Parts of one multipart upload sent at once (every endpoint). Each
+    /// holds a part's buffer (`write.part_size`) until it is stored.
+    pub upload_concurrency: usize,
     /// Attempts per request, first one included (SDK standard retry mode).
     pub max_attempts: u32,
     /// First retry backoff; doubles per attempt with full jitter.
@@ -156,6 +159,7 @@ impl Default for S3Config {
             session_token: None,
             ca_bundle: None,
             request_checksum: ChecksumMode::WhenSupported,
+            upload_concurrency: 4,
             // 5 attempts with 100 ms doubling to 20 s ≈ 3 s of backoff at most
             // before the ceiling matters: rides out a throttling burst.
             max_attempts: 5,

@@ -90,6 +90,7 @@ impl S3Backends {
                 .endpoint
                 .as_deref()
                 .is_none_or(|url| url.starts_with("https://")),
+            upload_concurrency: config.upload_concurrency,
         });
         let default_ip = config
             .endpoint
@@ -126,7 +127,14 @@ impl S3Backends {
             }
             let client = client::endpoint_client(&sdk, config, &address, ep).await?;
             let tls = ep.scheme == "https";
-            explicit.insert(address, Arc::new(S3Storage { client, tls }));
+            explicit.insert(
+                address,
+                Arc::new(S3Storage {
+                    client,
+                    tls,
+                    upload_concurrency: config.upload_concurrency,
+                }),
+            );
         }
         Ok(S3Backends { default, explicit })
     }
@@ -163,6 +171,8 @@ pub struct S3Storage {
     /// The endpoint is HTTPS: uploads go with `UNSIGNED-PAYLOAD`
     /// (`upload.rs`).
     tls: bool,
+    /// Parts of one upload in flight at once.
+    upload_concurrency: usize,
 }
 
 #[async_trait]
@@ -212,7 +222,7 @@ impl Storage for S3Storage {
     async fn start_multipart(&self, uri: &ObjectUri) -> Result<Box<dyn MultipartUpload>> {
         object_key(uri)?;
         Ok(Box::new(
-            upload::S3Upload::start(&self.client, self.tls, uri).await?,
+            upload::S3Upload::start(&self.client, self.tls, self.upload_concurrency, uri).await?,
         ))
     }
 

@@ -16,6 +16,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use tokio::task::JoinSet;
 
 use super::errors;
 use crate::{ErrorKind, MultipartUpload, ObjectMeta, ObjectUri, Result, StorageError};
@@ -68,14 +69,26 @@ pub(super) struct S3Upload {
     client: Client,
     uri: ObjectUri,
     upload_id: String,
+    /// Parts stored, in any order (sorted when completing).
     parts: Vec<CompletedPart>,
+    /// Parts on their way up: at most `concurrency`.
+    in_flight: JoinSet<Result<(CompletedPart, u64)>>,
+    concurrency: usize,
+    /// The number of the next part.
+    next: i32,
     size: u64,
     /// Completed or aborted: nothing for `Drop` to clean up.
     finished: bool,
 }
 
 impl S3Upload {
-    pub(super) async fn start(client: &Client, unsigned: bool, uri: &ObjectUri) -> Result<Self> {
+    /// Starts an upload whose parts go up `concurrency` at a time.
+    pub(super) async fn start(
+        client: &Client,
+        unsigned: bool,
+        concurrency: usize,
+        uri: &ObjectUri,
+    ) -> Result<Self> {
         let out = client
             .create_multipart_upload()
             .bucket(uri.bucket())
@@ -98,9 +111,31 @@ impl S3Upload {
             uri: uri.clone(),
             upload_id,
             parts: Vec::new(),
+            in_flight: JoinSet::new(),
+            concurrency: concurrency.max(1),
+            next: 1,
             size: 0,
             finished: false,
         })
+    }
+
+    /// Waits for one part in flight; its failure is the upload's.
+    async fn reap(&mut self) -> Result<()> {
+        match self.in_flight.join_next().await {
+            None => Ok(()),
+            Some(Ok(Ok((part, len)))) => {
+                self.parts.push(part);
+                self.size += len;
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(StorageError::new(
+                ErrorKind::Other,
+                self.uri.to_string(),
+                "upload part task failed",
+            )
+            .with_source(e)),
+        }
     }
 
     async fn send_abort(&self) -> Result<()> {
@@ -149,14 +184,22 @@ async fn abort_request(client: &Client, uri: &ObjectUri, upload_id: &str) -> Res
 
 #[async_trait]
 impl MultipartUpload for S3Upload {
+    /// Sends the part as a task of its own and returns once it is under
+    /// way — after waiting for an earlier one if `concurrency` are in
+    /// flight — so the caller gathers the next part meanwhile. A failed
+    /// part fails the next call (or `complete`).
     async fn put_part(&mut self, data: Bytes) -> Result<()> {
-        let number = self.parts.len() as i32 + 1;
+        let number = self.next;
         if number > MAX_PARTS {
             return Err(StorageError::invalid(
                 self.uri.to_string(),
                 format!("s3 uploads have at most {MAX_PARTS} parts"),
             ));
         }
+        while self.in_flight.len() >= self.concurrency {
+            self.reap().await?;
+        }
+        self.next += 1;
         let len = data.len() as u64;
         let request = self
             .client
@@ -167,27 +210,32 @@ impl MultipartUpload for S3Upload {
             .part_number(number)
             .content_length(len as i64)
             .body(ByteStream::from(data));
-        let out = if self.unsigned {
-            request.customize().disable_payload_signing().send().await
-        } else {
-            request.send().await
-        }
-        .map_err(|e| errors::map(e, &self.uri, "upload part"))?;
-        let etag = out.e_tag().ok_or_else(|| {
-            StorageError::protocol(self.uri.to_string(), "upload part returned no etag")
-        })?;
-        self.parts.push(
-            CompletedPart::builder()
+        let (unsigned, uri) = (self.unsigned, self.uri.clone());
+        self.in_flight.spawn(async move {
+            let out = if unsigned {
+                request.customize().disable_payload_signing().send().await
+            } else {
+                request.send().await
+            }
+            .map_err(|e| errors::map(e, &uri, "upload part"))?;
+            let etag = out.e_tag().ok_or_else(|| {
+                StorageError::protocol(uri.to_string(), "upload part returned no etag")
+            })?;
+            let part = CompletedPart::builder()
                 .part_number(number)
                 .e_tag(etag)
-                .build(),
-        );
-        self.size += len;
+                .build();
+            Ok((part, len))
+        });
         Ok(())
     }
 
     async fn complete(mut self: Box<Self>) -> Result<ObjectMeta> {
+        while !self.in_flight.is_empty() {
+            self.reap().await?;
+        }
         self.finished = true;
+        self.parts.sort_by_key(|p| p.part_number());
         if self.parts.is_empty() {
             self.send_abort().await?;
             return put(&self.client, self.unsigned, &self.uri, Bytes::new()).await;
@@ -204,6 +252,10 @@ impl MultipartUpload for S3Upload {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
+        // Parts still going up are stopped first: one finishing after the
+        // abort would be stored (and billed) in an upload nobody completes.
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
         self.finished = true;
         self.send_abort().await
     }
