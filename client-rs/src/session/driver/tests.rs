@@ -13,6 +13,7 @@ use tonic::Code;
 
 use super::*;
 use crate::session::mapping::Mappings;
+use crate::session::releases::ReleaseSender;
 
 /// A session core over one segment (id 0) holding `data`, and the
 /// receiving end of its releases.
@@ -267,16 +268,22 @@ fn open() -> SessionRequest {
     }
 }
 
+/// A request body with room for `fetches` queued fetches, to a daemon that
+/// takes batches or not; the senders of its fetches and releases.
+fn outgoing(
+    fetches: usize,
+    batches: bool,
+) -> (mpsc::Sender<FetchRequest>, ReleaseSender, Outgoing) {
+    let (fetch_tx, fetch_rx) = mpsc::channel(fetches);
+    let (release_tx, release_rx) = crate::session::releases::channel();
+    let flag = Arc::new(AtomicBool::new(batches));
+    let body = Outgoing::new(open(), fetch_rx, release_rx, flag);
+    (fetch_tx, release_tx, body)
+}
+
 #[tokio::test]
 async fn queued_releases_go_out_as_one_request_before_fetches() {
-    let (fetch_tx, fetch_rx) = mpsc::channel(4);
-    let (release_tx, release_rx) = crate::session::releases::channel();
-    let mut outgoing = Outgoing::new(
-        open(),
-        fetch_rx,
-        release_rx,
-        Arc::new(AtomicBool::new(true)),
-    );
+    let (fetch_tx, release_tx, mut outgoing) = outgoing(4, true);
     fetch_tx.send(fetch(1)).await.unwrap();
     for id in [5, 6, 7] {
         release_tx.send(id);
@@ -303,14 +310,7 @@ async fn queued_releases_go_out_as_one_request_before_fetches() {
 
 #[tokio::test]
 async fn release_batches_are_bounded() {
-    let (_fetch_tx, fetch_rx) = mpsc::channel(1);
-    let (release_tx, release_rx) = crate::session::releases::channel();
-    let mut outgoing = Outgoing::new(
-        open(),
-        fetch_rx,
-        release_rx,
-        Arc::new(AtomicBool::new(true)),
-    );
+    let (_fetch_tx, release_tx, mut outgoing) = outgoing(1, true);
     for id in 0..(MAX_RELEASE_BATCH as u64 + 10) {
         release_tx.send(id);
     }
@@ -329,14 +329,7 @@ async fn release_batches_are_bounded() {
 /// one dropped alone still goes out once the delay has passed.
 #[tokio::test(start_paused = true)]
 async fn releases_dropped_one_by_one_share_a_message() {
-    let (_fetch_tx, fetch_rx) = mpsc::channel(1);
-    let (release_tx, release_rx) = crate::session::releases::channel();
-    let mut outgoing = Outgoing::new(
-        open(),
-        fetch_rx,
-        release_rx,
-        Arc::new(AtomicBool::new(true)),
-    );
+    let (_fetch_tx, release_tx, mut outgoing) = outgoing(1, true);
     outgoing.next().await.unwrap();
     let started = tokio::time::Instant::now();
     let sender = tokio::spawn(async move {
@@ -367,10 +360,7 @@ async fn releases_dropped_one_by_one_share_a_message() {
 #[tokio::test]
 async fn queued_fetches_go_out_as_one_batch_if_the_daemon_takes_them() {
     for batches in [true, false] {
-        let (fetch_tx, fetch_rx) = mpsc::channel(8);
-        let (_release_tx, release_rx) = crate::session::releases::channel();
-        let flag = Arc::new(AtomicBool::new(batches));
-        let mut outgoing = Outgoing::new(open(), fetch_rx, release_rx, flag);
+        let (fetch_tx, _release_tx, mut outgoing) = outgoing(8, batches);
         outgoing.next().await.unwrap();
         for id in 1..=3 {
             fetch_tx.send(fetch(id)).await.unwrap();
