@@ -64,6 +64,7 @@ mod client;
 pub mod credentials;
 mod error;
 mod list;
+mod pool;
 mod read;
 mod read_many;
 mod session;

@@ -156,7 +156,7 @@ impl ReadStream {
         }
         let capacity = usize::try_from(expected)
             .map_err(|_| Error::protocol(&self.uri, "object too large for memory"))?;
-        let mut buf = Vec::with_capacity(capacity);
+        let mut buf = crate::pool::take(capacity);
         buf.extend_from_slice(&first);
         while let Some(chunk) = self.next().await {
             buf.extend_from_slice(&chunk?);
@@ -167,7 +167,7 @@ impl ReadStream {
                 format!("read {} bytes, expected {expected}", buf.len()),
             ));
         }
-        Ok(Bytes::from(buf))
+        Ok(crate::pool::bytes(buf))
     }
 }
 

@@ -164,11 +164,11 @@ impl Reassembler {
         let data = match <[Bytes; 1]>::try_from(partial.chunks) {
             Ok([single]) => single,
             Err(chunks) => {
-                let mut buf = Vec::with_capacity(expected as usize);
+                let mut buf = crate::pool::take(expected as usize);
                 for chunk in &chunks {
                     buf.extend_from_slice(chunk);
                 }
-                Bytes::from(buf)
+                crate::pool::bytes(buf)
             }
         };
         Ok((partial.meta, data))

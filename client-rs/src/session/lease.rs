@@ -232,11 +232,11 @@ fn join_run(run: Vec<Lease>) -> Option<Lease> {
         return run.into_iter().next();
     }
     let total = run.iter().map(|l| l.len()).sum();
-    let mut buf = Vec::with_capacity(total);
+    let mut buf = crate::pool::take(total);
     for lease in &run {
         buf.extend_from_slice(lease);
     }
-    Some(Lease::owned(first_offset, Bytes::from(buf)))
+    Some(Lease::owned(first_offset, crate::pool::bytes(buf)))
 }
 
 #[cfg(test)]
