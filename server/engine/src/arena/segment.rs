@@ -58,6 +58,8 @@ impl Mapping {
         if addr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: advice on the mapping just made; no memory effect.
+        unsafe { libc::madvise(addr, map_len, libc::MADV_HUGEPAGE) };
         let base = NonNull::new(addr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
         let mapping = Mapping {
             fd,

@@ -478,3 +478,31 @@ fn prefault_makes_pages_resident_without_changing_them() {
         "an extent in use was changed"
     );
 }
+
+/// The segments ask for transparent huge pages (`VmFlags: hg`): where the
+/// node's `shmem_enabled` allows them (`advise` or more), the cache is held
+/// in 2 MiB pages, which the daemon and every client map 2 MiB at a time.
+#[test]
+fn segments_ask_for_huge_pages() {
+    if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+        return; // a kernel without transparent huge pages
+    }
+    let arena = Arena::new(4 * MIB, 4 * MIB).unwrap();
+    let base = arena.segments[0].map.base().as_ptr() as usize;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    let mut flags = None;
+    for line in smaps.lines() {
+        let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+        if let Some((a, b)) = range
+            && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            inside = (a..b).contains(&base);
+        } else if inside && let Some(f) = line.strip_prefix("VmFlags:") {
+            flags = Some(f.to_owned());
+            break;
+        }
+    }
+    let flags = flags.expect("the segment is in /proc/self/smaps");
+    assert!(flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+}
