@@ -72,7 +72,9 @@ impl Parts {
             0
         };
         let mut done = 0;
-        if bulk > 0 && self.set_direct(true) {
+        if bulk > 0 && self.set_direct(true).is_err() {
+            self.buffered_only = true; // the filesystem refuses it
+        } else if bulk > 0 {
             match self.file.write_all_at(&data[..bulk], self.offset) {
                 Ok(()) => done = bulk,
                 // Refused after all: the part goes through the page cache
@@ -83,7 +85,7 @@ impl Parts {
             }
         }
         if done < data.len() {
-            self.set_direct(false);
+            self.set_direct(false)?;
             let at = self.offset + done as u64;
             self.file.write_all_at(&data[done..], at)?;
             start_writeback(&self.file, at, (data.len() - done) as u64);
@@ -92,34 +94,19 @@ impl Parts {
         Ok(())
     }
 
-    /// Sets or clears `O_DIRECT`; false if it could not be set (then it
-    /// never will be).
-    fn set_direct(&mut self, on: bool) -> bool {
-        if self.direct == on {
-            return true;
+    /// Sets or clears `O_DIRECT` on the descriptor.
+    fn set_direct(&mut self, on: bool) -> std::io::Result<()> {
+        if self.direct != on {
+            let flags = rustix::fs::fcntl_getfl(&self.file)?;
+            let flags = if on {
+                flags | OFlags::DIRECT
+            } else {
+                flags - OFlags::DIRECT
+            };
+            rustix::fs::fcntl_setfl(&self.file, flags)?;
+            self.direct = on;
         }
-        let flags = match rustix::fs::fcntl_getfl(&self.file) {
-            Ok(flags) => flags,
-            Err(_) => {
-                self.buffered_only = true;
-                return !on;
-            }
-        };
-        let flags = if on {
-            flags | OFlags::DIRECT
-        } else {
-            flags - OFlags::DIRECT
-        };
-        match rustix::fs::fcntl_setfl(&self.file, flags) {
-            Ok(()) => {
-                self.direct = on;
-                true
-            }
-            Err(_) => {
-                self.buffered_only = true;
-                !on && !self.direct
-            }
-        }
+        Ok(())
     }
 }
 

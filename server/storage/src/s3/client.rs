@@ -330,6 +330,11 @@ mod tests {
             ..S3Config::default()
         };
         assert!(message(&token).contains("session_token"));
+        let no_parts = S3Config {
+            upload_concurrency: 0,
+            ..S3Config::default()
+        };
+        assert!(message(&no_parts).contains("upload_concurrency"));
         let zero = S3Config {
             max_attempts: 0,
             ..S3Config::default()
