@@ -25,6 +25,7 @@ use crate::read::{self, ReadStream};
 use crate::read_many::{ReadItem, ReadManyStream};
 use crate::session::{self, Session, SessionOptions};
 use crate::transport::Transport;
+use crate::upload_memory;
 use crate::write::{self, Written};
 
 /// The generated client over the channel, sending the bearer token if any;
@@ -36,6 +37,8 @@ pub(crate) type Grpc = SluiceClient<InterceptedService<Transport, BearerAuth>>;
 pub struct Client {
     inner: Grpc,
     address: String,
+    /// Upload memories (`Upload`), for a daemon on this node.
+    uploads: std::sync::Arc<upload_memory::Pool>,
 }
 
 impl Client {
@@ -56,8 +59,14 @@ impl Client {
             Address::Https(_) => options.or_env()?,
             _ => ConnectOptions::default(),
         };
+        let fd_socket = match &parsed {
+            Address::Unix(socket) => Some(crate::session::fd_socket_path(socket)),
+            _ => None,
+        };
         let channel = connect_channel(address, parsed, &options).await?;
-        Ok(Self::with_auth(channel, address, options.bearer()))
+        let mut client = Self::with_auth(channel, address, options.bearer());
+        client.uploads = std::sync::Arc::new(upload_memory::Pool::new(fd_socket));
+        Ok(client)
     }
 
     /// Connects to `$SLUICE_ADDRESS`, else to [`crate::DEFAULT_ADDRESS`].
@@ -77,7 +86,25 @@ impl Client {
         Client {
             inner,
             address: address.to_owned(),
+            uploads: Default::default(),
         }
+    }
+
+    /// This client with uploads through shared memory turned on or off.
+    /// They are on by default when the daemon is on this node (a Unix
+    /// socket address) and offers them, and used only then.
+    pub fn with_shared_uploads(mut self, on: bool) -> Self {
+        if !on {
+            let off = upload_memory::Pool::default();
+            off.disable();
+            self.uploads = std::sync::Arc::new(off);
+        }
+        self
+    }
+
+    /// Whether this client's next upload will try shared memory.
+    pub fn shared_uploads(&self) -> bool {
+        self.uploads.enabled()
     }
 
     /// The address this client was connected to.
@@ -190,6 +217,11 @@ impl Client {
     where
         S: Stream<Item = Bytes> + Send + 'static,
     {
+        if let Some(memory) = self.uploads.take().await {
+            let reader = tokio_util::io::StreamReader::new(data.map(Ok::<_, std::io::Error>));
+            let reader = std::pin::pin!(reader);
+            return self.upload_shared(uri, memory, reader, size_hint).await;
+        }
         write::upload_infallible(self.inner.clone(), uri, data.boxed(), size_hint).await
     }
 
@@ -200,8 +232,26 @@ impl Client {
     where
         R: AsyncRead + Send + Unpin + 'static,
     {
+        if let Some(memory) = self.uploads.take().await {
+            return self.upload_shared(uri, memory, reader, size_hint).await;
+        }
         let chunks = write::read_chunks(reader, sluice_proto::DEFAULT_CHUNK_SIZE);
         write::upload(self.inner.clone(), uri, chunks, size_hint).await
+    }
+
+    /// An upload through `memory`, which goes back to the pool unless the
+    /// upload failed (its ring may still be being read).
+    async fn upload_shared<R: AsyncRead + Unpin>(
+        &self,
+        uri: &str,
+        mut memory: upload_memory::UploadMemory,
+        reader: R,
+        size_hint: u64,
+    ) -> Result<Written> {
+        let written =
+            upload_memory::upload(self.inner.clone(), uri, &mut memory, reader, size_hint).await?;
+        self.uploads.give_back(memory);
+        Ok(written)
     }
 
     /// Uploads `data` to `uri` in one go (still chunked on the wire).

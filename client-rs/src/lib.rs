@@ -69,6 +69,7 @@ mod read;
 mod read_many;
 mod session;
 mod transport;
+mod upload_memory;
 mod write;
 
 pub use address::{ADDRESS_ENV, Address, DEFAULT_ADDRESS};

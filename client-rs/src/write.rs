@@ -206,6 +206,7 @@ where
         msg: Some(Msg::Header(WriteHeader {
             uri: uri.to_owned(),
             size_hint,
+            ..Default::default()
         })),
     };
     let requests = stream::once(async { header }).chain(body(data, error_tx));

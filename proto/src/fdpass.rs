@@ -10,10 +10,23 @@
 //! Wire format of one message (little-endian): `u32 total`, `u32 count`,
 //! then `count` × (`u32 id`, `u64 size`); `count` descriptors ride along.
 //! Messages repeat until `total` segments were sent.
+//!
+//! After the table, a client may register one memory file for uploads on
+//! the same connection (see the `Upload` call): it sends [`REGISTER`] with
+//! the file's descriptor attached, and the daemon answers `1` and a
+//! [`TOKEN_LEN`]-byte token, or `0` and a UTF-8 reason. The registration
+//! lasts as long as the connection stays open.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+
+/// The request registering an upload memory file (one descriptor attached).
+pub const REGISTER: &[u8; 4] = b"UPLD";
+/// Length of a registration token.
+pub const TOKEN_LEN: usize = 16;
+/// Longest reason sent with a refused registration.
+const MAX_REASON: usize = 512;
 
 /// Descriptors per message: the kernel accepts at most 253 (SCM_MAX_FD).
 const BATCH: usize = 200;
@@ -94,7 +107,7 @@ fn cmsg_space(fds: usize) -> usize {
     unsafe { libc::CMSG_SPACE((fds * std::mem::size_of::<RawFd>()) as u32) as usize }
 }
 
-fn send(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+fn send(sock: &impl AsFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -123,7 +136,7 @@ fn send(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
         }
     }
     // SAFETY: msg points at live buffers for the duration of the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::sendmsg(sock.as_fd().as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -136,7 +149,7 @@ fn send(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-fn recv(sock: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+fn recv(sock: &impl AsFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut data = vec![0u8; HEADER + BATCH * ENTRY];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr() as *mut libc::c_void,
@@ -151,7 +164,7 @@ fn recv(sock: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     msg.msg_controllen = control.len() as _;
     // SAFETY: msg points at live buffers; MSG_CMSG_CLOEXEC marks received
     // descriptors close-on-exec.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = unsafe { libc::recvmsg(sock.as_fd().as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -181,6 +194,73 @@ fn recv(sock: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     }
     data.truncate(n as usize);
     Ok((data, fds))
+}
+
+/// Client: asks to register `memory` for uploads (after the segment table
+/// was received).
+pub fn send_registration(sock: &UnixStream, memory: BorrowedFd<'_>) -> io::Result<()> {
+    send(sock, REGISTER, &[memory.as_raw_fd()])
+}
+
+/// Client: the daemon's answer to [`send_registration`]: the token, or the
+/// daemon's reason for refusing.
+pub fn recv_registered(sock: &UnixStream) -> io::Result<Result<[u8; TOKEN_LEN], String>> {
+    let (bytes, _) = recv(sock)?;
+    match bytes.split_first() {
+        Some((1, token)) if token.len() == TOKEN_LEN => {
+            Ok(Ok(token.try_into().expect("TOKEN_LEN bytes")))
+        }
+        Some((0, reason)) => Ok(Err(String::from_utf8_lossy(reason).into_owned())),
+        None => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the daemon closed the descriptor socket without answering the registration",
+        )),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed registration answer",
+        )),
+    }
+}
+
+/// What a client sent after the segment table.
+#[derive(Debug)]
+pub enum Request {
+    /// The client closed the connection.
+    Closed,
+    /// A registration of this memory file.
+    Register(OwnedFd),
+    /// Anything else (the descriptors that came with it are closed).
+    Malformed,
+}
+
+/// Daemon: reads the client's next request; `WouldBlock` on a non-blocking
+/// socket with nothing to read.
+pub fn recv_request(sock: &impl AsFd) -> io::Result<Request> {
+    let (bytes, mut fds) = recv(sock)?;
+    Ok(match (bytes.as_slice(), fds.len()) {
+        ([], _) => Request::Closed,
+        (b, 1) if b == REGISTER => Request::Register(fds.pop().expect("one")),
+        _ => Request::Malformed,
+    })
+}
+
+/// Daemon: answers a registration with its token.
+pub fn send_registered(sock: &impl AsFd, token: &[u8; TOKEN_LEN]) -> io::Result<()> {
+    let mut msg = Vec::with_capacity(1 + TOKEN_LEN);
+    msg.push(1);
+    msg.extend_from_slice(token);
+    send(sock, &msg, &[])
+}
+
+/// Daemon: refuses a registration, saying why.
+pub fn send_refused(sock: &impl AsFd, reason: &str) -> io::Result<()> {
+    let mut msg = vec![0u8];
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    msg.extend_from_slice(&reason.as_bytes()[..end]);
+    send(sock, &msg, &[])
 }
 
 #[cfg(test)]
@@ -222,6 +302,46 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         drop(a);
         assert!(recv_segments(&b).is_err());
+    }
+
+    #[test]
+    fn a_registration_carries_its_descriptor_and_gets_its_answer() {
+        let (client, daemon) = UnixStream::pair().unwrap();
+        let mut memory = tempfile_with(b"upload bytes");
+        send_registration(&client, memory.as_fd()).unwrap();
+        let Request::Register(fd) = recv_request(&daemon).unwrap() else {
+            panic!("not a registration");
+        };
+        let mut f = std::fs::File::from(fd);
+        f.rewind().unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "upload bytes");
+        memory.write_all(b"!").unwrap();
+        send_registered(&daemon, &[7; TOKEN_LEN]).unwrap();
+        assert_eq!(recv_registered(&client).unwrap(), Ok([7; TOKEN_LEN]));
+        send_refused(&daemon, &"é".repeat(400)).unwrap();
+        let reason = recv_registered(&client).unwrap().unwrap_err();
+        assert_eq!(
+            reason.len(),
+            512,
+            "cut at a character boundary within the limit"
+        );
+        drop(client);
+        assert!(matches!(recv_request(&daemon).unwrap(), Request::Closed));
+    }
+
+    #[test]
+    fn a_request_without_exactly_one_descriptor_is_malformed() {
+        let (client, daemon) = UnixStream::pair().unwrap();
+        send(&client, REGISTER, &[]).unwrap();
+        assert!(matches!(recv_request(&daemon).unwrap(), Request::Malformed));
+        let (a, b) = (tempfile_with(b"a"), tempfile_with(b"b"));
+        send(&client, REGISTER, &[a.as_raw_fd(), b.as_raw_fd()]).unwrap();
+        assert!(matches!(recv_request(&daemon).unwrap(), Request::Malformed));
+        let c = tempfile_with(b"c");
+        send(&client, b"NOPE", &[c.as_raw_fd()]).unwrap();
+        assert!(matches!(recv_request(&daemon).unwrap(), Request::Malformed));
     }
 
     fn tempfile_with(data: &[u8]) -> std::fs::File {

@@ -79,6 +79,7 @@ pub async fn write(
         msg: Some(Msg::Header(v1::WriteHeader {
             uri: uri.to_owned(),
             size_hint,
+            ..Default::default()
         })),
     }];
     msgs.extend(data.chunks(chunk.max(1)).map(|c| v1::WriteRequest {

@@ -259,6 +259,7 @@ async fn a_cancelled_upload_leaves_nothing() {
         msg: Some(Msg::Header(v1::WriteHeader {
             uri: uri.clone(),
             size_hint: 0,
+            ..Default::default()
         })),
     })
     .await

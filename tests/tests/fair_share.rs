@@ -215,6 +215,7 @@ async fn a_stopped_writer_gives_its_buffer_back() {
         msg: Some(Msg::Header(v1::WriteHeader {
             uri: uri.clone(),
             size_hint: 0,
+            ..Default::default()
         })),
     })
     .await

@@ -53,7 +53,8 @@ use assemble::Assembly;
 use driver::{Dispatch, Event, Outgoing, Pending, lock};
 pub use lease::Lease;
 use lease::{Core, join_owned};
-use mapping::{Mappings, SetupError, fd_socket_path};
+pub(crate) use mapping::fd_socket_path;
+use mapping::{Mappings, SetupError};
 
 /// How a session delivers results.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

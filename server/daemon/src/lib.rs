@@ -12,6 +12,7 @@ pub mod session;
 mod stall;
 pub mod telemetry;
 pub mod tls;
+pub mod upload_memory;
 mod uploads;
 
 pub use config::Config;

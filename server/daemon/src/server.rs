@@ -172,6 +172,7 @@ impl Daemon {
             stop.clone(),
         );
         let uploads = service.uploads();
+        let upload_memory = service.upload_memory().clone();
         let grpc = SluiceServer::new(service)
             .max_decoding_message_size(sluice_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(sluice_proto::MAX_MESSAGE_SIZE);
@@ -262,8 +263,9 @@ impl Daemon {
             let arena = self.reader.arena().clone();
             let stop = stop.clone();
             let (opts, policy) = (accept("fds", false), policy.clone());
+            let uploads = upload_memory;
             side_tasks.spawn(async move {
-                crate::session::fds::serve(listener, arena, stop, opts, policy).await;
+                crate::session::fds::serve(listener, arena, stop, opts, policy, uploads).await;
                 Ok::<(), std::io::Error>(())
             });
         }

@@ -44,6 +44,8 @@ pub struct SluiceService {
     retired: crate::session::Retired,
     /// Writes in flight, cancelled and awaited when the grace period ends.
     uploads: crate::uploads::Uploads,
+    /// Memory files registered for `Upload` on the descriptor socket.
+    upload_memory: Arc<crate::upload_memory::Registry>,
 }
 
 impl SluiceService {
@@ -62,7 +64,14 @@ impl SluiceService {
             draining,
             retired: Default::default(),
             uploads: Default::default(),
+            upload_memory: Default::default(),
         }
+    }
+
+    /// The registry of upload memory files, which the descriptor socket
+    /// fills.
+    pub fn upload_memory(&self) -> &Arc<crate::upload_memory::Registry> {
+        &self.upload_memory
     }
 
     /// The share of the connection `req` came on (a fresh one for a call
@@ -126,6 +135,26 @@ impl Sluice for SluiceService {
         write::write(self, client, req.into_inner())
             .await
             .map(Response::new)
+    }
+
+    type UploadStream = ResponseStream<v1::UploadResponse>;
+
+    async fn upload(
+        &self,
+        req: Request<Streaming<v1::WriteRequest>>,
+    ) -> Result<Response<Self::UploadStream>, Status> {
+        let client = self.client_of(&req);
+        let uid = req
+            .extensions()
+            .get::<crate::listen::Peer>()
+            .and_then(|p| p.cred())
+            .map(|(uid, _, _)| uid);
+        Ok(Response::new(write::upload(
+            self.clone(),
+            client,
+            uid,
+            req.into_inner(),
+        )))
     }
 
     type SessionStream = ResponseStream<v1::SessionResponse>;

@@ -22,68 +22,158 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream;
 use sluice_engine::budget::Reservation;
 use sluice_engine::share::Hold;
 use sluice_engine::{ClientShare, Reader};
 use sluice_proto::v1;
 use sluice_proto::v1::write_request::Msg;
 use sluice_storage::{MultipartUpload, ObjectUri, Storage};
+use tokio::sync::{oneshot, watch};
 use tonic::{Status, Streaming};
 
-use super::SluiceService;
 use super::convert::meta;
 use super::meta::timed;
 use super::status::{parse_uri, read_status, storage_status};
+use super::{ResponseStream, SluiceService};
 use crate::telemetry::metrics::Method;
+use crate::upload_memory::Memory;
 
 pub(super) async fn write(
     svc: &SluiceService,
     client: Arc<ClientShare>,
-    mut stream: Streaming<v1::WriteRequest>,
+    stream: Streaming<v1::WriteRequest>,
 ) -> Result<v1::WriteResponse, Status> {
     let timer = svc.metrics.rpc.start(Method::write);
-    let res = async {
-        let header = match stream.message().await? {
-            Some(v1::WriteRequest {
-                msg: Some(Msg::Header(h)),
-            }) => h,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first write message must be a header",
-                ));
-            }
+    timed(timer, run(svc, client, stream, None).await)
+}
+
+/// `Upload`: a write whose data may come from the client's registered
+/// memory file (`crate::upload_memory`). The answer stream says how much of
+/// that memory the daemon is done with, then how the upload ended. The
+/// upload runs as its own task, so a client that goes away mid-way still
+/// has its upload aborted rather than dropped half-way.
+pub(super) fn upload(
+    svc: SluiceService,
+    client: Arc<ClientShare>,
+    uid: Option<u32>,
+    stream: Streaming<v1::WriteRequest>,
+) -> ResponseStream<v1::UploadResponse> {
+    let (consumed_tx, consumed_rx) = watch::channel(0u64);
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let timer = svc.metrics.rpc.start(Method::upload);
+        let shared = Shared {
+            uid,
+            consumed: consumed_tx,
         };
-        let uri = parse_uri(&header.uri)?;
-        let storage = svc.reader.storage(&uri).map_err(|e| read_status(&e))?;
-        let part_size = svc.config.write.part_size.0.max(storage.min_part_size());
-        let mut up = Upload {
-            uri: &uri,
-            storage: storage.as_ref(),
-            reader: &svc.reader,
-            client,
-            part_size,
-            part: None,
-            filled: 0,
-            multipart: None,
-            storing: None,
-            parts: 0,
-            total: 0,
-        };
-        // The daemon's exit waits for this write to abort its upload if the
-        // shutdown cancels it (`uploads.rs`).
-        let _tracked = svc.uploads.track();
-        let result = up.run(&mut stream, header.size_hint, svc).await;
-        svc.reader.invalidate(&uri);
-        match result {
-            Ok(resp) => Ok(resp),
-            Err(status) => {
-                up.abort().await;
-                Err(status)
+        let res = run(&svc, client, stream, Some(shared)).await;
+        let _ = done_tx.send(timed(timer, res));
+    });
+    // Only the latest count matters: a client that does not read its
+    // answers holds one value here, not one per range.
+    Box::pin(stream::unfold(
+        Some((consumed_rx, done_rx)),
+        |state| async move {
+            let (mut consumed, mut done) = state?;
+            let msg = |m| v1::UploadResponse { msg: Some(m) };
+            tokio::select! {
+                biased;
+                res = &mut done => {
+                    let last = match res {
+                        Ok(Ok(resp)) => Ok(msg(v1::upload_response::Msg::Done(resp))),
+                        Ok(Err(status)) => Err(status),
+                        Err(_) => Err(Status::internal("the upload ended without an answer")),
+                    };
+                    Some((last, None))
+                }
+                Ok(()) = consumed.changed() => {
+                    let n = *consumed.borrow_and_update();
+                    Some((Ok(msg(v1::upload_response::Msg::Consumed(n))), Some((consumed, done))))
+                }
             }
+        },
+    ))
+}
+
+/// What an `Upload` call adds to a write.
+struct Shared {
+    /// The caller's uid (registrations are bound to it).
+    uid: Option<u32>,
+    /// Shared-memory bytes copied so far, for the answer stream.
+    consumed: watch::Sender<u64>,
+}
+
+async fn run(
+    svc: &SluiceService,
+    client: Arc<ClientShare>,
+    mut stream: Streaming<v1::WriteRequest>,
+    shared: Option<Shared>,
+) -> Result<v1::WriteResponse, Status> {
+    let header = match stream.message().await? {
+        Some(v1::WriteRequest {
+            msg: Some(Msg::Header(h)),
+        }) => h,
+        _ => {
+            return Err(Status::invalid_argument(
+                "the first write message must be a header",
+            ));
+        }
+    };
+    let uri = parse_uri(&header.uri)?;
+    let memory = match (&shared, header.shared_memory.is_empty()) {
+        (_, true) => None,
+        (None, false) => {
+            return Err(Status::invalid_argument(format!(
+                "{uri}: shared memory needs the Upload call"
+            )));
+        }
+        (Some(s), false) => Some(
+            svc.upload_memory
+                .get(&header.shared_memory, s.uid)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "{uri}: no upload memory is registered under this token for this user \
+                         (its descriptor-socket connection may have closed)"
+                    ))
+                })?,
+        ),
+    };
+    let method = if shared.is_some() {
+        Method::upload
+    } else {
+        Method::write
+    };
+    let storage = svc.reader.storage(&uri).map_err(|e| read_status(&e))?;
+    let part_size = svc.config.write.part_size.0.max(storage.min_part_size());
+    let mut up = Upload {
+        uri: &uri,
+        storage: storage.as_ref(),
+        reader: &svc.reader,
+        client,
+        part_size,
+        part: None,
+        filled: 0,
+        multipart: None,
+        storing: None,
+        parts: 0,
+        total: 0,
+        memory,
+        consumed: shared.map(|s| (s.consumed, 0)),
+        method,
+    };
+    // The daemon's exit waits for this write to abort its upload if the
+    // shutdown cancels it (`uploads.rs`).
+    let _tracked = svc.uploads.track();
+    let result = up.run(&mut stream, header.size_hint, svc).await;
+    svc.reader.invalidate(&uri);
+    match result {
+        Ok(resp) => Ok(resp),
+        Err(status) => {
+            up.abort().await;
+            Err(status)
         }
     }
-    .await;
-    timed(timer, res)
 }
 
 struct Upload<'a> {
@@ -102,11 +192,22 @@ struct Upload<'a> {
     storing: Option<Storing>,
     parts: u32,
     total: u64,
+    /// `Upload`: the client's registered memory file, if it named one.
+    memory: Option<Arc<Memory>>,
+    /// `Upload`: where to report shared bytes copied, and their count.
+    consumed: Option<(watch::Sender<u64>, u64)>,
+    method: Method,
 }
 
 /// A part on its way to the backend; gives the upload back with the result.
 type Storing =
     Pin<Box<dyn Future<Output = (Box<dyn MultipartUpload>, sluice_storage::Result<()>)> + Send>>;
+
+/// The next bytes of the object: on the stream, or in shared memory.
+enum Piece {
+    Inline(Bytes),
+    Shared(Arc<Memory>, u64, u64),
+}
 
 impl Upload<'_> {
     async fn run(
@@ -115,7 +216,7 @@ impl Upload<'_> {
         size_hint: u64,
         svc: &SluiceService,
     ) -> Result<v1::WriteResponse, Status> {
-        let received = svc.metrics.rpc.received(Method::write);
+        let received = svc.metrics.rpc.received(self.method);
         let mut trailer = None;
         // Past the grace period of a shutdown, the write stops waiting for
         // its client and is aborted below; a part or the commit already
@@ -137,8 +238,9 @@ impl Upload<'_> {
                 }
             };
             let Some(msg) = msg else { break };
-            let mut data = match msg.msg {
-                Some(Msg::Data(data)) if trailer.is_none() => data,
+            let piece = match msg.msg {
+                Some(Msg::Data(data)) if trailer.is_none() => Piece::Inline(data),
+                Some(Msg::Shared(range)) if trailer.is_none() => self.shared(range)?,
                 Some(Msg::Trailer(t)) if trailer.is_none() => {
                     trailer = Some(t);
                     continue;
@@ -150,37 +252,16 @@ impl Upload<'_> {
                     )));
                 }
             };
-            received.inc_by(data.len() as u64);
-            self.total += data.len() as u64;
+            let len = match &piece {
+                Piece::Inline(data) => data.len() as u64,
+                Piece::Shared(_, _, len) => *len,
+            };
+            received.inc_by(len);
+            self.total += len;
             if size_hint != 0 && self.total > size_hint {
                 return Err(self.size_mismatch(size_hint));
             }
-            while !data.is_empty() {
-                if self.part.is_none() {
-                    let exhausted = |e| Status::resource_exhausted(format!("{}: {e}", self.uri));
-                    let hold = self
-                        .client
-                        .acquire(self.part_size)
-                        .await
-                        .map_err(exhausted)?;
-                    let r = self
-                        .reader
-                        .budget()
-                        .reserve(self.part_size, self.reader.cache())
-                        .await
-                        .map_err(exhausted)?;
-                    self.part = Some((r, hold));
-                    self.filled = 0;
-                }
-                let (part, _) = self.part.as_mut().expect("reserved above");
-                let dst = &mut part.as_mut_slice()[self.filled..];
-                let take = dst.len().min(data.len());
-                dst[..take].copy_from_slice(&data.split_to(take));
-                self.filled += take;
-                if self.filled as u64 == self.part_size {
-                    self.send_part().await?;
-                }
-            }
+            self.take(piece).await?;
         }
         let Some(trailer) = trailer else {
             return Err(Status::aborted(format!(
@@ -272,6 +353,87 @@ impl Upload<'_> {
             Some((r, hold)) => hold.attach(r.into_bytes().slice(..filled)),
             None => Bytes::new(),
         }
+    }
+
+    /// Checks a shared range before anything is copied from it.
+    fn shared(&self, range: v1::SharedRange) -> Result<Piece, Status> {
+        let Some(memory) = &self.memory else {
+            return Err(Status::invalid_argument(format!(
+                "{}: a shared range needs the Upload call and a registered memory file in the header",
+                self.uri
+            )));
+        };
+        if range.offset.checked_add(range.length).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "{}: shared range {}+{} overflows",
+                self.uri, range.offset, range.length
+            )));
+        }
+        Ok(Piece::Shared(memory.clone(), range.offset, range.length))
+    }
+
+    /// Copies `piece` into parts, storing each part as it fills.
+    async fn take(&mut self, piece: Piece) -> Result<(), Status> {
+        let (mut data, memory, mut offset, mut left) = match piece {
+            Piece::Inline(data) => {
+                let len = data.len() as u64;
+                (data, None, 0, len)
+            }
+            Piece::Shared(memory, offset, len) => (Bytes::new(), Some(memory), offset, len),
+        };
+        let len = left;
+        while left > 0 {
+            if self.part.is_none() {
+                let exhausted = |e| Status::resource_exhausted(format!("{}: {e}", self.uri));
+                let hold = self
+                    .client
+                    .acquire(self.part_size)
+                    .await
+                    .map_err(exhausted)?;
+                let r = self
+                    .reader
+                    .budget()
+                    .reserve(self.part_size, self.reader.cache())
+                    .await
+                    .map_err(exhausted)?;
+                self.part = Some((r, hold));
+                self.filled = 0;
+            }
+            let (part, _) = self.part.as_mut().expect("reserved above");
+            let dst = &mut part.as_mut_slice()[self.filled..];
+            let take = (dst.len() as u64).min(left) as usize;
+            match &memory {
+                None => dst[..take].copy_from_slice(&data.split_to(take)),
+                Some(memory) => memory
+                    .read_exact_at(&mut dst[..take], offset)
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            Status::invalid_argument(format!(
+                                "{}: a shared range ends beyond the registered memory file",
+                                self.uri
+                            ))
+                        } else {
+                            Status::internal(format!(
+                                "{}: reading the shared memory file: {e}",
+                                self.uri
+                            ))
+                        }
+                    })?,
+            }
+            self.filled += take;
+            offset += take as u64;
+            left -= take as u64;
+            if self.filled as u64 == self.part_size {
+                self.send_part().await?;
+            }
+        }
+        if memory.is_some()
+            && let Some((tx, count)) = &mut self.consumed
+        {
+            *count += len;
+            tx.send_replace(*count);
+        }
+        Ok(())
     }
 
     fn size_mismatch(&self, hint: u64) -> Status {

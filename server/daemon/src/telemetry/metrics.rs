@@ -23,6 +23,7 @@ pub enum Method {
     read,
     read_many,
     write,
+    upload,
     delete,
 }
 
