@@ -30,7 +30,10 @@ use std::time::Duration;
 use sluice_proto::fdpass::{self, TOKEN_LEN};
 use sluice_proto::v1::write_request::Msg;
 use sluice_proto::v1::{SharedRange, WriteHeader, WriteRequest, WriteTrailer, upload_response};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::client::Grpc;
@@ -101,7 +104,7 @@ impl UploadMemory {
                 .ok_or_else(|| io::Error::other("mmap returned null"))?,
             token: [0; TOKEN_LEN],
             conn,
-            file: file,
+            file,
             pid: std::process::id(),
         };
         memory.conn.set_read_timeout(Some(ANSWER_TIMEOUT))?;
@@ -241,18 +244,22 @@ where
         .expect("an empty channel");
     let mut answers = client.upload(tokio_stream_of(rx)).await?.into_inner();
     let ended_early = || Error::protocol(uri, "the upload's answers ended before it was committed");
+    // Ranges go out in ring order and the daemon copies them in that
+    // order, so the bytes it has not consumed are the `sent - consumed`
+    // before the write position.
     let (mut sent, mut consumed) = (0u64, 0u64);
     let mut read_error = None;
     loop {
-        while sent - consumed > (RING - RANGE) as u64 {
+        let at = (sent % RING as u64) as usize;
+        let want = RANGE.min(RING - at);
+        while sent - consumed > (RING - want) as u64 {
             match answers.message().await?.and_then(|a| a.msg) {
                 Some(upload_response::Msg::Consumed(n)) => consumed = n,
                 Some(upload_response::Msg::Done(_)) | None => return Err(ended_early()),
             }
         }
-        let at = (sent % RING as u64) as usize;
-        let n = match fill(&mut reader, memory.slot(at, RANGE)).await {
-            Ok(n) => n,
+        let (n, end) = match fill(&mut reader, memory.slot(at, want)).await {
+            Ok(filled) => filled,
             Err(error) => {
                 read_error = Some(error);
                 break;
@@ -269,7 +276,7 @@ where
             }
             sent += n as u64;
         }
-        if n < RANGE {
+        if end {
             let _ = tx.try_send(message(Msg::Trailer(WriteTrailer { total_size: sent })));
             break;
         }
@@ -310,18 +317,27 @@ fn tokio_stream_of(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Reads into `buf` until it is full or the reader ends; the count read.
-async fn fill<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads into `buf` until it is full, the reader ends, or the reader has
+/// nothing more for now after giving something (what it gave goes out
+/// rather than waiting for more). The count read, and whether the reader
+/// ended.
+async fn fill<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::Result<(usize, bool)> {
     let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]).await {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    std::future::poll_fn(|cx| {
+        while n < buf.len() {
+            let mut rb = ReadBuf::new(&mut buf[n..]);
+            match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok((n, true))),
+                Poll::Ready(Ok(())) => n += rb.filled().len(),
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if n > 0 => return Poll::Ready(Ok((n, false))),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-    }
-    Ok(n)
+        Poll::Ready(Ok((n, false)))
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -333,11 +349,34 @@ mod tests {
         let data: Vec<u8> = (0..10u8).collect();
         let mut reader = &data[..];
         let mut buf = [0u8; 4];
-        assert_eq!(fill(&mut reader, &mut buf).await.unwrap(), 4);
+        assert_eq!(fill(&mut reader, &mut buf).await.unwrap(), (4, false));
         assert_eq!(buf, [0, 1, 2, 3]);
         let mut big = [0u8; 16];
-        assert_eq!(fill(&mut reader, &mut big).await.unwrap(), 6);
+        assert_eq!(fill(&mut reader, &mut big).await.unwrap(), (6, true));
         assert_eq!(&big[..6], &data[4..]);
+        assert_eq!(fill(&mut reader, &mut big).await.unwrap(), (0, true));
+    }
+
+    #[tokio::test]
+    async fn fill_hands_over_what_a_stalled_reader_gave() {
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, b"abc")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(fill(&mut rx, &mut buf).await.unwrap(), (3, false));
+        assert_eq!(&buf[..3], b"abc");
+        // Nothing yet: waits, then takes what comes next.
+        let writer = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut tx, b"de")
+                .await
+                .unwrap();
+            tx
+        });
+        assert_eq!(fill(&mut rx, &mut buf).await.unwrap(), (2, false));
+        assert_eq!(&buf[..2], b"de");
+        drop(writer.await.unwrap());
+        assert_eq!(fill(&mut rx, &mut buf).await.unwrap(), (0, true));
     }
 
     #[test]

@@ -325,6 +325,7 @@ mod tests {
                 Msg::Header(_) => "header".to_owned(),
                 Msg::Data(data) => format!("data {}", data.len()),
                 Msg::Trailer(t) => format!("trailer {}", t.total_size),
+                Msg::Shared(r) => format!("shared {}+{}", r.offset, r.length),
             })
             .collect()
     }

@@ -363,9 +363,14 @@ impl Upload<'_> {
                 self.uri
             )));
         };
-        if range.offset.checked_add(range.length).is_none() {
+        // pread takes a signed offset.
+        if range
+            .offset
+            .checked_add(range.length)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
             return Err(Status::invalid_argument(format!(
-                "{}: shared range {}+{} overflows",
+                "{}: shared range {}+{} lies past any file",
                 self.uri, range.offset, range.length
             )));
         }
