@@ -4,7 +4,7 @@
 # filesystem, and to a real S3-compatible server (s3s-fs) against obstore's
 # multipart `put` of the same file with the same part size (16 MiB, the
 # daemon's `write.part_size`) — in one run, rounds interleaved, with the
-# daemon's CPU per upload. The source file is read once first, so every
+# daemon's CPU and (S3) the server's CPU per upload. The source file is read once first, so every
 # contender reads it from the page cache; `sync` runs between rounds.
 #
 #   bash tests/bench/put.sh [workdir] [size_mib] [rounds]
@@ -95,27 +95,33 @@ for round in $(seq "$rounds"); do
   t1=$(now); c1=$(cpu_of $dpid)
   echo "sluice-file $(echo "$t1 - $t0" | bc) $((c1 - c0))" >> "$results"
   rm -f "$root/put.bin"; sync
-  echo "obstore-s3 $(obstore_put "obstore-$round.bin") 0" >> "$results"
+  s0=$(cpu_of $s3pid)
+  secs=$(obstore_put "obstore-$round.bin")
+  echo "obstore-s3 $secs 0 $(($(cpu_of $s3pid) - s0))" >> "$results"
   sync
-  c0=$(cpu_of $dpid); t0=$(now)
+  c0=$(cpu_of $dpid); s0=$(cpu_of $s3pid); t0=$(now)
   "$bin/sluice" --address "unix://$sock" put "$src" "s3://bench/sluice-$round.bin" > /dev/null
   t1=$(now); c1=$(cpu_of $dpid)
-  echo "sluice-s3 $(echo "$t1 - $t0" | bc) $((c1 - c0))" >> "$results"
+  echo "sluice-s3 $(echo "$t1 - $t0" | bc) $((c1 - c0)) $(($(cpu_of $s3pid) - s0))" >> "$results"
   rm -rf "$work/put-s3/bench/"*; sync
   echo "== round $round: $(tail -4 "$results" | awk '{printf "%s %.2fs  ", $1, $2}')"
 done
 python3 - "$results" "$size_mib" "$(getconf CLK_TCK)" <<'PY'
 import statistics, sys
 path, size_mib, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-runs = {}
+runs, server = {}, {}
 for line in open(path):
-    name, secs, ticks = line.split()
+    name, secs, ticks, *srv = line.split()
     runs.setdefault(name, []).append((float(secs), int(ticks)))
+    if srv:
+        server.setdefault(name, []).append(int(srv[0]))
 med = {k: statistics.median(s for s, _ in v) for k, v in runs.items()}
 print(f"put of {size_mib} MiB, median of {len(runs['cp'])} rounds")
 for k, v in runs.items():
     cpu = statistics.median(t for _, t in v) / tck
     extra = f"  daemon CPU {cpu:.2f} s" if k.startswith("sluice") else ""
+    if k in server:
+        extra += f"  server CPU {statistics.median(server[k]) / tck:.2f} s"
     print(f"  {k:12s} {med[k]:6.2f} s  {size_mib / med[k]:7.0f} MiB/s  (all: "
           + ", ".join(f"{s:.2f}" for s, _ in v) + f"){extra}")
 print(f"  sluice file:// / cp+fsync: {med['cp'] / med['sluice-file']:.2f}x")

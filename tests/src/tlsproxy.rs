@@ -1,7 +1,8 @@
 //! A TLS front for a plain-HTTP test server (s3s-fs): terminates TLS with a
-//! test certificate, forwards the bytes both ways, and counts what the
-//! clients sent in the clear — how many requests carried
-//! `x-amz-content-sha256: UNSIGNED-PAYLOAD`, and how many a hex payload hash.
+//! test certificate (or, [`TlsProxy::start_plain`], none), forwards the
+//! bytes both ways, and counts what the clients sent in the clear — how
+//! many requests carried `x-amz-content-sha256: UNSIGNED-PAYLOAD`, how many
+//! a hex payload hash, and how many an SDK checksum.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Seen {
     pub unsigned: AtomicUsize,
     /// Requests whose signature covers a SHA-256 of the body.
     pub hashed: AtomicUsize,
+    /// Requests with a checksum of the body (`x-amz-sdk-checksum-algorithm`).
+    pub checksummed: AtomicUsize,
 }
 
 /// A running proxy; stops when dropped.
@@ -39,6 +42,7 @@ impl Drop for TlsProxy {
 }
 
 const HEADER: &[u8] = b"x-amz-content-sha256:";
+const CHECKSUM: &[u8] = b"x-amz-sdk-checksum-algorithm:";
 
 impl TlsProxy {
     /// Listens on a free loopback port with `cert`, forwarding to `upstream`.
@@ -77,6 +81,26 @@ impl TlsProxy {
         TlsProxy { addr, seen, task }
     }
 
+    /// The same, without TLS: plain HTTP in, plain HTTP out, counted.
+    pub async fn start_plain(upstream: SocketAddr) -> TlsProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let seen = Arc::new(Seen::default());
+        let counts = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let counts = Arc::clone(&counts);
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    forward(tcp, up, &counts).await;
+                });
+            }
+        });
+        TlsProxy { addr, seen, task }
+    }
+
     /// `127.0.0.1:port`.
     pub fn address(&self) -> String {
         self.addr.to_string()
@@ -88,23 +112,28 @@ impl TlsProxy {
     }
 }
 
-async fn forward(tls: tokio_rustls::server::TlsStream<TcpStream>, up: TcpStream, seen: &Seen) {
+async fn forward<S>(tls: S, up: TcpStream, seen: &Seen)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     let (mut tls_r, mut tls_w) = tokio::io::split(tls);
     let (mut up_r, mut up_w) = up.into_split();
     let to_upstream = async {
         let mut buf = vec![0u8; 64 << 10];
-        // The end of the previous read, so a header split across two reads
-        // is still seen whole.
-        let mut tail: Vec<u8> = Vec::new();
+        // Per header, the end of the previous read, so a header split
+        // across two reads is still seen whole.
+        let mut tails: [Vec<u8>; 2] = Default::default();
         loop {
             let n = match tls_r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mut window = std::mem::take(&mut tail);
-            window.extend_from_slice(&buf[..n]);
-            let carry = count(&window, seen);
-            tail = window[carry..].to_vec();
+            for (tail, header) in tails.iter_mut().zip([HEADER, CHECKSUM]) {
+                let mut window = std::mem::take(tail);
+                window.extend_from_slice(&buf[..n]);
+                let carry = count(&window, header, |value| tally(header, value, seen));
+                *tail = window[carry..].to_vec();
+            }
             if up_w.write_all(&buf[..n]).await.is_err() {
                 break;
             }
@@ -123,23 +152,29 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|w| w.eq_ignore_ascii_case(needle))
 }
 
-/// Counts the complete `x-amz-content-sha256` headers in `window`; returns
-/// where to carry the window over from: an incomplete header, or the bytes
-/// that may be the start of one (neither is counted yet).
-fn count(window: &[u8], seen: &Seen) -> usize {
-    let mut from = 0;
-    while let Some(at) = find(&window[from..], HEADER).map(|at| from + at) {
-        let value = &window[at + HEADER.len()..];
-        let Some(end) = value.iter().position(|&b| b == b'\r') else {
-            return at; // incomplete: counted with the next read
-        };
-        let value = value[..end].trim_ascii();
-        if value == b"UNSIGNED-PAYLOAD" {
-            seen.unsigned.fetch_add(1, Ordering::SeqCst);
-        } else if value.len() == 64 && value.iter().all(u8::is_ascii_hexdigit) {
-            seen.hashed.fetch_add(1, Ordering::SeqCst);
-        }
-        from = at + HEADER.len() + end;
+/// What one complete header says.
+fn tally(header: &[u8], value: &[u8], seen: &Seen) {
+    if header == CHECKSUM {
+        seen.checksummed.fetch_add(1, Ordering::SeqCst);
+    } else if value == b"UNSIGNED-PAYLOAD" {
+        seen.unsigned.fetch_add(1, Ordering::SeqCst);
+    } else if value.len() == 64 && value.iter().all(u8::is_ascii_hexdigit) {
+        seen.hashed.fetch_add(1, Ordering::SeqCst);
     }
-    window.len() - (window.len() - from).min(HEADER.len() - 1)
+}
+
+/// Passes the value of each complete `header` in `window` to `each`;
+/// returns where to carry the window over from: an incomplete header, or
+/// the bytes that may be the start of one (neither is seen yet).
+fn count(window: &[u8], header: &[u8], mut each: impl FnMut(&[u8])) -> usize {
+    let mut from = 0;
+    while let Some(at) = find(&window[from..], header).map(|at| from + at) {
+        let value = &window[at + header.len()..];
+        let Some(end) = value.iter().position(|&b| b == b'\r') else {
+            return at; // incomplete: seen with the next read
+        };
+        each(value[..end].trim_ascii());
+        from = at + header.len() + end;
+    }
+    window.len() - (window.len() - from).min(header.len() - 1)
 }

@@ -153,7 +153,8 @@ async fn write_list_delete_on_s3() {
 /// Uploads to an HTTPS endpoint go with `UNSIGNED-PAYLOAD` — TLS protects
 /// the body and the checksum header lets the server verify it, so the
 /// daemon skips the SHA-256 of every part — and still read back byte for
-/// byte; over plain HTTP the payload hash stays in the signature.
+/// byte; over plain HTTP the payload hash stays in the signature, and no
+/// checksum goes with it (the signature already covers every byte).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_over_https_are_not_hashed_and_read_back_exactly() {
     use std::sync::atomic::Ordering::SeqCst;
@@ -168,11 +169,17 @@ async fn uploads_over_https_are_not_hashed_and_read_back_exactly() {
     let ca = pki.ca("ca");
     let cert = pki.server(&ca, "s3");
     let proxy = TlsProxy::start(s3.endpoint().parse().unwrap(), &cert).await;
+    let clear = TlsProxy::start_plain(s3.endpoint().parse().unwrap()).await;
     let mut cfg = s3.config();
     cfg.endpoints.push(S3Endpoint {
         address: proxy.address(),
         scheme: "https".into(),
         ca_bundle: Some(ca.cert.clone()),
+        ..s3.endpoint_config()
+    });
+    cfg.endpoints.push(S3Endpoint {
+        address: clear.address(),
+        scheme: "http".into(),
         ..s3.endpoint_config()
     });
     let d = TestDaemon::start_with(move |c| {
@@ -188,6 +195,9 @@ async fn uploads_over_https_are_not_hashed_and_read_back_exactly() {
         let resp = write(&mut client, &uri, data, 1 << 20, 0).await.unwrap();
         assert_eq!(resp.parts, if name == "big" { 3 } else { 1 });
         assert!(read(&mut client, &uri, None).await.unwrap().1 == *data);
+        let uri = format!("s3://{}/tls/clear-{name}", clear.address());
+        write(&mut client, &uri, data, 1 << 20, 0).await.unwrap();
+        assert!(read(&mut client, &uri, None).await.unwrap().1 == *data);
         // The same bytes through the plain endpoint: the same object.
         let same = format!("{plain}{name}");
         assert!(read(&mut client, &same, None).await.unwrap().1 == *data);
@@ -200,6 +210,18 @@ async fn uploads_over_https_are_not_hashed_and_read_back_exactly() {
     // Everything else (create, complete, reads) still signs its (empty or
     // small) body.
     assert!(seen.hashed.load(SeqCst) > 0, "{seen:?}");
+    assert!(
+        seen.checksummed.load(SeqCst) >= 4,
+        "unsigned bodies carry a checksum: {seen:?}"
+    );
+    let seen = clear.seen();
+    assert_eq!(seen.unsigned.load(SeqCst), 0, "{seen:?}");
+    assert!(seen.hashed.load(SeqCst) >= 4, "{seen:?}");
+    assert_eq!(
+        seen.checksummed.load(SeqCst),
+        0,
+        "signed bodies carry no checksum besides the signature: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,9 @@ const MAX_PARTS: i32 = 10_000;
 /// the SDK's CRC32 checksum header lets the server verify it, so the hash —
 /// 40 % of the daemon's CPU for a large upload — buys nothing there. Over
 /// plain HTTP the payload stays signed: there the signature is the only
-/// integrity check a tampering hop cannot redo.
+/// integrity check a tampering hop cannot redo — and, since it already lets
+/// the server verify every byte, no CRC32 goes with it (the checksum would
+/// cost both sides a pass over the body for nothing).
 pub(super) async fn put(
     client: &Client,
     unsigned: bool,
@@ -49,7 +51,11 @@ pub(super) async fn put(
     let out = if unsigned {
         request.customize().disable_payload_signing().send().await
     } else {
-        request.send().await
+        request
+            .customize()
+            .config_override(signed_only())
+            .send()
+            .await
     }
     .map_err(|e| errors::map(e, uri, "put"))?;
     Ok(ObjectMeta {
@@ -59,6 +65,13 @@ pub(super) async fn put(
         last_modified: None,
         version: out.version_id().map(str::to_owned),
     })
+}
+
+/// For a request whose payload is signed: no checksum besides the signature's
+/// SHA-256 (see [`put`]).
+fn signed_only() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default()
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
 }
 
 /// A multipart upload in progress.
@@ -215,7 +228,11 @@ impl MultipartUpload for S3Upload {
             let out = if unsigned {
                 request.customize().disable_payload_signing().send().await
             } else {
-                request.send().await
+                request
+                    .customize()
+                    .config_override(signed_only())
+                    .send()
+                    .await
             }
             .map_err(|e| errors::map(e, &uri, "upload part"))?;
             let etag = out.e_tag().ok_or_else(|| {
