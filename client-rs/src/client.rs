@@ -220,7 +220,8 @@ impl Client {
         if let Some(memory) = self.uploads.take().await {
             let reader = tokio_util::io::StreamReader::new(data.map(Ok::<_, std::io::Error>));
             let reader = std::pin::pin!(reader);
-            return self.upload_shared(uri, memory, reader, size_hint).await;
+            let source = upload_memory::Source::Reader(reader);
+            return self.upload_shared(uri, memory, source, size_hint).await;
         }
         write::upload_infallible(self.inner.clone(), uri, data.boxed(), size_hint).await
     }
@@ -233,10 +234,38 @@ impl Client {
         R: AsyncRead + Send + Unpin + 'static,
     {
         if let Some(memory) = self.uploads.take().await {
-            return self.upload_shared(uri, memory, reader, size_hint).await;
+            let source = upload_memory::Source::Reader(reader);
+            return self.upload_shared(uri, memory, source, size_hint).await;
         }
         let chunks = write::read_chunks(reader, sluice_proto::DEFAULT_CHUNK_SIZE);
         write::upload(self.inner.clone(), uri, chunks, size_hint).await
+    }
+
+    /// Uploads the whole of `file` (from its start, whatever its position)
+    /// to `uri`; `progress` is told each count of bytes read.
+    /// With the daemon on this node the file is read straight into the
+    /// shared upload memory, with no copy in between.
+    pub async fn write_file(
+        &self,
+        uri: &str,
+        file: std::fs::File,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<Written> {
+        let io_error = |source| Error::Io {
+            uri: uri.to_owned(),
+            source,
+        };
+        let size = file.metadata().map_err(io_error)?.len();
+        if let Some(memory) = self.uploads.take().await {
+            let source = upload_memory::Source::<tokio::fs::File>::File {
+                file: std::sync::Arc::new(file),
+                progress: Box::new(progress),
+            };
+            return self.upload_shared(uri, memory, source, size).await;
+        }
+        let progress: Box<dyn Fn(u64) + Send + Sync> = Box::new(progress);
+        let reader = crate::write::Counting::new(tokio::fs::File::from_std(file), progress);
+        self.write_reader(uri, reader, size).await
     }
 
     /// An upload through `memory`, which goes back to the pool unless the
@@ -245,11 +274,11 @@ impl Client {
         &self,
         uri: &str,
         mut memory: upload_memory::UploadMemory,
-        reader: R,
+        source: upload_memory::Source<R>,
         size_hint: u64,
     ) -> Result<Written> {
         let written =
-            upload_memory::upload(self.inner.clone(), uri, &mut memory, reader, size_hint).await?;
+            upload_memory::upload(self.inner.clone(), uri, &mut memory, source, size_hint).await?;
         self.uploads.give_back(memory);
         Ok(written)
     }

@@ -23,8 +23,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_proto::fdpass::{self, TOKEN_LEN};
@@ -51,10 +51,32 @@ const MAX_IDLE: usize = 4;
 /// How long the daemon may take to answer on the descriptor socket.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The writable mapping of an upload memory; a blocking read into it holds
+/// it too, so it outlives an upload dropped while that read runs.
+#[derive(Debug)]
+struct Ring {
+    base: NonNull<u8>,
+}
+
+// SAFETY: the mapping is written only by whoever holds the upload (its
+// `&mut UploadMemory`, or the one blocking read it awaits) and unmapped in
+// Drop.
+unsafe impl Send for Ring {}
+// SAFETY: as above; `&Ring` alone gives no access to the bytes.
+unsafe impl Sync for Ring {}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `register`; nothing refers
+        // into it once the last holder is gone.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), RING) };
+    }
+}
+
 /// A memory file registered with the daemon, mapped writable here.
 #[derive(Debug)]
 pub(crate) struct UploadMemory {
-    base: NonNull<u8>,
+    ring: Arc<Ring>,
     token: [u8; TOKEN_LEN],
     /// The registration lasts while this stays open.
     conn: UnixStream,
@@ -62,12 +84,6 @@ pub(crate) struct UploadMemory {
     /// The process that registered it.
     pid: u32,
 }
-
-// SAFETY: the mapping is only written through `&mut self` (one upload at a
-// time owns the memory) and unmapped in Drop.
-unsafe impl Send for UploadMemory {}
-// SAFETY: `&self` gives no access to the mapping.
-unsafe impl Sync for UploadMemory {}
 
 impl UploadMemory {
     /// Creates the memory file and registers it on the descriptor socket
@@ -99,9 +115,12 @@ impl UploadMemory {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let mut memory = UploadMemory {
+        let ring = Ring {
             base: NonNull::new(base.cast())
                 .ok_or_else(|| io::Error::other("mmap returned null"))?,
+        };
+        let mut memory = UploadMemory {
+            ring: Arc::new(ring),
             token: [0; TOKEN_LEN],
             conn,
             file,
@@ -138,17 +157,53 @@ impl UploadMemory {
     fn slot(&mut self, at: usize, len: usize) -> &mut [u8] {
         assert!(at + len <= RING, "slot within the ring");
         // SAFETY: inside the live mapping, and `&mut self` makes this the
-        // only reference into it.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(at), len) }
+        // only reference into it (a blocking read into it is awaited
+        // before the upload goes on).
+        unsafe { std::slice::from_raw_parts_mut(self.ring.base.as_ptr().add(at), len) }
+    }
+
+    /// Fills `[at, at + len)` from `file` at `offset` on a blocking thread,
+    /// with no copy in between; the count read and whether the file ended.
+    async fn fill_from_file(
+        &mut self,
+        file: &Arc<std::fs::File>,
+        offset: u64,
+        at: usize,
+        len: usize,
+    ) -> io::Result<(usize, bool)> {
+        assert!(at + len <= RING, "slot within the ring");
+        let (ring, file) = (self.ring.clone(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            // SAFETY: inside the mapping, which `ring` keeps alive; the
+            // upload waits for this read before it touches the ring again.
+            let buf = unsafe { std::slice::from_raw_parts_mut(ring.base.as_ptr().add(at), len) };
+            let mut n = 0;
+            while n < len {
+                match file.read_at(&mut buf[n..], offset + n as u64) {
+                    Ok(0) => return Ok((n, true)),
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((n, false))
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("reading the file panicked")))
     }
 }
 
-impl Drop for UploadMemory {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `register`; no reference
-        // into it outlives `&mut self`.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), RING) };
-    }
+/// Where an upload's bytes come from.
+pub(crate) enum Source<R> {
+    /// Any reader: read into the ring.
+    Reader(R),
+    /// A file: read into the ring with `pread` on a blocking thread;
+    /// `progress` is told each count read.
+    File {
+        file: Arc<std::fs::File>,
+        progress: Box<dyn Fn(u64) + Send + Sync>,
+    },
 }
 
 /// The upload memories of one client.
@@ -220,12 +275,12 @@ impl Pool {
     }
 }
 
-/// Uploads everything `reader` yields to `uri` through `memory`.
+/// Uploads everything `source` yields to `uri` through `memory`.
 pub(crate) async fn upload<R>(
     mut client: Grpc,
     uri: &str,
     memory: &mut UploadMemory,
-    mut reader: R,
+    mut source: Source<R>,
     size_hint: u64,
 ) -> Result<Written>
 where
@@ -258,7 +313,17 @@ where
                 Some(upload_response::Msg::Done(_)) | None => return Err(ended_early()),
             }
         }
-        let (n, end) = match fill(&mut reader, memory.slot(at, want)).await {
+        let filled = match &mut source {
+            Source::Reader(reader) => fill(reader, memory.slot(at, want)).await,
+            Source::File { file, progress } => {
+                let filled = memory.fill_from_file(file, sent, at, want).await;
+                if let Ok((n, _)) = filled {
+                    progress(n as u64);
+                }
+                filled
+            }
+        };
+        let (n, end) = match filled {
             Ok(filled) => filled,
             Err(error) => {
                 read_error = Some(error);

@@ -151,6 +151,34 @@ where
     })
 }
 
+/// A reader that tells `progress` each count of bytes it yields.
+pub(crate) struct Counting<R, F> {
+    inner: R,
+    progress: F,
+}
+
+impl<R, F> Counting<R, F> {
+    pub(crate) fn new(inner: R, progress: F) -> Self {
+        Counting { inner, progress }
+    }
+}
+
+impl<R: AsyncRead + Unpin, F: Fn(u64) + Unpin> AsyncRead for Counting<R, F> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            (self.progress)(n as u64);
+        }
+        res
+    }
+}
+
 /// Where the body stream of an upload stands.
 enum BodyState<S> {
     /// Sending data; the count of bytes sent so far.

@@ -186,17 +186,16 @@ where
 }
 
 pub async fn put(client: &Client, file: &Path, uri: &str) -> anyhow::Result<()> {
-    let source = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("opening {}", file.display()))?;
+    let source =
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let size = source
         .metadata()
-        .await
         .with_context(|| format!("reading the size of {}", file.display()))?
         .len();
     let bar = progress::transfer_bar(size, uri);
+    let counter = bar.clone();
     client
-        .write_reader(uri, bar.wrap_async_read(source), size)
+        .write_file(uri, source, move |n| counter.inc(n))
         .await
         .uri_context(uri)?;
     bar.finish_and_clear();
