@@ -22,6 +22,11 @@ def test_client_used_before_fork_reads_in_the_child(
     other, other_data = files.make("g.bin", 3000)
     parent_buf = client.get(uri)  # connected, session open, a lease held
     assert bytes(parent_buf) == data
+    # An upload before the fork: the parent holds upload memory registered
+    # with the daemon. Parent and child then upload at the same time; each
+    # must use memory of its own (the child's bytes differ from the parent's).
+    big = os.urandom(40 << 20)
+    client.put(files.uri("before-fork.bin"), big[: 20 << 20])
     with warnings.catch_warnings():
         # Python 3.12+ warns about forking a multi-threaded process.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -38,13 +43,17 @@ def test_client_used_before_fork_reads_in_the_child(
                 assert bytes(buf) == other_data
             assert client.stat(uri).size == len(data)
             client.put(files.uri("from-child.bin"), b"child")
+            client.put(files.uri("child-big.bin"), big[::-1])
             code = 0
         except BaseException:
             traceback.print_exc()
         finally:
             os._exit(code)
+    client.put(files.uri("parent-big.bin"), big)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    assert (files.dir / "parent-big.bin").read_bytes() == big
+    assert (files.dir / "child-big.bin").read_bytes() == big[::-1]
     # The parent's connection, session and lease are untouched.
     assert bytes(parent_buf) == data
     parent_buf.close()
