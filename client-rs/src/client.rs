@@ -11,7 +11,8 @@ use futures::{Stream, StreamExt};
 use sluice_proto::MAX_MESSAGE_SIZE;
 use sluice_proto::v1::sluice_client::SluiceClient;
 use sluice_proto::v1::{
-    DeleteRequest, ObjectMeta, ReadManyItem, ReadManyRequest, ReadRequest, StatRequest,
+    DeleteRequest, EvictRequest, ObjectMeta, ReadManyItem, ReadManyRequest, ReadRequest,
+    StatRequest, WarmProgress, WarmRequest,
 };
 use tokio::io::AsyncRead;
 use tonic::service::interceptor::InterceptedService;
@@ -287,6 +288,38 @@ impl Client {
     pub async fn put(&self, uri: &str, data: Bytes) -> Result<Written> {
         let size = data.len() as u64;
         self.write(uri, futures::stream::iter([data]), size).await
+    }
+
+    /// Reads every object under `prefix` into the daemon's cache,
+    /// `concurrency` at a time (0: the daemon's default): the counts as
+    /// they change, the last with `done` set. Stops before the cache is
+    /// full (`cache_full`).
+    pub async fn warm(
+        &self,
+        prefix: &str,
+        concurrency: u32,
+    ) -> Result<impl Stream<Item = Result<WarmProgress>> + Send + 'static> {
+        let request = WarmRequest {
+            prefix: prefix.to_owned(),
+            concurrency,
+        };
+        let stream = self.inner.clone().warm(request).await?.into_inner();
+        Ok(stream.map(|item| item.map_err(Error::from)))
+    }
+
+    /// Drops every cached object under `prefix` (the objects stay);
+    /// returns how many. Admin only (see the daemon's `server.admin_uids`).
+    pub async fn evict(&self, prefix: &str) -> Result<u64> {
+        let request = EvictRequest {
+            prefix: prefix.to_owned(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .evict(request)
+            .await?
+            .into_inner()
+            .evicted)
     }
 
     /// Deletes `uri`, or with `recursive` the object `uri` and every

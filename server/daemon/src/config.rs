@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub allowed_uids: Vec<u32>,
     /// Unix-socket peers allowed by primary gid.
     pub allowed_gids: Vec<u32>,
+    /// Uids that may use the admin calls (`Evict`) besides root and the
+    /// daemon's own user; over the Unix socket only.
+    pub admin_uids: Vec<u32>,
     /// Connection, stream, keepalive and idle limits of the listeners.
     pub limits: crate::listen::Limits,
     /// Optional gRPC TCP listener for clients on other nodes: TLS with
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             socket: PathBuf::from("/run/sluice/sluiced.sock"),
             socket_mode: "0660".into(),
             allowed_uids: Vec::new(),
+            admin_uids: Vec::new(),
             allowed_gids: Vec::new(),
             limits: crate::listen::Limits::default(),
             tcp: None,

@@ -236,7 +236,8 @@ impl Reader {
             .set(arena.segments().len() as i64);
     }
 
-    fn max_cached(&self) -> u64 {
+    /// The largest object the cache keeps whole.
+    pub fn max_cached(&self) -> u64 {
         // An extent lies within one arena segment: larger objects are
         // streamed part by part instead of buffered.
         self.config

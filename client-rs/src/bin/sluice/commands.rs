@@ -202,6 +202,49 @@ pub async fn put(client: &Client, file: &Path, uri: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+pub async fn warm(client: &Client, prefix: &str, concurrency: u32) -> anyhow::Result<()> {
+    let mut progress = client.warm(prefix, concurrency).await.uri_context(prefix)?;
+    let bar = progress::bytes_bar(0, prefix);
+    let mut last = sluice_client::WarmProgress::default();
+    while let Some(p) = progress.next().await {
+        last = p.uri_context(prefix)?;
+        bar.set_length(last.listed_bytes);
+        bar.set_position(last.warmed_bytes + last.cached_bytes);
+    }
+    bar.finish_and_clear();
+    println!(
+        "{prefix}: {} objects read into the cache ({}), {} already cached ({}), {} too large to cache, {} failed",
+        last.warmed_objects,
+        indicatif::HumanBytes(last.warmed_bytes),
+        last.cached_objects,
+        indicatif::HumanBytes(last.cached_bytes),
+        last.skipped_objects,
+        last.failed_objects,
+    );
+    if last.cache_full {
+        eprintln!(
+            "{prefix}: stopped before the end: the rest does not fit in the cache \
+             ({} of {} objects listed)",
+            last.warmed_objects + last.cached_objects + last.skipped_objects + last.failed_objects,
+            last.listed_objects
+        );
+    }
+    if last.failed_objects > 0 {
+        anyhow::bail!(
+            "{prefix}: {} objects could not be read; the first: {}",
+            last.failed_objects,
+            last.first_error
+        );
+    }
+    Ok(())
+}
+
+pub async fn evict(client: &Client, prefix: &str) -> anyhow::Result<()> {
+    let evicted = client.evict(prefix).await.uri_context(prefix)?;
+    println!("{prefix}: {evicted} cached objects dropped");
+    Ok(())
+}
+
 pub async fn rm(
     client: &Client,
     uri: &str,

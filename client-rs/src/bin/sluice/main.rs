@@ -118,6 +118,19 @@ enum Command {
     },
     /// Read every object under a prefix, several passes, and report throughput.
     Bench(bench::BenchArgs),
+    /// Read every object under a prefix into the daemon's cache (stops before the cache is full).
+    Warm {
+        /// Objects read at once (0: the daemon's default).
+        #[arg(long, default_value_t = 0)]
+        concurrency: u32,
+        /// The prefix, e.g. s3://bucket/train/.
+        prefix: String,
+    },
+    /// Drop every cached object under a prefix from the daemon's cache (admins only).
+    Evict {
+        /// The prefix.
+        prefix: String,
+    },
 }
 
 #[tokio::main]
@@ -187,6 +200,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             uri,
         } => commands::rm(&client, &uri, recursive, whole_bucket).await,
         Command::Bench(args) => bench::run(&client, &args).await,
+        Command::Warm {
+            concurrency,
+            prefix,
+        } => commands::warm(&client, &prefix, concurrency).await,
+        Command::Evict { prefix } => commands::evict(&client, &prefix).await,
     }
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod convert;
 mod meta;
 mod read;
 pub mod status;
+mod warm;
 mod write;
 
 use std::pin::Pin;
@@ -66,6 +67,14 @@ impl SluiceService {
             uploads: Default::default(),
             upload_memory: Default::default(),
         }
+    }
+
+    /// Whether `uid` may use the admin calls: root, the daemon's own user,
+    /// or one of `server.admin_uids`.
+    fn is_admin(&self, uid: u32) -> bool {
+        // SAFETY: geteuid(2) cannot fail and touches no memory of ours.
+        let own = unsafe { libc::geteuid() };
+        uid == 0 || uid == own || self.config.server.admin_uids.contains(&uid)
     }
 
     /// The registry of upload memory files, which the descriptor socket
@@ -155,6 +164,24 @@ impl Sluice for SluiceService {
             uid,
             req.into_inner(),
         )))
+    }
+
+    type WarmStream = ResponseStream<v1::WarmProgress>;
+
+    async fn warm(
+        &self,
+        req: Request<v1::WarmRequest>,
+    ) -> Result<Response<Self::WarmStream>, Status> {
+        let client = self.client_of(&req);
+        warm::warm(self, client, req.into_inner()).map(Response::new)
+    }
+
+    async fn evict(
+        &self,
+        req: Request<v1::EvictRequest>,
+    ) -> Result<Response<v1::EvictResponse>, Status> {
+        let peer = req.extensions().get::<crate::listen::Peer>().cloned();
+        warm::evict(self, peer.as_ref(), req.into_inner()).map(Response::new)
     }
 
     type SessionStream = ResponseStream<v1::SessionResponse>;

@@ -24,6 +24,8 @@ pub enum Method {
     read_many,
     write,
     upload,
+    warm,
+    evict,
     delete,
 }
 
