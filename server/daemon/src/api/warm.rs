@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use sluice_engine::arena::GRANULE;
 use sluice_engine::{Body, ClientShare, ReadError, Source};
 use sluice_proto::v1;
 use sluice_storage::{ListOptions, ObjectUri};
@@ -112,11 +113,13 @@ async fn run(
                 progress.send_modify(|p| p.skipped_objects += 1);
                 continue;
             }
-            if object.size > room {
+            // What the object takes in the arena: whole granules.
+            let takes = object.size.next_multiple_of(GRANULE);
+            if takes > room {
                 progress.send_modify(|p| p.cache_full = true);
                 break 'pages;
             }
-            room -= object.size;
+            room -= takes;
             let uri = match ObjectUri::parse(&object.uri) {
                 Ok(uri) => uri,
                 Err(_) => {
