@@ -262,6 +262,48 @@ impl Client {
         })
     }
 
+    /// Reads every object under `prefix` into the daemon's cache,
+    /// `concurrency` at a time (0: the daemon's default), and returns the
+    /// final counts: `listed_objects`, `listed_bytes`, `warmed_objects`,
+    /// `warmed_bytes`, `cached_objects`, `cached_bytes`, `skipped_objects`
+    /// (too large to cache), `failed_objects`, `first_error`, `cache_full`
+    /// (stopped before the end: the rest would not fit).
+    #[pyo3(signature = (prefix, concurrency = 0))]
+    fn warm<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &str,
+        concurrency: u32,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let last = self.call(py, |conn| async move {
+            let mut progress = conn.client.warm(prefix, concurrency).await?;
+            let mut last = sluice_client::WarmProgress::default();
+            while let Some(p) = progress.next().await {
+                last = p?;
+            }
+            Ok(last)
+        })?;
+        let out = PyDict::new(py);
+        out.set_item("listed_objects", last.listed_objects)?;
+        out.set_item("listed_bytes", last.listed_bytes)?;
+        out.set_item("warmed_objects", last.warmed_objects)?;
+        out.set_item("warmed_bytes", last.warmed_bytes)?;
+        out.set_item("cached_objects", last.cached_objects)?;
+        out.set_item("cached_bytes", last.cached_bytes)?;
+        out.set_item("skipped_objects", last.skipped_objects)?;
+        out.set_item("failed_objects", last.failed_objects)?;
+        out.set_item("first_error", last.first_error)?;
+        out.set_item("cache_full", last.cache_full)?;
+        Ok(out)
+    }
+
+    /// Drops every cached object under `prefix` (the objects stay); returns
+    /// how many. Only for root, the daemon's user and the daemon's
+    /// `server.admin_uids` (PermissionError otherwise).
+    fn evict(&self, py: Python<'_>, prefix: &str) -> PyResult<u64> {
+        self.call(py, |conn| async move { conn.client.evict(prefix).await })
+    }
+
     /// The session (opened if needed): `shared_memory`, `session_id`,
     /// `lease_quota`, `window`.
     fn _session_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

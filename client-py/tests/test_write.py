@@ -13,8 +13,16 @@ import sluice
 from conftest import MiB, Daemon, Files, wait_for
 
 
+def uploads_in_flight(daemon: Daemon) -> float:
+    """Writes in progress: through shared memory (local) or on the stream."""
+    return sum(
+        daemon.metric(f'sluice_rpc_in_flight{{method="{method}"}}')
+        for method in ("write", "upload")
+    )
+
+
 def write_idle(daemon: Daemon) -> bool:
-    return daemon.metric('sluice_rpc_in_flight{method="write"}') == 0
+    return uploads_in_flight(daemon) == 0
 
 
 def test_put_round_trip(client: sluice.Client, files: Files) -> None:
@@ -118,7 +126,7 @@ def test_a_writer_collected_without_close_is_discarded(
     writer.write(b"y" * 1000)
     writer.flush()
     wait_for(
-        lambda: daemon.metric('sluice_rpc_in_flight{method="write"}') == 1,
+        lambda: uploads_in_flight(daemon) == 1,
         what="the upload to start",
     )
     del writer
@@ -146,3 +154,20 @@ def test_delete(client: sluice.Client, files: Files) -> None:
         client.stat(files.uri("d/a"))
     assert client.delete(files.uri("d/"), recursive=True) == 2
     assert list(client.list(files.uri("d/"))) == []
+
+
+def test_warm_then_evict(client: sluice.Client, files: Files, daemon: Daemon) -> None:
+    made = [files.make(f"w{i}.bin", 5000 + i) for i in range(5)]
+    done = client.warm(files.uri())
+    assert (done["listed_objects"], done["warmed_objects"], done["failed_objects"]) == (5, 5, 0)
+    assert done["warmed_bytes"] == sum(len(data) for _, data in made)
+    assert not done["cache_full"]
+    hits = daemon.metric("sluice_cache_hits_total")
+    for uri, data in made:
+        with client.get(uri) as buf:
+            assert bytes(buf) == data
+    assert daemon.metric("sluice_cache_hits_total") - hits == 5
+    assert client.warm(files.uri())["cached_objects"] == 5
+    assert client.evict(files.uri()) == 5  # the tests run as root: an admin
+    with pytest.raises(PermissionError):
+        client.warm("file:///sluice-not-a-root/")
