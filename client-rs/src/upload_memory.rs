@@ -313,14 +313,30 @@ where
                 Some(upload_response::Msg::Done(_)) | None => return Err(ended_early()),
             }
         }
-        let filled = match &mut source {
-            Source::Reader(reader) => fill(reader, memory.slot(at, want)).await,
-            Source::File { file, progress } => {
-                let filled = memory.fill_from_file(file, sent, at, want).await;
-                if let Ok((n, _)) = filled {
-                    progress(n as u64);
+        // The daemon may answer while the caller's data is awaited: its
+        // progress, or the end of the call (a failure, a shutdown), which
+        // must not wait for a caller that has nothing more to give.
+        let (source, memory, from) = (&mut source, &mut *memory, sent);
+        let filling = async move {
+            match source {
+                Source::Reader(reader) => fill(reader, memory.slot(at, want)).await,
+                Source::File { file, progress } => {
+                    let filled = memory.fill_from_file(file, from, at, want).await;
+                    if let Ok((n, _)) = filled {
+                        progress(n as u64);
+                    }
+                    filled
                 }
-                filled
+            }
+        };
+        let mut filling = std::pin::pin!(filling);
+        let filled = loop {
+            tokio::select! {
+                filled = &mut filling => break filled,
+                answer = answers.message() => match answer?.and_then(|a| a.msg) {
+                    Some(upload_response::Msg::Consumed(n)) => consumed = n,
+                    Some(upload_response::Msg::Done(_)) | None => return Err(ended_early()),
+                },
             }
         };
         let (n, end) = match filled {

@@ -96,12 +96,26 @@ async fn writer(
     written.map(|w| assert_eq!(w.meta.size, SIZE as u64))
 }
 
+/// Bytes the daemon received from writers so far: on the stream (`Write`)
+/// or from shared memory (`Upload`).
+async fn received(http: std::net::SocketAddr) -> f64 {
+    let body = http_get(http, "/metrics").await.1;
+    ["write", "upload"]
+        .iter()
+        .map(|m| {
+            metric(
+                &body,
+                &format!("sluice_rpc_received_bytes_total{{method=\"{m}\"}}"),
+            )
+        })
+        .sum()
+}
+
 /// Waits until the daemon has received `bytes` of writes.
 async fn wait_received(http: std::net::SocketAddr, bytes: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let series = "sluice_rpc_received_bytes_total{method=\"write\"}";
     loop {
-        let got = metric(&http_get(http, "/metrics").await.1, series);
+        let got = received(http).await;
         if got >= bytes as f64 {
             return;
         }
@@ -163,14 +177,14 @@ async fn sigterm_during_large_writes_never_leaves_a_partial_object() {
             after,
         });
     }
-    let sent_before: f64 = metric(
-        &http_get(d.http(), "/metrics").await.1,
-        "sluice_rpc_received_bytes_total{method=\"write\"}",
-    );
+    let sent_before = received(d.http()).await;
 
     let (go, wait) = watch::channel(false);
-    let writers = futures::future::join_all(objects.iter().map(|o| {
-        let (client, uri, data) = (client.clone(), o.uri.clone(), o.new.clone());
+    // Every third one sends its bytes on the stream, the others through
+    // shared memory: both calls are cut by the shutdown.
+    let writers = futures::future::join_all(objects.iter().enumerate().map(|(i, o)| {
+        let client = client.clone().with_shared_uploads(i % 3 != 0);
+        let (uri, data) = (o.uri.clone(), o.new.clone());
         writer(client, uri, data, o.after, wait.clone())
     }));
     let signal = async {

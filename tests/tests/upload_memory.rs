@@ -361,3 +361,40 @@ async fn the_client_uploads_through_shared_memory_and_falls_back() {
     let (_, body) = http_get(d.http(), "/metrics").await;
     assert_eq!((count(&body, "upload"), count(&body, "write")), (0.0, 1.0));
 }
+
+/// A reader that gives `data`, then nothing, forever.
+struct Stalls(Vec<u8>);
+
+impl tokio::io::AsyncRead for Stalls {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.0.is_empty() {
+            return std::task::Poll::Pending;
+        }
+        let n = self.0.len().min(buf.remaining());
+        buf.put_slice(&self.0[..n]);
+        self.0.drain(..n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The daemon's refusal ends an upload even while the caller's reader has
+/// nothing more to give (here: more bytes than the size announced, then a
+/// reader that never ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_ends_while_the_reader_stalls() {
+    let d = TestDaemon::start().await;
+    let client = sluice_client::Client::connect(&d.address()).await.unwrap();
+    let uri = d.file_uri("stalled");
+    let upload = client.write_reader(&uri, Stalls(pattern(2 << 20, 1)), 1 << 20);
+    let err = tokio::time::timeout(Duration::from_secs(60), upload)
+        .await
+        .expect("the refusal ends the upload")
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains(&uri), "{err}");
+    assert!(std::fs::read(d.root().join("stalled")).is_err());
+}
