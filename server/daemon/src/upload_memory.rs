@@ -34,7 +34,7 @@ use sluice_proto::fdpass::TOKEN_LEN;
 #[derive(Debug)]
 pub struct Memory {
     fd: OwnedFd,
-    uid: Option<u32>,
+    uid: u32,
 }
 
 impl Memory {
@@ -117,7 +117,7 @@ impl Registry {
     }
 
     /// Registers `fd` (already [`check`]ed) for the client `uid`.
-    pub fn register(self: &Arc<Self>, fd: OwnedFd, uid: Option<u32>) -> io::Result<Registration> {
+    pub fn register(self: &Arc<Self>, fd: OwnedFd, uid: u32) -> io::Result<Registration> {
         let token = random_token()?;
         self.lock().insert(token, Arc::new(Memory { fd, uid }));
         Ok(Registration {
@@ -126,12 +126,13 @@ impl Registry {
         })
     }
 
-    /// The file registered under `token`, if it exists and the caller `uid`
-    /// is the uid that registered it.
+    /// The file registered under `token`, if it exists and the caller is
+    /// the uid that registered it (a caller without one — a TCP client —
+    /// never is).
     pub fn get(&self, token: &[u8], uid: Option<u32>) -> Option<Arc<Memory>> {
         let token: &[u8; TOKEN_LEN] = token.try_into().ok()?;
         let memory = self.lock().get(token).cloned()?;
-        (memory.uid == uid).then_some(memory)
+        (Some(memory.uid) == uid).then_some(memory)
     }
 
     /// How many registrations are live.
@@ -200,10 +201,8 @@ mod tests {
     #[test]
     fn a_registration_is_found_by_its_token_and_uid_until_dropped() {
         let registry = Arc::new(Registry::default());
-        let a = registry
-            .register(memfd(b"hello world"), Some(1000))
-            .unwrap();
-        let b = registry.register(memfd(b"other"), Some(1000)).unwrap();
+        let a = registry.register(memfd(b"hello world"), 1000).unwrap();
+        let b = registry.register(memfd(b"other"), 1000).unwrap();
         assert_ne!(a.token(), b.token());
         let memory = registry.get(a.token(), Some(1000)).unwrap();
         let mut buf = [0u8; 5];

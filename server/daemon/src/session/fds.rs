@@ -122,8 +122,12 @@ async fn registrations(
     let Request::Register(fd) = next().await else {
         return;
     };
-    let registered = match upload_memory::check(&fd) {
-        Ok(()) => uploads.register(fd, uid),
+    let checked = match uid {
+        None => Err("the daemon cannot tell which user is asking (no peer credentials)"),
+        Some(uid) => upload_memory::check(&fd).map(|()| uid),
+    };
+    let registered = match checked {
+        Ok(uid) => uploads.register(fd, uid),
         Err(reason) => {
             tracing::debug!(uid, reason, "upload memory refused");
             let _ = answer(&stream, |s| fdpass::send_refused(s, reason)).await;
