@@ -46,6 +46,9 @@ pub(crate) const RANGE: usize = 4 << 20;
 pub(crate) const SLOTS: usize = 4;
 /// The memory file's size.
 pub(crate) const RING: usize = RANGE * SLOTS;
+/// Most ranges sent and not yet consumed (a caller that gives its bytes a
+/// few at a time makes many small ranges).
+const MAX_RANGES: usize = 64;
 /// Idle memories one client keeps.
 const MAX_IDLE: usize = 4;
 /// How long the daemon may take to answer on the descriptor socket.
@@ -287,9 +290,9 @@ where
     R: AsyncRead + Unpin,
 {
     let message = |msg| WriteRequest { msg: Some(msg) };
-    // Room for the header, every range the ring can hold and the trailer:
+    // Room for the header, every range not yet consumed and the trailer:
     // sending never waits on a daemon that stopped reading.
-    let (tx, rx) = mpsc::channel(SLOTS + 2);
+    let (tx, rx) = mpsc::channel(MAX_RANGES + 2);
     let header = WriteHeader {
         uri: uri.to_owned(),
         size_hint,
@@ -303,11 +306,19 @@ where
     // order, so the bytes it has not consumed are the `sent - consumed`
     // before the write position.
     let (mut sent, mut consumed) = (0u64, 0u64);
+    // Where each range not yet consumed ends.
+    let mut ends = std::collections::VecDeque::new();
     let mut read_error = None;
     loop {
         let at = (sent % RING as u64) as usize;
         let want = RANGE.min(RING - at);
-        while sent - consumed > (RING - want) as u64 {
+        loop {
+            while ends.front().is_some_and(|&end| end <= consumed) {
+                ends.pop_front();
+            }
+            if sent - consumed <= (RING - want) as u64 && ends.len() < MAX_RANGES {
+                break;
+            }
             match answers.message().await?.and_then(|a| a.msg) {
                 Some(upload_response::Msg::Consumed(n)) => consumed = n,
                 Some(upload_response::Msg::Done(_)) | None => return Err(ended_early()),
@@ -356,6 +367,7 @@ where
                 break;
             }
             sent += n as u64;
+            ends.push_back(sent);
         }
         if end {
             let _ = tx.try_send(message(Msg::Trailer(WriteTrailer { total_size: sent })));

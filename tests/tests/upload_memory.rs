@@ -398,3 +398,48 @@ async fn a_refused_upload_ends_while_the_reader_stalls() {
     assert!(err.to_string().contains(&uri), "{err}");
     assert!(std::fs::read(d.root().join("stalled")).is_err());
 }
+
+/// A reader that gives 100 bytes at a time and is "not ready" in between.
+struct Trickle(Vec<u8>, bool);
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.1 = !self.1;
+        if self.1 {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let n = self.0.len().min(buf.remaining()).min(100);
+        buf.put_slice(&self.0[..n]);
+        self.0.drain(..n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A caller that gives its bytes a little at a time makes thousands of
+/// small ranges; they all arrive, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_ranges_arrive_in_order() {
+    let d = TestDaemon::start().await;
+    let client = sluice_client::Client::connect(&d.address()).await.unwrap();
+    let data = pattern(300_000, 9);
+    let uri = d.file_uri("trickle");
+    let written = client
+        .write_reader(&uri, Trickle(data.clone(), false), 0)
+        .await
+        .unwrap();
+    assert_eq!(written.meta.size, data.len() as u64);
+    assert!(std::fs::read(d.root().join("trickle")).unwrap() == data);
+    let (_, body) = http_get(d.http(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &body,
+            r#"sluice_rpc_requests_total{method="upload",code="ok"}"#
+        ),
+        1.0
+    );
+}
