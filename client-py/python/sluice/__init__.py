@@ -289,6 +289,22 @@ class Client:
         objects deleted."""
         return self._native.delete(uri, recursive, whole_bucket)
 
+    def warm(self, prefix: str, concurrency: int = 0) -> dict[str, object]:
+        """Reads every object under ``prefix`` into the daemon's cache,
+        ``concurrency`` at a time (0: the daemon's default), and returns the
+        final counts: ``listed_objects``, ``listed_bytes``,
+        ``warmed_objects``, ``warmed_bytes``, ``cached_objects``,
+        ``cached_bytes``, ``skipped_objects`` (too large to cache),
+        ``failed_objects``, ``first_error`` and ``cache_full`` (stopped
+        before the end: the rest would not fit)."""
+        return self._native.warm(prefix, concurrency)
+
+    def evict(self, prefix: str) -> int:
+        """Drops every cached object under ``prefix`` (the objects stay) and
+        returns how many. Only root, the daemon's user and the daemon's
+        ``server.admin_uids`` may (``PermissionError`` otherwise)."""
+        return self._native.evict(prefix)
+
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         return (_rebuild_client, (self.address, *self._credentials))
 
