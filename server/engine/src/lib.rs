@@ -8,10 +8,10 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;
-pub mod plan;
 pub mod range;
 pub mod reader;
 pub mod share;
+pub mod split;
 
 pub use config::{ByteSize, CacheConfig, EngineConfig};
 pub use error::ReadError;

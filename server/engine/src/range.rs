@@ -6,7 +6,7 @@
 //!    before it: its response carries the object's total size (S3's
 //!    `Content-Range`) and etag.
 //! 2. As soon as its headers are in, the rest of the wanted range is split
-//!    into parts ([`plan::split`](crate::plan::split)) that fan out while the
+//!    into parts ([`split::split`](crate::split::split)) that fan out while the
 //!    first body is still arriving. Each later part is held to the first
 //!    part's [`Version`] (`If-Match` with its etag, or size and
 //!    Last-Modified where the server sends no etag) and its response is
@@ -51,8 +51,8 @@ use crate::budget::{Evict, MemoryBudget, Reservation};
 use crate::config::EngineConfig;
 use crate::error::ReadError;
 use crate::metrics::StorageMetrics;
-use crate::plan::split;
 use crate::share::{ClientShare, Hold, Live, RequestSlot};
+use crate::split::split;
 
 /// What a fetch produced.
 pub enum Fetched {
