@@ -59,42 +59,35 @@ impl TlsProxy {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .expect("server config");
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let seen = Arc::new(Seen::default());
-        let counts = Arc::clone(&seen);
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, counts) = (acceptor.clone(), Arc::clone(&counts));
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let Ok(up) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    forward(tls, up, &counts).await;
-                });
-            }
-        });
-        TlsProxy { addr, seen, task }
+        Self::serve(upstream, Some(TlsAcceptor::from(Arc::new(config)))).await
     }
 
     /// The same, without TLS: plain HTTP in, plain HTTP out, counted.
     pub async fn start_plain(upstream: SocketAddr) -> TlsProxy {
+        Self::serve(upstream, None).await
+    }
+
+    /// Accepts connections (through `tls` if any) and forwards each.
+    async fn serve(upstream: SocketAddr, tls: Option<TlsAcceptor>) -> TlsProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Seen::default());
         let counts = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let counts = Arc::clone(&counts);
+                let (tls, counts) = (tls.clone(), Arc::clone(&counts));
                 tokio::spawn(async move {
                     let Ok(up) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    forward(tcp, up, &counts).await;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                forward(stream, up, &counts).await;
+                            }
+                        }
+                        None => forward(tcp, up, &counts).await,
+                    }
                 });
             }
         });
