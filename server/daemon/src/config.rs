@@ -13,7 +13,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use sluice_engine::{ByteSize, CacheConfig, EngineConfig};
+use sluice_engine::{ByteSize, CacheConfig, EngineConfig, PrefetchConfig};
 use sluice_storage::registry::StorageConfig;
 
 /// Where the config file is looked for when `--config` is not given.
@@ -42,6 +42,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Cache and memory budget.
     pub cache: CacheConfig,
+    /// Epoch plans and prefetch.
+    pub prefetch: PrefetchConfig,
     /// Read and ReadMany.
     pub read: ReadConfig,
     /// Write.

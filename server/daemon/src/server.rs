@@ -72,6 +72,7 @@ impl Daemon {
             backends,
             config.engine.clone(),
             config.cache.clone(),
+            config.prefetch.clone(),
             metrics.engine.clone(),
         )
         .context("cannot create the shared-memory arena")?;
@@ -156,6 +157,9 @@ impl Daemon {
                 "cache.memory_budget exceeds this process's memory cgroup limit: the daemon will                  be OOM-killed once the cache fills it (lower the budget or raise the limit);                  the arena is not prefaulted"
             );
         }
+        let _prefetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            sluice_engine::prefetch::run(self.reader.clone()),
+        ));
         let _prefault = if self.config.cache.prefault && limit.is_none_or(|l| l >= budget) {
             let gauge = self.metrics.engine.memory.prefaulted.clone();
             crate::prefault::start(self.reader.arena().clone(), gauge)

@@ -1,9 +1,9 @@
 //! The node-wide object cache (RAM tier).
 //!
-//! Whole objects, keyed by URI, in LRU order. An entry carries the metadata
-//! it was fetched with (etag, size, mtime); the reader revalidates an entry
-//! against the backend once it is older than `revalidate_after` and drops it
-//! when any of the three changed, so a changed object is never served stale
+//! Whole objects, keyed by URI. An entry carries the metadata it was
+//! fetched with (etag, size, mtime); the reader revalidates an entry against
+//! the backend once it is older than `revalidate_after` and drops it when
+//! any of the three changed, so a changed object is never served stale
 //! beyond that interval (`0s`: never).
 //!
 //! The cache does not count bytes against a limit of its own: each entry's
@@ -13,17 +13,41 @@
 //! is still being sent or is leased stays in memory — its extent is not
 //! freed — until the last user lets go, so the budget stays exact. Leased
 //! entries are skipped by eviction altogether.
+//!
+//! Which entry goes is the [`Policy`]'s choice (`cache.policy`):
+//! - [`Policy::Lru`]: least recently used first;
+//! - [`Policy::Plans`] (the default): Belady's rule over the clients' epoch
+//!   plans ([`crate::plans`]) — first what no live plan reads again (least
+//!   recently used first), then what is read furthest in the future. With no
+//!   plan submitted this is exactly LRU.
+//!
+//! The plans live under the cache's lock, so that what is cached and when
+//! it is next used change together.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lru::LruCache;
+use serde::{Deserialize, Serialize};
 use sluice_storage::ObjectMeta;
 
 use crate::budget::Evict;
-use crate::metrics::CacheMetrics;
+use crate::metrics::{CacheMetrics, PrefetchMetrics};
+use crate::plans::{PlanLimits, Plans};
+
+/// Which entry eviction picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Least recently used first; plans only drive prefetch.
+    Lru,
+    /// Belady's rule over live plans, LRU for what no plan reads again.
+    #[default]
+    Plans,
+}
 
 /// One cached object.
 #[derive(Debug)]
@@ -34,14 +58,26 @@ pub struct CachedObject {
     pub data: Bytes,
     /// Milliseconds after the cache's epoch when the entry was last validated.
     validated_ms: AtomicU64,
+    /// Cached by a prefetch and not read since.
+    prefetched: AtomicBool,
 }
 
 /// The cache.
 #[derive(Debug)]
 pub struct Cache {
-    entries: std::sync::Mutex<LruCache<String, Arc<CachedObject>>>,
+    inner: std::sync::Mutex<Inner>,
+    policy: Policy,
     epoch: Instant,
     metrics: CacheMetrics,
+    prefetch: PrefetchMetrics,
+}
+
+#[derive(Debug)]
+struct Inner {
+    entries: HashMap<Arc<str>, Arc<CachedObject>>,
+    /// Every entry by recency ([`Policy::Lru`] only).
+    recency: LruCache<Arc<str>, ()>,
+    plans: Plans,
 }
 
 impl CachedObject {
@@ -65,15 +101,41 @@ impl CachedObject {
     pub fn touch(&self, cache: &Cache) {
         self.validated_ms.store(cache.now_ms(), Ordering::Relaxed);
     }
+
+    /// Marks the entry as cached by a prefetch.
+    pub fn mark_prefetched(&self) {
+        self.prefetched.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Cache {
-    /// An empty cache reporting to `metrics`.
+    /// An empty LRU cache reporting to `metrics`, with no plan limits.
     pub fn new(metrics: CacheMetrics) -> Self {
+        Self::with_policy(
+            Policy::Lru,
+            PlanLimits::default(),
+            metrics,
+            PrefetchMetrics::default(),
+        )
+    }
+
+    /// An empty cache evicting by `policy`.
+    pub fn with_policy(
+        policy: Policy,
+        limits: PlanLimits,
+        metrics: CacheMetrics,
+        prefetch: PrefetchMetrics,
+    ) -> Self {
         Cache {
-            entries: std::sync::Mutex::new(LruCache::unbounded()),
+            inner: std::sync::Mutex::new(Inner {
+                entries: HashMap::new(),
+                recency: LruCache::unbounded(),
+                plans: Plans::new(limits),
+            }),
+            policy,
             epoch: Instant::now(),
             metrics,
+            prefetch,
         }
     }
 
@@ -81,14 +143,49 @@ impl Cache {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// The LRU map; a poisoned lock is recovered (ARCHITECTURE.md §8.1).
-    fn entries(&self) -> MutexGuard<'_, LruCache<String, Arc<CachedObject>>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The state; a poisoned lock is recovered (ARCHITECTURE.md §8.1).
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The entry for `key`, marked most recently used.
+    /// Runs `f` on the live plans (under the cache's lock: keep it short).
+    pub fn plans<T>(&self, f: impl FnOnce(&mut Plans) -> T) -> T {
+        let mut inner = self.inner();
+        let out = f(&mut inner.plans);
+        self.prefetch.plan_items.set(inner.plans.items() as i64);
+        self.prefetch
+            .lookahead_bytes
+            .set(inner.plans.ahead_bytes() as i64);
+        out
+    }
+
+    /// Runs `f` on the live plans, with the size of each cached object.
+    pub fn plans_with_sizes<T>(
+        &self,
+        f: impl FnOnce(&mut Plans, &dyn Fn(&str) -> Option<u64>) -> T,
+    ) -> T {
+        let mut inner = self.inner();
+        let Inner { entries, plans, .. } = &mut *inner;
+        let size = |k: &str| entries.get(k).map(|o| o.meta.size);
+        f(plans, &size)
+    }
+
+    /// The entry for `key`, marked used (a demand read).
     pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
-        self.entries().get(key).cloned()
+        let mut inner = self.inner();
+        let obj = inner.entries.get(key).cloned()?;
+        inner.recency.promote(key);
+        inner.plans.on_hit(key);
+        drop(inner);
+        if obj.prefetched.swap(false, Ordering::Relaxed) {
+            self.prefetch.hits.inc();
+        }
+        Some(obj)
+    }
+
+    /// The entry for `key`, not marked used.
+    pub fn peek(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.inner().entries.get(key).cloned()
     }
 
     /// Caches `data` under `key`, replacing an older version.
@@ -97,9 +194,22 @@ impl Cache {
             meta,
             data,
             validated_ms: AtomicU64::new(self.now_ms()),
+            prefetched: AtomicBool::new(false),
         });
         let size = obj.data.len() as u64;
-        let old = self.entries().put(key, obj.clone());
+        let key: Arc<str> = Arc::from(key);
+        let old = {
+            let mut inner = self.inner();
+            let old = inner.entries.insert(key.clone(), obj.clone());
+            if old.is_some() {
+                inner.plans.on_remove(&key);
+            }
+            if self.policy == Policy::Lru {
+                inner.recency.put(key.clone(), ());
+            }
+            inner.plans.on_insert(&key);
+            old
+        };
         self.metrics.bytes.inc_by(size as i64);
         self.metrics.entries.inc();
         if let Some(old) = old {
@@ -108,22 +218,30 @@ impl Cache {
         obj
     }
 
+    fn take(inner: &mut Inner, key: &str) -> Option<Arc<CachedObject>> {
+        let obj = inner.entries.remove(key)?;
+        inner.recency.pop(key);
+        inner.plans.on_remove(key);
+        Some(obj)
+    }
+
     /// Drops the entry for `key`; true when there was one.
     pub fn remove(&self, key: &str) -> bool {
-        let old = self.entries().pop(key);
+        let old = Self::take(&mut self.inner(), key);
         old.map(|o| self.forget(&o)).is_some()
     }
 
     /// Drops every entry whose key starts with `prefix`; returns how many.
     pub fn remove_prefix(&self, prefix: &str) -> usize {
-        let mut entries = self.entries();
-        let keys: Vec<String> = entries
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
+        let mut inner = self.inner();
+        let keys: Vec<Arc<str>> = inner
+            .entries
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
             .collect();
         for k in &keys {
-            if let Some(o) = entries.pop(k) {
+            if let Some(o) = Self::take(&mut inner, k) {
                 self.forget(&o);
             }
         }
@@ -132,7 +250,7 @@ impl Cache {
 
     /// Number of cached objects.
     pub fn len(&self) -> usize {
-        self.entries().len()
+        self.inner().entries.len()
     }
 
     /// Whether nothing is cached.
@@ -144,28 +262,63 @@ impl Cache {
         self.metrics.bytes.dec_by(obj.data.len() as i64);
         self.metrics.entries.dec();
     }
-}
 
-impl Evict for Cache {
-    /// Drops the least recently used entry that nobody pins. An entry is
-    /// pinned while a lease (or a read in progress) holds its `Arc`: evicting
-    /// it would free no memory — the extent lives on with the lease — and
-    /// would only lose the entry for later readers.
-    fn evict_one(&self) -> bool {
-        let mut entries = self.entries();
-        let victim = entries
-            .iter()
-            .rev()
-            .find(|(_, obj)| Arc::strong_count(obj) == 1)
-            .map(|(k, _)| k.clone());
-        let Some(obj) = victim.and_then(|k| entries.pop(&k)) else {
+    /// Evicts one entry that nobody pins and that is not used within
+    /// `floor` plan items. An entry is pinned while a lease (or a read in
+    /// progress) holds its `Arc`: evicting it would free no memory — the
+    /// extent lives on with the lease — and would only lose the entry for
+    /// later readers.
+    fn evict_above(&self, floor: u32) -> bool {
+        let mut inner = self.inner();
+        let victim = {
+            let entries = &inner.entries;
+            let evictable =
+                |k: &str| entries.get(k).is_some_and(|o| Arc::strong_count(o) == 1);
+            match self.policy {
+                Policy::Lru => inner
+                    .recency
+                    .iter()
+                    .rev()
+                    .find(|(k, ())| evictable(k))
+                    .map(|(k, ())| k.clone()),
+                Policy::Plans => inner.plans.victim(floor, &evictable),
+            }
+        };
+        let Some(obj) = victim.and_then(|k| Self::take(&mut inner, &k)) else {
             return false;
         };
-        drop(entries);
+        drop(inner);
         self.forget(&obj);
         self.metrics.evictions.inc();
         self.metrics.evicted_bytes.inc_by(obj.data.len() as u64);
+        if obj.prefetched.load(Ordering::Relaxed) {
+            self.prefetch.wasted_bytes.inc_by(obj.data.len() as u64);
+        }
         true
+    }
+
+    /// What a prefetch may evict: only entries outside every look-ahead
+    /// window (so never one needed sooner than what is being prefetched).
+    pub fn for_prefetch(self: &Arc<Self>) -> Arc<dyn Evict> {
+        Arc::new(PrefetchEvict(self.clone()))
+    }
+}
+
+impl Evict for Cache {
+    /// A demand read's eviction: the policy's victim, inside a look-ahead
+    /// window only when nothing else can go.
+    fn evict_one(&self) -> bool {
+        self.evict_above(0)
+    }
+}
+
+/// The cache as a prefetch sees it.
+struct PrefetchEvict(Arc<Cache>);
+
+impl Evict for PrefetchEvict {
+    fn evict_one(&self) -> bool {
+        let floor = self.0.plans(|p| p.limits().lookahead_items);
+        self.0.evict_above(floor)
     }
 }
 

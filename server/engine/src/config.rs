@@ -177,6 +177,9 @@ pub struct CacheConfig {
     /// when a core is idle, instead of page by page as reads first fill it.
     /// The daemon's RSS then reaches the budget within seconds of start.
     pub prefault: bool,
+    /// Which entry eviction picks: `plans` (Belady's rule over the clients'
+    /// epoch plans; least recently used while no plan is live) or `lru`.
+    pub policy: crate::cache::Policy,
 }
 
 impl Default for CacheConfig {
@@ -198,6 +201,7 @@ impl Default for CacheConfig {
             // anyway, and first touch costs more than the copy that fills a
             // page (`Arena::prefault`).
             prefault: true,
+            policy: crate::cache::Policy::Plans,
         }
     }
 }
@@ -218,6 +222,63 @@ impl CacheConfig {
     pub fn max_object_size(&self) -> u64 {
         self.max_object_size
             .map_or(self.memory_budget.0 / 4, |b| b.0)
+    }
+}
+
+/// `[prefetch]`: epoch plans and reading ahead of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefetchConfig {
+    /// Read ahead of the clients' plans. Off: plans still guide eviction.
+    pub enabled: bool,
+    /// Objects prefetched at once, node-wide. Prefetch has request slots of
+    /// its own, this many, beyond `engine.max_concurrency`: a demand read
+    /// never waits for a slot a prefetch holds.
+    pub concurrency: usize,
+    /// Items read ahead of one plan's position, at most.
+    pub lookahead_items: u32,
+    /// Bytes read ahead of one plan's position, at most. Unset: an eighth
+    /// of `cache.memory_budget`.
+    pub lookahead_bytes: Option<ByteSize>,
+    /// Bytes read ahead of all plans together, at most. Unset: half of
+    /// `cache.memory_budget`.
+    pub max_bytes: Option<ByteSize>,
+    /// Most items in one plan.
+    pub max_plan_items: u64,
+    /// Most items of all live plans together (each costs about 8 bytes,
+    /// plus its URI and ~60 bytes per distinct object).
+    pub max_items: u64,
+    /// Most live plans of one session.
+    pub max_session_plans: usize,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        let limits = crate::plans::PlanLimits::default();
+        PrefetchConfig {
+            enabled: true,
+            concurrency: 16,
+            lookahead_items: limits.lookahead_items,
+            lookahead_bytes: None,
+            max_bytes: None,
+            max_plan_items: limits.max_plan_items,
+            max_items: limits.max_items,
+            max_session_plans: limits.max_session_plans,
+        }
+    }
+}
+
+impl PrefetchConfig {
+    /// The plan limits for a cache of `budget` bytes.
+    pub fn limits(&self, budget: u64) -> crate::plans::PlanLimits {
+        crate::plans::PlanLimits {
+            max_plan_items: self.max_plan_items,
+            max_items: self.max_items,
+            max_session_plans: self.max_session_plans,
+            lookahead_items: self.lookahead_items,
+            lookahead_bytes: self.lookahead_bytes.map_or(budget / 8, |b| b.0),
+            max_bytes: self.max_bytes.map_or(budget / 2, |b| b.0),
+        }
     }
 }
 

@@ -8,12 +8,14 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod plans;
+pub mod prefetch;
 pub mod range;
 pub mod reader;
 pub mod share;
 pub mod split;
 
-pub use config::{ByteSize, CacheConfig, EngineConfig};
+pub use config::{ByteSize, CacheConfig, EngineConfig, PrefetchConfig};
 pub use error::ReadError;
 pub use metrics::EngineMetrics;
 pub use reader::{Body, ReadOutput, Reader, Source};

@@ -42,6 +42,31 @@ pub struct CacheMetrics {
     pub bytes: Gauge,
 }
 
+/// Plans and prefetch (`sluice_prefetch_*`).
+#[derive(Debug, Clone, Default)]
+pub struct PrefetchMetrics {
+    /// Objects cached by prefetch.
+    pub fetched: Counter,
+    /// Bytes cached by prefetch.
+    pub fetched_bytes: Counter,
+    /// Demand reads served by an entry a prefetch cached.
+    pub hits: Counter,
+    /// Bytes cached by prefetch and evicted before any read.
+    pub wasted_bytes: Counter,
+    /// Prefetches that found no room (nothing evictable needed later).
+    pub no_room: Counter,
+    /// Prefetches that failed at the backend.
+    pub failed: Counter,
+    /// Live plans.
+    pub plans: Gauge,
+    /// Items of all live plans.
+    pub plan_items: Gauge,
+    /// Items prefetched ahead of the plans' positions.
+    pub lookahead_items: Gauge,
+    /// Bytes prefetched ahead of the plans' positions.
+    pub lookahead_bytes: Gauge,
+}
+
 /// Fair shares (`sluice_share_*`).
 #[derive(Debug, Clone, Default)]
 pub struct ShareMetrics {
@@ -170,6 +195,8 @@ pub struct EngineMetrics {
     pub memory: MemoryMetrics,
     /// Fair shares.
     pub share: ShareMetrics,
+    /// Plans and prefetch.
+    pub prefetch: PrefetchMetrics,
     /// Backends.
     pub storage: Arc<StorageMetrics>,
 }
@@ -239,6 +266,45 @@ impl EngineMetrics {
             "exhausted",
             "Reads that got no memory before their deadline",
             m.exhausted.clone(),
+        );
+        let p = &self.prefetch;
+        let r = registry.sub_registry_with_prefix("prefetch");
+        r.register("objects", "Objects cached by prefetch", p.fetched.clone());
+        r.register_with_unit(
+            "fetched",
+            "Bytes cached by prefetch",
+            Unit::Bytes,
+            p.fetched_bytes.clone(),
+        );
+        r.register(
+            "hits",
+            "Demand reads served by an entry that a prefetch cached",
+            p.hits.clone(),
+        );
+        r.register_with_unit(
+            "wasted",
+            "Bytes cached by prefetch and evicted before any read",
+            Unit::Bytes,
+            p.wasted_bytes.clone(),
+        );
+        r.register(
+            "no_room",
+            "Prefetches that found no room without evicting something needed sooner",
+            p.no_room.clone(),
+        );
+        r.register("failed", "Prefetches that failed at the backend", p.failed.clone());
+        r.register("plans", "Live epoch plans", p.plans.clone());
+        r.register("plan_items", "Items of all live epoch plans", p.plan_items.clone());
+        r.register(
+            "lookahead_items",
+            "Plan items prefetched ahead of their clients' positions",
+            p.lookahead_items.clone(),
+        );
+        r.register_with_unit(
+            "lookahead",
+            "Bytes prefetched ahead of the clients' positions",
+            Unit::Bytes,
+            p.lookahead_bytes.clone(),
         );
         let sh = &self.share;
         let r = registry.sub_registry_with_prefix("share");

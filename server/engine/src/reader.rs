@@ -28,7 +28,8 @@ use tokio::sync::watch;
 
 use crate::budget::MemoryBudget;
 use crate::cache::{Cache, CachedObject};
-use crate::config::{CacheConfig, EngineConfig};
+use crate::config::{CacheConfig, EngineConfig, PrefetchConfig};
+use crate::plans::{PlanError, PlanKey, Plans, Prefetched};
 use crate::error::ReadError;
 use crate::metrics::{EngineMetrics, Instrumented};
 use crate::range::{Fetched, Memory, RangeEngine};
@@ -104,6 +105,18 @@ pub struct Reader {
     metrics: EngineMetrics,
     inflight: Arc<Inflight>,
     shares: Arc<Shares>,
+    prefetch: Prefetch,
+}
+
+/// What prefetches are made with.
+struct Prefetch {
+    config: PrefetchConfig,
+    /// Charged for prefetches in flight; its own request slots; no waits.
+    client: Arc<ClientShare>,
+    /// The arena, with no wait for memory.
+    budget: MemoryBudget,
+    /// Woken when a plan changes or moves.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -151,12 +164,36 @@ impl Reader {
         backends: Backends,
         engine: EngineConfig,
         cache: CacheConfig,
+        prefetch: PrefetchConfig,
         metrics: EngineMetrics,
     ) -> std::io::Result<Self> {
         let arena = crate::arena::Arena::new(cache.memory_budget.0, cache.segment_size.0)?;
-        let budget = MemoryBudget::new(arena, cache.memory_wait);
+        let budget = MemoryBudget::new(arena.clone(), cache.memory_wait);
         metrics.memory.budget.set(budget.total() as i64);
-        let store = Arc::new(Cache::new(metrics.cache.clone()));
+        let store = Arc::new(Cache::with_policy(
+            cache.policy,
+            prefetch.limits(budget.total()),
+            metrics.cache.clone(),
+            metrics.prefetch.clone(),
+        ));
+        let lanes = prefetch.concurrency.max(1);
+        let prefetch_shares = Shares::new(
+            ShareLimits {
+                client_bytes: budget.total(),
+                clients_bytes: budget.total(),
+                client_requests: lanes,
+                wait: std::time::Duration::ZERO,
+                request_wait: engine.request_wait,
+            },
+            crate::metrics::ShareMetrics::default(),
+        );
+        let prefetch = Prefetch {
+            client: prefetch_shares
+                .client_with_lane(Arc::new(tokio::sync::Semaphore::new(lanes))),
+            budget: MemoryBudget::new(arena, std::time::Duration::ZERO),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            config: prefetch,
+        };
         let shares = Shares::new(
             ShareLimits {
                 client_bytes: cache.client_share(),
@@ -176,6 +213,7 @@ impl Reader {
             config: cache,
             metrics,
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            prefetch,
         })
     }
 
@@ -392,16 +430,7 @@ impl Reader {
         data: Bytes,
         hold: Hold,
     ) -> Result<ReadOutput, ReadError> {
-        let inserted = {
-            // The same lock `invalidate` holds while it marks flights stale
-            // and empties the cache: one or the other comes first, whole.
-            let _flights = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-            (!leader.stale.load(Ordering::SeqCst)).then(|| {
-                self.cache
-                    .insert(leader.key.clone(), meta.clone(), data.clone())
-            })
-        };
-        match inserted {
+        match self.cache_unless_stale(&leader, &meta, &data) {
             Some(obj) => {
                 leader.publish(Outcome::Cached(obj.clone()));
                 // The buffer's charge becomes the entry's: no wait, the
@@ -428,6 +457,22 @@ impl Reader {
                 })
             }
         }
+    }
+
+    /// Caches what `leader` fetched, unless an invalidation overtook it.
+    fn cache_unless_stale(
+        &self,
+        leader: &Leader,
+        meta: &ObjectMeta,
+        data: &Bytes,
+    ) -> Option<Arc<CachedObject>> {
+        // The same lock `invalidate` holds while it marks flights stale and
+        // empties the cache: one or the other comes first, whole.
+        let _flights = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        (!leader.stale.load(Ordering::SeqCst)).then(|| {
+            self.cache
+                .insert(leader.key.clone(), meta.clone(), data.clone())
+        })
     }
 
     async fn uncached(
@@ -524,6 +569,108 @@ impl Reader {
         }
     }
 
+    /// The prefetch settings.
+    pub fn prefetch_config(&self) -> &PrefetchConfig {
+        &self.prefetch.config
+    }
+
+    /// Runs `f` on the live plans, then wakes the prefetcher.
+    pub fn plans<T>(&self, f: impl FnOnce(&mut Plans) -> T) -> T {
+        let out = self.cache.plans(f);
+        self.prefetch.wake.notify_one();
+        out
+    }
+
+    /// Appends a page to a plan (see [`Plans::append`]).
+    pub fn submit_plan(
+        &self,
+        key: PlanKey,
+        job: &str,
+        items: &[Option<Arc<str>>],
+        first: bool,
+        last: bool,
+    ) -> Result<u64, PlanError> {
+        self.plans(|p| p.append(key, job, items, first, last))
+    }
+
+    /// Updates the plan gauges.
+    pub fn refresh_plan_gauges(&self) {
+        let (plans, items) = self.cache.plans(|p| (p.len(), p.ahead_items()));
+        self.metrics.prefetch.plans.set(plans as i64);
+        self.metrics.prefetch.lookahead_items.set(items as i64);
+    }
+
+    /// What wakes the prefetcher.
+    pub(crate) fn prefetch_wake(&self) -> &Arc<tokio::sync::Notify> {
+        &self.prefetch.wake
+    }
+
+    /// Reads `key` (a canonical URI) into the cache ahead of its use, at
+    /// prefetch priority: request slots of prefetch's own, no wait for
+    /// memory, and evicting only what no plan needs within its look-ahead.
+    /// A demand read of the object meanwhile joins this fetch; if the
+    /// prefetch gives up, that read fetches on its own.
+    pub async fn prefetch(&self, key: &str) -> Prefetched {
+        let Ok(uri) = ObjectUri::parse(key) else {
+            return Prefetched::Skipped;
+        };
+        let Ok(storage) = self.storage(&uri) else {
+            return Prefetched::Skipped;
+        };
+        if let Some(obj) = self.cache.peek(key) {
+            return Prefetched::Cached(obj.meta.size);
+        }
+        // Being fetched already: it will be cached by that fetch.
+        let Role::Lead(leader) = self.role(key) else {
+            return Prefetched::Skipped;
+        };
+        let memory = Memory {
+            budget: self.prefetch.budget.clone(),
+            evict: self.cache.for_prefetch(),
+            client: self.prefetch.client.clone(),
+            whole: false,
+        };
+        let m = &self.metrics.prefetch;
+        match self
+            .engine
+            .fetch(storage, &uri, None, &memory, self.max_cached())
+            .await
+        {
+            Ok(Fetched::Buffered { meta, data, .. }) => {
+                let size = meta.size;
+                match self.cache_unless_stale(&leader, &meta, &data) {
+                    Some(obj) => {
+                        obj.mark_prefetched();
+                        m.fetched.inc();
+                        m.fetched_bytes.inc_by(size);
+                        leader.publish(Outcome::Cached(obj));
+                        Prefetched::Cached(size)
+                    }
+                    None => {
+                        leader.publish(Outcome::Stale);
+                        Prefetched::Skipped
+                    }
+                }
+            }
+            Ok(Fetched::Streaming { .. }) => {
+                leader.publish(Outcome::TooLarge);
+                Prefetched::Skipped
+            }
+            Err(e) => {
+                // Whoever joined fetches on its own, with its own waits.
+                leader.publish(Outcome::Stale);
+                if matches!(e, ReadError::Memory { .. }) {
+                    m.no_room.inc();
+                    Prefetched::NoRoom
+                } else {
+                    tracing::debug!(uri = key, error = %e, "prefetch failed");
+                    m.failed.inc();
+                    Prefetched::Skipped
+                }
+            }
+        }
+    }
+
     /// Forgets `uri` (after a write or delete through the daemon),
     /// including what a fetch still in flight would have cached.
     pub fn invalidate(&self, uri: &ObjectUri) {
@@ -595,6 +742,7 @@ mod tests {
             backends,
             EngineConfig::default(),
             cache,
+            PrefetchConfig::default(),
             EngineMetrics::default(),
         )
         .unwrap()

@@ -80,6 +80,8 @@ pub struct ClientShare {
     /// Only changed under `shares.total`'s lock.
     state: Mutex<ClientState>,
     requests: Arc<Semaphore>,
+    /// Request slots of its own instead of the node's (prefetch).
+    lane: Option<Arc<Semaphore>>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +138,20 @@ impl Shares {
             shares: self.clone(),
             state: Mutex::new(ClientState::default()),
             requests: Arc::new(Semaphore::new(self.client_requests)),
+            lane: None,
+        })
+    }
+
+    /// A client whose backend requests take slots of `lane` instead of the
+    /// node's: prefetch, which must never hold a slot a demand read waits
+    /// for.
+    pub fn client_with_lane(self: &Arc<Self>, lane: Arc<Semaphore>) -> Arc<ClientShare> {
+        self.metrics.clients.inc();
+        Arc::new(ClientShare {
+            shares: self.clone(),
+            state: Mutex::new(ClientState::default()),
+            requests: Arc::new(Semaphore::new(self.client_requests)),
+            lane: Some(lane),
         })
     }
 
@@ -358,9 +374,11 @@ impl ClientShare {
     }
 
     /// A backend request slot: one of this client's, then one of the node's
-    /// (`global`), both within `engine.request_wait`.
+    /// (`global`, or the client's own lane), both within
+    /// `engine.request_wait`.
     pub async fn request_slot(&self, global: &Arc<Semaphore>) -> Result<RequestSlot, BudgetError> {
         let wait = self.shares.request_wait;
+        let global = self.lane.as_ref().unwrap_or(global);
         let slot = async {
             let client = self
                 .requests

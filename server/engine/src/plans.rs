@@ -1,0 +1,809 @@
+//! Epoch plans: the order in which clients will read, and what the cache
+//! and the prefetcher make of it.
+//!
+//! A client submits a plan — the items (URIs) it will read, in order — and
+//! its *position* (items consumed) moves forward as it reads. From the live
+//! plans this module knows, for every cached object, its *next use*: in each
+//! plan that holds it, the first occurrence at or after the plan's position.
+//! Its *distance* is the smallest `occurrence − position` over those plans.
+//! Eviction with plans follows Belady's rule: first an object no live plan
+//! will read again (least recently used first), then the one whose distance
+//! is largest. Distances are in items of each plan's own order; plans that
+//! advance at different speeds are compared as if they advanced alike
+//! (exact for one plan, and for plans that share no object).
+//!
+//! # Data structure and cost
+//! Objects named by live plans are interned (`u32` ids). Each plan keeps its
+//! items (`Vec<u32>`), for each index the index of the same object's next
+//! occurrence (`next`), each object's first occurrence, and a
+//! `BTreeSet<(occurrence, id)>` of its *cached* objects keyed by their next
+//! occurrence — the Belady order of that plan. Cached objects in no plan's
+//! future sit in an LRU list. So, with `n` cached objects and `p` plans
+//! holding an object (1 for a single job; a few for jobs sharing a dataset):
+//! - a plan item consumed: one `BTreeSet` remove and insert, O(log n);
+//! - an object cached or evicted: O(p · (log n + k)), `k` its occurrences
+//!   before the position (1 or 2 for epoch plans);
+//! - choosing a victim: the LRU tail, O(1), or each plan's furthest cached
+//!   object, merged threshold-style (stop once no plan's next candidate can
+//!   beat the best seen), O(p · log n) when plans share no object;
+//! - memory: about 8 bytes per plan item, plus per distinct object its URI
+//!   and some 60 bytes of index.
+//!
+//! # Look-ahead
+//! Each plan has a prefetch *frontier*: items in `[position, frontier)` were
+//! prefetched (or found cached). The prefetcher moves it forward while the
+//! window holds fewer than `lookahead_items` items and `lookahead_bytes`
+//! bytes, and while all windows together hold less than `max_bytes`. Objects
+//! inside a window (distance below `lookahead_items`) are never evicted to
+//! make room for a prefetch; a demand read evicts them only when nothing
+//! else can go.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use lru::LruCache;
+
+/// No next occurrence (yet).
+const END: u32 = u32::MAX;
+/// An item that names no whole object (a range): kept for the position.
+const NO_KEY: u32 = u32::MAX;
+
+/// A plan, by its session and the id the client chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlanKey {
+    /// The session that submitted it.
+    pub session: u64,
+    /// The client's id for it.
+    pub id: u64,
+}
+
+/// Limits on plans and look-ahead.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanLimits {
+    /// Most items in one plan.
+    pub max_plan_items: u64,
+    /// Most items of all live plans together.
+    pub max_items: u64,
+    /// Most live plans of one session.
+    pub max_session_plans: usize,
+    /// Items prefetched ahead of a plan's position, at most.
+    pub lookahead_items: u32,
+    /// Bytes prefetched ahead of a plan's position, at most.
+    pub lookahead_bytes: u64,
+    /// Bytes prefetched ahead of all plans together, at most.
+    pub max_bytes: u64,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits {
+            max_plan_items: 10_000_000,
+            max_items: 50_000_000,
+            max_session_plans: 16,
+            lookahead_items: 256,
+            lookahead_bytes: 256 << 20,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Why a plan page was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The plan would exceed `max_plan_items`.
+    #[error("a plan of more than {0} items")]
+    PlanTooLarge(u64),
+    /// All plans together would exceed `max_items`.
+    #[error("the daemon holds plans of {0} items already: no room for this one")]
+    NodeFull(u64),
+    /// The session has `max_session_plans` plans.
+    #[error("a session may hold at most {0} plans")]
+    TooManyPlans(usize),
+}
+
+/// An object to prefetch for a plan.
+#[derive(Debug, Clone)]
+pub struct PrefetchJob {
+    /// The plan.
+    pub plan: PlanKey,
+    /// The item's index in the plan.
+    pub index: u32,
+    /// The object (a cache key: its canonical URI).
+    pub key: Arc<str>,
+}
+
+/// How a prefetch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetched {
+    /// Cached (by this prefetch or before it): its size.
+    Cached(u64),
+    /// No room without evicting something needed sooner: try again once
+    /// the plan moved on.
+    NoRoom,
+    /// Not cacheable, or failed: skipped.
+    Skipped,
+}
+
+#[derive(Debug)]
+struct KeyInfo {
+    uri: Arc<str>,
+    /// Plans that name the object.
+    plans: Vec<PlanKey>,
+    /// Plans in which it has an occurrence at or after the position.
+    live: u32,
+    cached: bool,
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    job: String,
+    items: Vec<u32>,
+    next: Vec<u32>,
+    first: HashMap<u32, u32>,
+    last: HashMap<u32, u32>,
+    pos: u32,
+    /// Cached objects of this plan by their next occurrence.
+    cached: BTreeSet<(u32, u32)>,
+    complete: bool,
+    /// Items `[pos, frontier)` are prefetched or being prefetched.
+    frontier: u32,
+    /// Sizes of the items `[pos, frontier)` (0 while in flight).
+    ahead: VecDeque<u64>,
+    ahead_bytes: u64,
+    /// A prefetch found no room: wait until the position moves.
+    blocked: bool,
+}
+
+impl Plan {
+    /// The first occurrence of `id` at or after the position.
+    fn cur(&self, id: u32) -> Option<u32> {
+        let mut i = *self.first.get(&id)?;
+        while i != END && i < self.pos {
+            i = self.next[i as usize];
+        }
+        (i != END).then_some(i)
+    }
+
+    fn len(&self) -> u32 {
+        self.items.len() as u32
+    }
+}
+
+/// What a live plan looks like from outside (for stats).
+#[derive(Debug, Clone)]
+pub struct PlanInfo {
+    /// The plan.
+    pub key: PlanKey,
+    /// Its job name.
+    pub job: String,
+    /// Items submitted so far.
+    pub items: u64,
+    /// Items consumed.
+    pub position: u64,
+    /// Items prefetched (or being prefetched) ahead of the position.
+    pub ahead_items: u64,
+    /// Bytes prefetched ahead of the position.
+    pub ahead_bytes: u64,
+    /// Every page arrived.
+    pub complete: bool,
+}
+
+/// Every live plan and the index over them.
+#[derive(Debug)]
+pub struct Plans {
+    limits: PlanLimits,
+    keys: HashMap<Arc<str>, u32>,
+    info: Vec<Option<KeyInfo>>,
+    free: Vec<u32>,
+    plans: HashMap<PlanKey, Plan>,
+    /// Cached objects in no live plan's future, least recently used last.
+    unplanned: LruCache<Arc<str>, ()>,
+    items: u64,
+    ahead_bytes: u64,
+}
+
+impl Plans {
+    /// No plans yet.
+    pub fn new(limits: PlanLimits) -> Self {
+        Plans {
+            limits,
+            keys: HashMap::new(),
+            info: Vec::new(),
+            free: Vec::new(),
+            plans: HashMap::new(),
+            unplanned: LruCache::unbounded(),
+            items: 0,
+            ahead_bytes: 0,
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &PlanLimits {
+        &self.limits
+    }
+
+    /// Live plans.
+    pub fn len(&self) -> usize {
+        self.plans.len()
+    }
+
+    /// Whether any plan is live.
+    pub fn is_empty(&self) -> bool {
+        self.plans.is_empty()
+    }
+
+    /// Items of all live plans.
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// Bytes prefetched ahead of all plans.
+    pub fn ahead_bytes(&self) -> u64 {
+        self.ahead_bytes
+    }
+
+    /// Items prefetched ahead of all plans.
+    pub fn ahead_items(&self) -> u64 {
+        self.plans.values().map(|p| p.ahead.len() as u64).sum()
+    }
+
+    /// The live plans.
+    pub fn list(&self) -> Vec<PlanInfo> {
+        let mut out: Vec<PlanInfo> = self
+            .plans
+            .iter()
+            .map(|(k, p)| PlanInfo {
+                key: *k,
+                job: p.job.clone(),
+                items: p.items.len() as u64,
+                position: u64::from(p.pos),
+                ahead_items: p.ahead.len() as u64,
+                ahead_bytes: p.ahead_bytes,
+                complete: p.complete,
+            })
+            .collect();
+        out.sort_by_key(|p| p.key);
+        out
+    }
+
+    fn key(&self, id: u32) -> &KeyInfo {
+        self.info[id as usize].as_ref().expect("a live key id")
+    }
+
+    fn key_mut(&mut self, id: u32) -> &mut KeyInfo {
+        self.info[id as usize].as_mut().expect("a live key id")
+    }
+
+    fn intern(&mut self, uri: &Arc<str>) -> u32 {
+        if let Some(&id) = self.keys.get(uri) {
+            return id;
+        }
+        // A new id: cached now exactly when the cache lists it as unplanned.
+        let info = KeyInfo {
+            uri: uri.clone(),
+            plans: Vec::new(),
+            live: 0,
+            cached: self.unplanned.contains(uri),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.info[id as usize] = Some(info);
+                id
+            }
+            None => {
+                self.info.push(Some(info));
+                (self.info.len() - 1) as u32
+            }
+        };
+        self.keys.insert(uri.clone(), id);
+        id
+    }
+
+    /// `id` gained a future in one more plan.
+    fn went_live(&mut self, id: u32) {
+        let info = self.key_mut(id);
+        info.live += 1;
+        if info.live == 1 && info.cached {
+            let uri = info.uri.clone();
+            self.unplanned.pop(&uri);
+        }
+    }
+
+    /// `id` has no future in one plan any more.
+    fn went_dead(&mut self, id: u32) {
+        let info = self.key_mut(id);
+        info.live -= 1;
+        if info.live == 0 && info.cached {
+            let uri = info.uri.clone();
+            self.unplanned.put(uri, ());
+        }
+    }
+
+    /// Appends a page to plan `key` (starting it if `first`). `items`: each
+    /// item's cache key, `None` for a range. Returns the plan's length.
+    pub fn append(
+        &mut self,
+        key: PlanKey,
+        job: &str,
+        items: &[Option<Arc<str>>],
+        first: bool,
+        last: bool,
+    ) -> Result<u64, PlanError> {
+        if first {
+            self.drop_plan(key);
+            let of_session = self.plans.keys().filter(|k| k.session == key.session);
+            if of_session.count() >= self.limits.max_session_plans {
+                return Err(PlanError::TooManyPlans(self.limits.max_session_plans));
+            }
+        }
+        let len = self.plans.get(&key).map_or(0, |p| p.items.len() as u64);
+        let add = items.len() as u64;
+        let max_plan = self.limits.max_plan_items.min(u64::from(END) - 1);
+        if len + add > max_plan {
+            self.drop_plan(key);
+            return Err(PlanError::PlanTooLarge(max_plan));
+        }
+        if self.items + add > self.limits.max_items {
+            self.drop_plan(key);
+            return Err(PlanError::NodeFull(self.items));
+        }
+        let mut plan = self.plans.remove(&key).unwrap_or_else(|| Plan {
+            job: job.to_owned(),
+            ..Plan::default()
+        });
+        for item in items {
+            let n = plan.len();
+            let Some(uri) = item else {
+                plan.items.push(NO_KEY);
+                plan.next.push(END);
+                continue;
+            };
+            let id = self.intern(uri);
+            plan.items.push(id);
+            plan.next.push(END);
+            let live = match plan.last.insert(id, n) {
+                None => {
+                    plan.first.insert(id, n);
+                    self.key_mut(id).plans.push(key);
+                    true
+                }
+                Some(prev) => {
+                    plan.next[prev as usize] = n;
+                    // Its earlier occurrences are all behind the position:
+                    // this one is its next use here.
+                    prev < plan.pos
+                }
+            };
+            if live {
+                self.went_live(id);
+                if self.key(id).cached {
+                    plan.cached.insert((n, id));
+                }
+            }
+        }
+        plan.complete = last;
+        if last {
+            plan.last = HashMap::new();
+        }
+        self.items += add;
+        let total = plan.items.len() as u64;
+        self.plans.insert(key, plan);
+        Ok(total)
+    }
+
+    /// Moves plan `key`'s position forward to `to` (at most its length).
+    pub fn advance(&mut self, key: PlanKey, to: u64) {
+        let Some(mut plan) = self.plans.remove(&key) else {
+            return;
+        };
+        let to = to.min(u64::from(plan.len())) as u32;
+        for i in plan.pos..to {
+            if i < plan.frontier {
+                let size = plan.ahead.pop_front().unwrap_or(0);
+                plan.ahead_bytes -= size;
+                self.ahead_bytes -= size;
+            }
+            let id = plan.items[i as usize];
+            if id == NO_KEY {
+                continue;
+            }
+            let next = plan.next[i as usize];
+            if self.key(id).cached {
+                plan.cached.remove(&(i, id));
+                if next != END {
+                    plan.cached.insert((next, id));
+                }
+            }
+            if next == END {
+                // Until a later page names it again.
+                self.went_dead(id);
+            }
+        }
+        if to > plan.pos {
+            plan.pos = to;
+        }
+        if plan.frontier < plan.pos {
+            plan.frontier = plan.pos;
+        }
+        plan.blocked = false;
+        self.plans.insert(key, plan);
+    }
+
+    /// A client of `session` is about to read `uri`: each of the session's
+    /// plans that names it next moves past it. Returns whether any did.
+    pub fn consumed(&mut self, session: u64, uri: &str) -> bool {
+        let Some(&id) = self.keys.get(uri) else {
+            return false;
+        };
+        let mine: Vec<PlanKey> = self
+            .key(id)
+            .plans
+            .iter()
+            .filter(|k| k.session == session)
+            .copied()
+            .collect();
+        let mut moved = false;
+        for key in mine {
+            if let Some(at) = self.plans.get(&key).and_then(|p| p.cur(id)) {
+                self.advance(key, u64::from(at) + 1);
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// Forgets plan `key`.
+    pub fn drop_plan(&mut self, key: PlanKey) -> bool {
+        let Some(plan) = self.plans.remove(&key) else {
+            return false;
+        };
+        self.items -= plan.items.len() as u64;
+        self.ahead_bytes -= plan.ahead_bytes;
+        for (&id, _) in &plan.first {
+            if plan.cur(id).is_some() {
+                self.went_dead(id);
+            }
+            let info = self.key_mut(id);
+            info.plans.retain(|k| *k != key);
+            if info.plans.is_empty() {
+                let uri = info.uri.clone();
+                self.keys.remove(&uri);
+                self.info[id as usize] = None;
+                self.free.push(id);
+            }
+        }
+        true
+    }
+
+    /// Forgets every plan of `session`.
+    pub fn drop_session(&mut self, session: u64) {
+        let keys: Vec<PlanKey> = self
+            .plans
+            .keys()
+            .filter(|k| k.session == session)
+            .copied()
+            .collect();
+        for key in keys {
+            self.drop_plan(key);
+        }
+    }
+
+    /// The object `uri` was cached.
+    pub fn on_insert(&mut self, uri: &Arc<str>) {
+        let Some(&id) = self.keys.get(uri) else {
+            self.unplanned.put(uri.clone(), ());
+            return;
+        };
+        let info = self.key_mut(id);
+        info.cached = true;
+        let (live, plans) = (info.live, info.plans.clone());
+        for key in plans {
+            let plan = self.plans.get_mut(&key).expect("a key's plan is live");
+            if let Some(at) = plan.cur(id) {
+                plan.cached.insert((at, id));
+            }
+        }
+        if live == 0 {
+            self.unplanned.put(uri.clone(), ());
+        }
+    }
+
+    /// The object `uri` was read from the cache.
+    pub fn on_hit(&mut self, uri: &str) {
+        self.unplanned.promote(uri);
+    }
+
+    /// The object `uri` left the cache.
+    pub fn on_remove(&mut self, uri: &str) {
+        self.unplanned.pop(uri);
+        let Some(&id) = self.keys.get(uri) else {
+            return;
+        };
+        let info = self.key_mut(id);
+        info.cached = false;
+        for key in info.plans.clone() {
+            let plan = self.plans.get_mut(&key).expect("a key's plan is live");
+            if let Some(at) = plan.cur(id) {
+                plan.cached.remove(&(at, id));
+            }
+        }
+    }
+
+    /// The distance to `id`'s next use: the smallest over its plans.
+    fn distance(&self, id: u32) -> Option<u32> {
+        self.key(id)
+            .plans
+            .iter()
+            .filter_map(|k| {
+                let plan = &self.plans[k];
+                plan.cur(id).map(|at| at - plan.pos)
+            })
+            .min()
+    }
+
+    /// The distance to the next use of `uri`, if a live plan reads it again.
+    pub fn next_use(&self, uri: &str) -> Option<u64> {
+        let id = *self.keys.get(uri)?;
+        self.distance(id).map(u64::from)
+    }
+
+    /// The object to evict: the least recently used one that no plan reads
+    /// again, else the one whose next use is furthest, skipping what
+    /// `evictable` refuses and whatever is used within `floor` items.
+    pub fn victim(&self, floor: u32, evictable: &dyn Fn(&str) -> bool) -> Option<Arc<str>> {
+        if let Some((uri, ())) = self.unplanned.iter().rev().find(|(k, ())| evictable(k)) {
+            return Some(uri.clone());
+        }
+        // Each plan's cached objects, furthest first; the next candidate of
+        // each is an upper bound on what the rest of that plan can offer.
+        let mut fronts: Vec<_> = self
+            .plans
+            .values()
+            .map(|p| (p.pos, p.cached.iter().rev().peekable()))
+            .collect();
+        let mut best: Option<(u32, u32)> = None;
+        loop {
+            let Some((i, bound)) = fronts
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, (pos, it))| it.peek().map(|(at, _)| (i, *at - *pos)))
+                .max_by_key(|(_, d)| *d)
+            else {
+                break;
+            };
+            if bound < floor || best.is_some_and(|(d, _)| d >= bound) {
+                break;
+            }
+            let &(_, id) = fronts[i].1.next().expect("peeked");
+            let info = self.key(id);
+            if !evictable(&info.uri) {
+                continue;
+            }
+            let d = self.distance(id).unwrap_or(u32::MAX);
+            if d >= floor && best.is_none_or(|(b, _)| d > b) {
+                best = Some((d, id));
+            }
+        }
+        best.map(|(_, id)| self.key(id).uri.clone())
+    }
+
+    /// Up to `max` objects to prefetch next, round the plans; `size` says
+    /// how large a cached object is (`None`: not cached).
+    pub fn next_prefetch(
+        &mut self,
+        max: usize,
+        size: &dyn Fn(&str) -> Option<u64>,
+    ) -> Vec<PrefetchJob> {
+        let limits = self.limits;
+        let mut jobs = Vec::new();
+        let mut keys: Vec<PlanKey> = self.plans.keys().copied().collect();
+        keys.sort();
+        let mut progressed = true;
+        // One item per plan per round, so plans share the slots.
+        while progressed && jobs.len() < max {
+            progressed = false;
+            for key in &keys {
+                if jobs.len() >= max || self.ahead_bytes >= limits.max_bytes {
+                    return jobs;
+                }
+                let plan = self.plans.get_mut(key).expect("listed");
+                let end = plan.len().min(plan.pos.saturating_add(limits.lookahead_items));
+                if plan.blocked || plan.frontier >= end || plan.ahead_bytes >= limits.lookahead_bytes
+                {
+                    continue;
+                }
+                let index = plan.frontier;
+                plan.frontier += 1;
+                progressed = true;
+                let id = plan.items[index as usize];
+                if id == NO_KEY {
+                    plan.ahead.push_back(0);
+                    continue;
+                }
+                let uri = self.info[id as usize].as_ref().expect("live").uri.clone();
+                match size(&uri) {
+                    Some(bytes) => {
+                        plan.ahead.push_back(bytes);
+                        plan.ahead_bytes += bytes;
+                        self.ahead_bytes += bytes;
+                    }
+                    None => {
+                        plan.ahead.push_back(0);
+                        jobs.push(PrefetchJob {
+                            plan: *key,
+                            index,
+                            key: uri,
+                        });
+                    }
+                }
+            }
+        }
+        jobs
+    }
+
+    /// A prefetch of `job` ended with `outcome`.
+    pub fn prefetched(&mut self, job: &PrefetchJob, outcome: Prefetched) {
+        let Some(plan) = self.plans.get_mut(&job.plan) else {
+            return;
+        };
+        if job.index < plan.pos || job.index >= plan.frontier {
+            return; // consumed already, or given up on
+        }
+        let slot = (job.index - plan.pos) as usize;
+        match outcome {
+            Prefetched::Cached(bytes) => {
+                plan.ahead[slot] = bytes;
+                plan.ahead_bytes += bytes;
+                self.ahead_bytes += bytes;
+            }
+            Prefetched::NoRoom => {
+                // Back to this item once the plan moves on; what is beyond
+                // it is looked at again then.
+                plan.blocked = true;
+                plan.frontier = job.index;
+                let dropped: u64 = plan.ahead.drain(slot..).sum();
+                plan.ahead_bytes -= dropped;
+                self.ahead_bytes -= dropped;
+            }
+            Prefetched::Skipped => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(i: usize) -> Arc<str> {
+        Arc::from(format!("file:///d/{i}"))
+    }
+
+    fn plan_of(keys: &[usize]) -> Vec<Option<Arc<str>>> {
+        keys.iter().map(|&i| Some(uri(i))).collect()
+    }
+
+    const P: PlanKey = PlanKey { session: 1, id: 1 };
+
+    #[test]
+    fn next_use_follows_the_position() {
+        let mut plans = Plans::new(PlanLimits::default());
+        plans
+            .append(P, "job", &plan_of(&[0, 1, 2, 0, 1]), true, true)
+            .unwrap();
+        assert_eq!(plans.next_use(&uri(1)), Some(1));
+        plans.advance(P, 2);
+        assert_eq!(plans.next_use(&uri(1)), Some(2), "its second occurrence, at 4");
+        assert_eq!(plans.next_use(&uri(2)), Some(0));
+        plans.advance(P, 5);
+        assert_eq!(plans.next_use(&uri(0)), None);
+        // Consumption by fetch moves the position past the object.
+        plans.drop_plan(P);
+        plans
+            .append(P, "job", &plan_of(&[3, 4, 5]), true, true)
+            .unwrap();
+        assert!(plans.consumed(1, &uri(4)));
+        assert!(!plans.consumed(2, &uri(5)), "another session's fetch");
+        assert_eq!(plans.list()[0].position, 2);
+    }
+
+    #[test]
+    fn victims_are_unplanned_first_then_furthest() {
+        let mut plans = Plans::new(PlanLimits::default());
+        plans
+            .append(P, "", &plan_of(&[0, 1, 2, 3]), true, true)
+            .unwrap();
+        for i in [9, 3, 1, 2] {
+            plans.on_insert(&uri(i));
+        }
+        let all = |_: &str| true;
+        assert_eq!(plans.victim(0, &all), Some(uri(9)), "never used again");
+        plans.on_remove(&uri(9));
+        assert_eq!(plans.victim(0, &all), Some(uri(3)));
+        let not3 = |k: &str| k != &*uri(3);
+        assert_eq!(plans.victim(0, &not3), Some(uri(2)), "pinned ones are skipped");
+        assert_eq!(plans.victim(3, &all), Some(uri(3)), "outside the window");
+        assert_eq!(plans.victim(4, &all), None, "all inside the window");
+        // A second plan that reads 3 first keeps it.
+        let q = PlanKey { session: 2, id: 7 };
+        plans.append(q, "", &plan_of(&[3]), true, true).unwrap();
+        assert_eq!(plans.victim(0, &all), Some(uri(2)));
+        plans.drop_session(2);
+        assert_eq!(plans.victim(0, &all), Some(uri(3)));
+        plans.drop_plan(P);
+        assert!(plans.keys.is_empty(), "no key outlives its plans");
+        assert_eq!(plans.unplanned.len(), 3, "all cached objects are unplanned now");
+        assert!(plans.victim(0, &all).is_some());
+    }
+
+    #[test]
+    fn limits_refuse_and_keep_nothing() {
+        let limits = PlanLimits {
+            max_plan_items: 3,
+            max_items: 5,
+            max_session_plans: 2,
+            ..PlanLimits::default()
+        };
+        let mut plans = Plans::new(limits);
+        assert_eq!(
+            plans.append(P, "", &plan_of(&[0, 1, 2, 3]), true, true),
+            Err(PlanError::PlanTooLarge(3))
+        );
+        assert!(plans.is_empty() && plans.keys.is_empty());
+        plans.append(P, "", &plan_of(&[0, 1]), true, false).unwrap();
+        assert!(plans.append(P, "", &plan_of(&[2, 3]), false, true).is_err());
+        assert!(plans.is_empty(), "a refused page drops its plan");
+        let q = PlanKey { session: 1, id: 2 };
+        let r = PlanKey { session: 1, id: 3 };
+        plans.append(P, "", &plan_of(&[0, 1, 2]), true, true).unwrap();
+        assert_eq!(
+            plans.append(q, "", &plan_of(&[0, 1, 2]), true, true),
+            Err(PlanError::NodeFull(3))
+        );
+        plans.append(q, "", &plan_of(&[0]), true, true).unwrap();
+        assert_eq!(
+            plans.append(r, "", &plan_of(&[0]), true, true),
+            Err(PlanError::TooManyPlans(2))
+        );
+        assert_eq!(plans.items(), 4);
+    }
+
+    #[test]
+    fn the_look_ahead_stays_within_its_bounds() {
+        let limits = PlanLimits {
+            lookahead_items: 4,
+            lookahead_bytes: 250,
+            ..PlanLimits::default()
+        };
+        let mut plans = Plans::new(limits);
+        let keys: Vec<usize> = (0..20).collect();
+        plans.append(P, "", &plan_of(&keys), true, true).unwrap();
+        let jobs = plans.next_prefetch(100, &|_| None);
+        assert_eq!(jobs.iter().map(|j| j.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        for job in &jobs {
+            plans.prefetched(job, Prefetched::Cached(100));
+        }
+        plans.advance(P, 2);
+        assert_eq!(plans.ahead_bytes(), 200);
+        // Up to the item bound again (sizes in flight are not known yet).
+        let more = plans.next_prefetch(100, &|_| None);
+        assert_eq!(more.iter().map(|j| j.index).collect::<Vec<_>>(), [4, 5]);
+        plans.prefetched(&more[0], Prefetched::Cached(100));
+        assert_eq!(plans.ahead_bytes(), 300);
+        plans.prefetched(&more[1], Prefetched::NoRoom);
+        assert!(plans.next_prefetch(100, &|_| None).is_empty(), "blocked");
+        plans.advance(P, 3);
+        assert_eq!(plans.ahead_bytes(), 200);
+        let again = plans.next_prefetch(100, &|_| None);
+        assert_eq!(
+            again.iter().map(|j| j.index).collect::<Vec<_>>(),
+            [5, 6],
+            "the refused item comes back first"
+        );
+        for job in &again {
+            plans.prefetched(job, Prefetched::Cached(100));
+        }
+        plans.advance(P, 4);
+        assert_eq!(plans.ahead_bytes(), 300);
+        assert!(plans.next_prefetch(100, &|_| None).is_empty(), "300 > 250 bytes ahead");
+    }
+}
