@@ -272,8 +272,7 @@ impl Cache {
         let mut inner = self.inner();
         let victim = {
             let entries = &inner.entries;
-            let evictable =
-                |k: &str| entries.get(k).is_some_and(|o| Arc::strong_count(o) == 1);
+            let evictable = |k: &str| entries.get(k).is_some_and(|o| Arc::strong_count(o) == 1);
             match self.policy {
                 Policy::Lru => inner
                     .recency

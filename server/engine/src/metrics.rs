@@ -292,9 +292,17 @@ impl EngineMetrics {
             "Prefetches that found no room without evicting something needed sooner",
             p.no_room.clone(),
         );
-        r.register("failed", "Prefetches that failed at the backend", p.failed.clone());
+        r.register(
+            "failed",
+            "Prefetches that failed at the backend",
+            p.failed.clone(),
+        );
         r.register("plans", "Live epoch plans", p.plans.clone());
-        r.register("plan_items", "Items of all live epoch plans", p.plan_items.clone());
+        r.register(
+            "plan_items",
+            "Items of all live epoch plans",
+            p.plan_items.clone(),
+        );
         r.register(
             "lookahead_items",
             "Plan items prefetched ahead of their clients' positions",

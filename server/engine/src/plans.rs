@@ -607,8 +607,12 @@ impl Plans {
                     return jobs;
                 }
                 let plan = self.plans.get_mut(key).expect("listed");
-                let end = plan.len().min(plan.pos.saturating_add(limits.lookahead_items));
-                if plan.blocked || plan.frontier >= end || plan.ahead_bytes >= limits.lookahead_bytes
+                let end = plan
+                    .len()
+                    .min(plan.pos.saturating_add(limits.lookahead_items));
+                if plan.blocked
+                    || plan.frontier >= end
+                    || plan.ahead_bytes >= limits.lookahead_bytes
                 {
                     continue;
                 }
@@ -692,7 +696,11 @@ mod tests {
             .unwrap();
         assert_eq!(plans.next_use(&uri(1)), Some(1));
         plans.advance(P, 2);
-        assert_eq!(plans.next_use(&uri(1)), Some(2), "its second occurrence, at 4");
+        assert_eq!(
+            plans.next_use(&uri(1)),
+            Some(2),
+            "its second occurrence, at 4"
+        );
         assert_eq!(plans.next_use(&uri(2)), Some(0));
         plans.advance(P, 5);
         assert_eq!(plans.next_use(&uri(0)), None);
@@ -720,7 +728,11 @@ mod tests {
         plans.on_remove(&uri(9));
         assert_eq!(plans.victim(0, &all), Some(uri(3)));
         let not3 = |k: &str| k != &*uri(3);
-        assert_eq!(plans.victim(0, &not3), Some(uri(2)), "pinned ones are skipped");
+        assert_eq!(
+            plans.victim(0, &not3),
+            Some(uri(2)),
+            "pinned ones are skipped"
+        );
         assert_eq!(plans.victim(3, &all), Some(uri(3)), "outside the window");
         assert_eq!(plans.victim(4, &all), None, "all inside the window");
         // A second plan that reads 3 first keeps it.
@@ -731,7 +743,11 @@ mod tests {
         assert_eq!(plans.victim(0, &all), Some(uri(3)));
         plans.drop_plan(P);
         assert!(plans.keys.is_empty(), "no key outlives its plans");
-        assert_eq!(plans.unplanned.len(), 3, "all cached objects are unplanned now");
+        assert_eq!(
+            plans.unplanned.len(),
+            3,
+            "all cached objects are unplanned now"
+        );
         assert!(plans.victim(0, &all).is_some());
     }
 
@@ -754,7 +770,9 @@ mod tests {
         assert!(plans.is_empty(), "a refused page drops its plan");
         let q = PlanKey { session: 1, id: 2 };
         let r = PlanKey { session: 1, id: 3 };
-        plans.append(P, "", &plan_of(&[0, 1, 2]), true, true).unwrap();
+        plans
+            .append(P, "", &plan_of(&[0, 1, 2]), true, true)
+            .unwrap();
         assert_eq!(
             plans.append(q, "", &plan_of(&[0, 1, 2]), true, true),
             Err(PlanError::NodeFull(3))
@@ -778,7 +796,10 @@ mod tests {
         let keys: Vec<usize> = (0..20).collect();
         plans.append(P, "", &plan_of(&keys), true, true).unwrap();
         let jobs = plans.next_prefetch(100, &|_| None);
-        assert_eq!(jobs.iter().map(|j| j.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            jobs.iter().map(|j| j.index).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
         for job in &jobs {
             plans.prefetched(job, Prefetched::Cached(100));
         }
@@ -804,6 +825,9 @@ mod tests {
         }
         plans.advance(P, 4);
         assert_eq!(plans.ahead_bytes(), 300);
-        assert!(plans.next_prefetch(100, &|_| None).is_empty(), "300 > 250 bytes ahead");
+        assert!(
+            plans.next_prefetch(100, &|_| None).is_empty(),
+            "300 > 250 bytes ahead"
+        );
     }
 }

@@ -29,9 +29,9 @@ use tokio::sync::watch;
 use crate::budget::MemoryBudget;
 use crate::cache::{Cache, CachedObject};
 use crate::config::{CacheConfig, EngineConfig, PrefetchConfig};
-use crate::plans::{PlanError, PlanKey, Plans, Prefetched};
 use crate::error::ReadError;
 use crate::metrics::{EngineMetrics, Instrumented};
+use crate::plans::{PlanError, PlanKey, Plans, Prefetched};
 use crate::range::{Fetched, Memory, RangeEngine};
 use crate::share::{ClientShare, Hold, ShareLimits, Shares};
 
@@ -178,9 +178,12 @@ impl Reader {
         ));
         let lanes = prefetch.concurrency.max(1);
         let prefetch_shares = Shares::new(
+            // Charges here are what a fetch expects to need (a whole first
+            // part before the size is known), not memory: what bounds
+            // prefetch's memory is the arena, reserved without waiting.
             ShareLimits {
-                client_bytes: budget.total(),
-                clients_bytes: budget.total(),
+                client_bytes: u64::MAX,
+                clients_bytes: u64::MAX,
                 client_requests: lanes,
                 wait: std::time::Duration::ZERO,
                 request_wait: engine.request_wait,
@@ -188,8 +191,7 @@ impl Reader {
             crate::metrics::ShareMetrics::default(),
         );
         let prefetch = Prefetch {
-            client: prefetch_shares
-                .client_with_lane(Arc::new(tokio::sync::Semaphore::new(lanes))),
+            client: prefetch_shares.client_with_lane(Arc::new(tokio::sync::Semaphore::new(lanes))),
             budget: MemoryBudget::new(arena, std::time::Duration::ZERO),
             wake: Arc::new(tokio::sync::Notify::new()),
             config: prefetch,

@@ -123,7 +123,13 @@ async fn cyclic_epochs_match_the_optimum() {
     let order: Vec<usize> = (0..epochs).flat_map(|_| 0..n).collect();
     let trace = one_plan(&order);
     let best = optimum(&trace, capacity);
-    let plans = simulate(Policy::Plans, &trace, std::slice::from_ref(&order), capacity).await;
+    let plans = simulate(
+        Policy::Plans,
+        &trace,
+        std::slice::from_ref(&order),
+        capacity,
+    )
+    .await;
     let lru = simulate(Policy::Lru, &trace, std::slice::from_ref(&order), capacity).await;
     assert_eq!(lru, 0, "LRU on a cycle larger than the cache");
     assert_eq!(plans, best, "plans {plans}, optimum {best}");
@@ -137,10 +143,22 @@ async fn shuffled_epochs_match_the_optimum() {
         let order: Vec<usize> = (0..3).flat_map(|e| shuffled(n, e + 7)).collect();
         let trace = one_plan(&order);
         let best = optimum(&trace, capacity);
-        let plans = simulate(Policy::Plans, &trace, std::slice::from_ref(&order), capacity).await;
+        let plans = simulate(
+            Policy::Plans,
+            &trace,
+            std::slice::from_ref(&order),
+            capacity,
+        )
+        .await;
         let lru = simulate(Policy::Lru, &trace, std::slice::from_ref(&order), capacity).await;
-        assert_eq!(plans, best, "n {n} capacity {capacity}: plans {plans}, optimum {best}");
-        assert!(lru < best, "n {n} capacity {capacity}: LRU {lru}, optimum {best}");
+        assert_eq!(
+            plans, best,
+            "n {n} capacity {capacity}: plans {plans}, optimum {best}"
+        );
+        assert!(
+            lru < best,
+            "n {n} capacity {capacity}: LRU {lru}, optimum {best}"
+        );
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Fault {
     /// Report this size of the whole object instead of the real one (a
     /// wrong `Content-Range` total); the body is unchanged.
     Size(u64),
+    /// Hold the request (counted in flight) until [`FaultStorage::release`].
+    Hold,
 }
 
 /// The double.
@@ -47,9 +49,20 @@ pub struct FaultStorage {
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
     ranges: Mutex<Vec<Range<u64>>>,
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 impl FaultStorage {
+    /// Lets every held request (and every later `Hold`) go on.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// `get` calls in flight now (held ones included).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Wraps `inner` with an empty script.
     pub fn new(inner: Arc<dyn Storage>) -> Self {
         FaultStorage {
@@ -59,6 +72,7 @@ impl FaultStorage {
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_in_flight: Arc::new(AtomicUsize::new(0)),
             ranges: Mutex::new(Vec::new()),
+            released: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -133,6 +147,10 @@ impl Storage for FaultStorage {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let guard = InFlight(self.in_flight.clone());
+        if fault == Fault::Hold {
+            let mut released = self.released.subscribe();
+            let _ = released.wait_for(|r| *r).await;
+        }
         let mut res = match self.inner.get(uri, opts).await {
             Ok(r) => r,
             Err(e) => {
@@ -156,7 +174,9 @@ impl Storage for FaultStorage {
                 res.meta.size = size;
                 cut(body, u64::MAX, None, guard)
             }
-            Fault::None | Fault::Fail(_) | Fault::Throttle(_) => cut(body, u64::MAX, None, guard),
+            Fault::None | Fault::Fail(_) | Fault::Throttle(_) | Fault::Hold => {
+                cut(body, u64::MAX, None, guard)
+            }
         };
         Ok(res)
     }

@@ -32,6 +32,9 @@ pub struct StorageConfig {
 pub struct Backends {
     file: Arc<FileStorage>,
     s3: S3Backends,
+    /// Serves `file://` instead of `file` (tests of the layers above).
+    #[cfg(feature = "fault-injection")]
+    file_override: Option<Arc<dyn Storage>>,
 }
 
 impl Backends {
@@ -40,12 +43,31 @@ impl Backends {
         Ok(Backends {
             file: Arc::new(FileStorage::new(&config.file.roots)?),
             s3: S3Backends::new(&config.s3).await?,
+            #[cfg(feature = "fault-injection")]
+            file_override: None,
         })
+    }
+
+    /// The `file://` backend, for wrapping.
+    #[cfg(feature = "fault-injection")]
+    pub fn file(&self) -> Arc<dyn Storage> {
+        self.file.clone()
+    }
+
+    /// Serves `file://` URIs with `storage` (a fault-injecting double).
+    #[cfg(feature = "fault-injection")]
+    pub fn with_file(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.file_override = Some(storage);
+        self
     }
 
     /// The backend serving `uri`.
     pub fn for_uri(&self, uri: &ObjectUri) -> Result<Arc<dyn Storage>> {
         match uri.scheme() {
+            #[cfg(feature = "fault-injection")]
+            Scheme::File if self.file_override.is_some() => {
+                Ok(self.file_override.clone().expect("checked"))
+            }
             Scheme::File => Ok(self.file.clone()),
             Scheme::S3 => self.s3.for_uri(uri),
         }
