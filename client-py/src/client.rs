@@ -304,6 +304,45 @@ impl Client {
         self.call(py, |conn| async move { conn.client.evict(prefix).await })
     }
 
+    /// Submits an epoch plan on this client's session: the items
+    /// (`(uri, offset, length)`) in the order they will be read. Returns the
+    /// items the daemon took (0 from a daemon that takes no plans).
+    #[pyo3(signature = (items, plan_id = 0, job = ""))]
+    fn submit_plan(
+        &self,
+        py: Python<'_>,
+        items: Vec<(String, Option<u64>, Option<u64>)>,
+        plan_id: u64,
+        job: &str,
+    ) -> PyResult<u64> {
+        let items = items
+            .into_iter()
+            .map(|(uri, offset, length)| {
+                let range = convert::range(py, &uri, offset, length)?;
+                Ok(sluice_client::ReadItem { uri, range })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let job = job.to_owned();
+        self.call(py, |conn| async move {
+            let session = conn.session().await?;
+            session.submit_plan(plan_id, &job, items).await
+        })
+    }
+
+    /// Moves plan `plan_id`'s position forward to `position` items.
+    fn plan_progress(&self, py: Python<'_>, plan_id: u64, position: u64) -> PyResult<()> {
+        self.call(py, |conn| async move {
+            conn.session().await?.plan_progress(plan_id, position).await
+        })
+    }
+
+    /// Ends plan `plan_id`.
+    fn drop_plan(&self, py: Python<'_>, plan_id: u64) -> PyResult<()> {
+        self.call(py, |conn| async move {
+            conn.session().await?.drop_plan(plan_id).await
+        })
+    }
+
     /// The session (opened if needed): `shared_memory`, `session_id`,
     /// `lease_quota`, `window`.
     fn _session_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -71,8 +71,14 @@ _SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
 class Daemon:
     """A `sluiced` process on a temporary socket and file root."""
 
-    def __init__(self, base: pathlib.Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base: pathlib.Path,
+        env: dict[str, str] | None = None,
+        memory_budget: str = "256MiB",
+    ) -> None:
         self.extra_env = env or {}
+        self.memory_budget = memory_budget
         self.root = (base / "data").resolve()
         self.root.mkdir()
         run = base / "run"
@@ -103,7 +109,7 @@ class Daemon:
                     "--file-root", str(self.root),
                     "--http", f"127.0.0.1:{self.port}",
                     "--tcp", f"127.0.0.1:{self.tcp_port}",
-                    "--memory-budget", "256MiB",
+                    "--memory-budget", self.memory_budget,
                     "--log-level", "warn",
                 ],
                 env=env,

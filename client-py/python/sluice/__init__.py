@@ -313,6 +313,30 @@ class Client:
 
     # For tests and diagnostics.
 
+    def submit_plan(self, items: Iterable[Item], plan_id: int = 0, job: str = "") -> int:
+        """Tells the daemon the order in which this client will read
+        ``items`` (URIs, or ``(uri, offset, length)`` tuples): an epoch
+        plan. The daemon reads ahead of this client's position in it and
+        keeps in its cache what the plan needs soonest; each read of the
+        plan's next item moves the position past it. A plan of the same
+        ``plan_id`` is replaced; ``job`` names the job in the daemon's stats.
+        The plan lasts as long as this client's session. Returns the items
+        the daemon took (0 from a daemon that takes no plans); raises for a
+        plan over the daemon's limits or a URI it cannot serve."""
+        normalized = [
+            (item, None, None) if isinstance(item, str) else tuple(item) for item in items
+        ]
+        return self._native.submit_plan(normalized, plan_id, job)
+
+    def plan_progress(self, plan_id: int, position: int) -> None:
+        """Moves plan ``plan_id``'s position forward to ``position`` items
+        consumed (for items read some other way than through this client)."""
+        self._native.plan_progress(plan_id, position)
+
+    def drop_plan(self, plan_id: int) -> None:
+        """Ends plan ``plan_id``: the daemon stops reading ahead for it."""
+        self._native.drop_plan(plan_id)
+
     def _session_info(self) -> dict[str, object]:
         """The session: ``shared_memory``, ``session_id``, ``lease_quota``,
         ``window`` (opens it if needed)."""

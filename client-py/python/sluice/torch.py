@@ -59,6 +59,23 @@ A loaded position holds for its epoch until :meth:`set_epoch` selects another
 one. Use ``persistent_workers=False`` (the default): workers copy the dataset
 when they start, so a persistent worker never sees a later ``set_epoch``.
 
+Epoch plans
+-----------
+The iterable dataset knows the order it reads in, so it tells the daemon
+(``plan=True``, the default): each worker submits its slice of the current
+epoch followed by its slice of the next one. The daemon then reads ahead of
+the worker (within its ``[prefetch]`` look-ahead bounds) and, when the
+dataset is larger than its cache, keeps what the plans need soonest instead
+of what was read last: an epoch twice the cache gets half its reads from
+the cache rather than none. Each read of the plan's next item moves the
+worker's position in it; the plan ends with the worker's session. Because
+the next epoch is in the plan, read-ahead crosses the epoch boundary.
+
+A map dataset's order is its sampler's: wrap the sampler in
+:class:`SluicePlanSampler` to submit each epoch's order as a plan from the
+main process. A run that must not give the storage its order (MLPerf
+Storage CLOSED) passes ``plan=False`` or does not wrap its sampler.
+
 When the daemon restarts
 ------------------------
 A read that fails with :class:`sluice.UnavailableError` — the daemon was
@@ -80,6 +97,7 @@ import logging
 import math
 import operator
 import os
+import secrets
 import sys
 import threading
 import time
@@ -88,15 +106,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from . import Buffer, Client, UnavailableError
+from . import Buffer, Client, SluiceError, UnavailableError
 
 __all__ = [
     "DEFAULT_PREFETCH",
     "DEFAULT_RECONNECT_TIMEOUT",
     "SluiceIterableDataset",
     "SluiceMapDataset",
+    "SluicePlanSampler",
     "as_tensor",
 ]
 
@@ -376,7 +395,10 @@ class SluiceIterableDataset(IterableDataset[Any]):
 
     ``rank`` and ``world_size`` override what torch.distributed or the
     environment say. ``prefetch``: reads in flight ahead of the consumer per
-    worker. ``reconnect_timeout``: how long reads are retried while the daemon
+    worker. ``plan``: submit each worker's order to the daemon as an epoch
+    plan (see the module documentation); ``epochs``, when the run's number
+    of epochs is known, keeps the last epoch's plan from reaching into an
+    epoch that never comes. ``reconnect_timeout``: how long reads are retried while the daemon
     is unavailable (see the module documentation). ``len()`` is the number of
     samples of this rank per epoch.
     """
@@ -394,6 +416,8 @@ class SluiceIterableDataset(IterableDataset[Any]):
         world_size: Optional[int] = None,
         drop_last: bool = False,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        plan: bool = True,
+        epochs: Optional[int] = None,
     ) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -407,6 +431,10 @@ class SluiceIterableDataset(IterableDataset[Any]):
         self.drop_last = drop_last
         self.reconnect_timeout = _check_timeout(reconnect_timeout)
         self._topology = None if rank is None else _checked(rank, world_size)
+        self.plan = plan
+        self.epochs = epochs
+        # This dataset's plans, in every worker's session.
+        self._plan_id = secrets.randbits(63)
         self._epoch = 0
         # A position loaded for `_epoch`, for the next pass.
         self._resume: Optional[_Resume] = None
@@ -444,13 +472,26 @@ class SluiceIterableDataset(IterableDataset[Any]):
         slot = self._slot(shard)
         indices = self._slice(shard.rank, shard.world_size, slot, shard.num_workers)
         self._position = 0 if resume is None else resume.position(slot, len(indices))
-        return self._read(indices[self._position :])
+        # The next epoch's pass starts afresh: this worker's own slice.
+        following = (
+            self._slice(shard.rank, shard.world_size, shard.worker, shard.num_workers, self._epoch + 1)
+            if self.plan and (self.epochs is None or self._epoch + 1 < self.epochs)
+            else []
+        )
+        return self._read(indices[self._position :], following)
 
-    def _read(self, indices: list[int]) -> Iterator[Any]:
+    def _read(self, indices: list[int], following: list[int]) -> Iterator[Any]:
         uris = self._objects.uris()
         outage = _Outage(self.reconnect_timeout)
         done = 0
         while done < len(indices):
+            if self.plan:
+                # Again after an outage: a new session holds no plan.
+                _submit_plan(
+                    self._objects.client,
+                    [uris[i] for i in indices[done:] + following],
+                    self._plan_id,
+                )
             results = self._objects.client.get_many(
                 [uris[i] for i in indices[done:]], ordered=True, window=self.prefetch
             )
@@ -573,13 +614,15 @@ class SluiceIterableDataset(IterableDataset[Any]):
             count -= count % self._rank_and_world_size()[1]
         return count
 
-    def _order(self) -> list[int]:
-        """The epoch's order: object indexes, the same in every process."""
+    def _order(self, epoch: Optional[int] = None) -> list[int]:
+        """An epoch's order (the current one's by default): object
+        indexes, the same in every process."""
         count = len(self._objects.uris())
         if not self.shuffle:
             order = list(range(count))
         else:
-            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self._epoch))
+            seed = _epoch_seed(self.seed, self._epoch if epoch is None else epoch)
+            generator = torch.Generator().manual_seed(seed)
             order = torch.randperm(count, generator=generator).tolist()
         return order[: self._epoch_length()]
 
@@ -588,10 +631,13 @@ class SluiceIterableDataset(IterableDataset[Any]):
         them."""
         return (shard.worker + self._rotation) % shard.num_workers
 
-    def _slice(self, rank: int, world_size: int, slot: int, num_workers: int) -> list[int]:
-        """A worker's part of the order: the rank's every ``world_size``-th
-        from ``rank``, then of those every ``num_workers``-th from ``slot``."""
-        return self._order()[rank::world_size][slot::num_workers]
+    def _slice(
+        self, rank: int, world_size: int, slot: int, num_workers: int, epoch: Optional[int] = None
+    ) -> list[int]:
+        """A worker's part of an epoch's order: the rank's every
+        ``world_size``-th from ``rank``, then of those every
+        ``num_workers``-th from ``slot``."""
+        return self._order(epoch)[rank::world_size][slot::num_workers]
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy for a spawned worker, where torch.distributed is not
@@ -599,6 +645,59 @@ class SluiceIterableDataset(IterableDataset[Any]):
         state = self.__dict__.copy()
         state["_topology"] = self._rank_and_world_size()
         return state
+
+
+def _submit_plan(client: Client, uris: list[str], plan_id: int) -> None:
+    """Submits a plan; a refusal or a daemon without plans only loses the
+    read-ahead, never the reads: logged, not raised."""
+    try:
+        client.submit_plan(uris, plan_id=plan_id, job=f"pid {os.getpid()}")
+    except SluiceError as error:
+        _log.warning("sluice: epoch plan not taken (reads go on without it): %s", error)
+
+
+class SluicePlanSampler(Sampler[int]):
+    """Wraps the sampler of a :class:`SluiceMapDataset` (any iterable of
+    indexes, e.g. ``RandomSampler`` or ``DistributedSampler``): each
+    iteration takes the sampler's whole order first, submits it to the daemon
+    as an epoch plan from this (the main) process, then yields it. As the
+    DataLoader takes indexes, the plan's position follows, ``in_flight``
+    indexes behind: the samples taken but not yet read by the workers
+    (``prefetch_factor × num_workers × batch_size`` for a DataLoader with
+    workers), so that the daemon keeps them until they are read.
+    ``set_epoch`` is passed on to the sampler."""
+
+    def __init__(
+        self, dataset: SluiceMapDataset, sampler: Iterable[int], in_flight: int = 0
+    ) -> None:
+        if in_flight < 0:
+            raise ValueError("in_flight must not be negative")
+        self.dataset = dataset
+        self.sampler = sampler
+        self.in_flight = in_flight
+        self._plan_id = secrets.randbits(63)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        order = [operator.index(i) for i in self.sampler]
+        uris = self.dataset.uris
+        client = self.dataset._objects.client
+        _submit_plan(client, [uris[i] for i in order], self._plan_id)
+        step = 64
+        for taken, index in enumerate(order):
+            if taken % step == 0 and taken > self.in_flight:
+                try:
+                    client.plan_progress(self._plan_id, taken - self.in_flight)
+                except SluiceError:
+                    pass  # the plan went with its session: reads go on
+            yield index
 
 
 class _Resume(NamedTuple):

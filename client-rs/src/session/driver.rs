@@ -72,6 +72,8 @@ pub(crate) struct Pending {
 pub(crate) struct Dispatch {
     address: String,
     fetches: HashMap<u64, Pending>,
+    /// Plans waiting for the daemon's answer.
+    plans: HashMap<u64, tokio::sync::oneshot::Sender<Result<u64>>>,
     /// Set when the stream ended, with the status it ended with, if any.
     closed: Option<Option<tonic::Status>>,
 }
@@ -81,6 +83,7 @@ impl Dispatch {
         Dispatch {
             address: address.to_owned(),
             fetches: HashMap::new(),
+            plans: HashMap::new(),
             closed: None,
         }
     }
@@ -102,6 +105,19 @@ impl Dispatch {
         Ok(())
     }
 
+    /// Waits for the answer to plan `id`; fails if the session already ended.
+    pub(crate) fn register_plan(
+        &mut self,
+        id: u64,
+        answer: tokio::sync::oneshot::Sender<Result<u64>>,
+    ) -> Result<()> {
+        if self.closed.is_some() {
+            return Err(self.closed_error());
+        }
+        self.plans.insert(id, answer);
+        Ok(())
+    }
+
     /// Forgets a fetch whose caller gave up; its later pieces are released.
     pub(crate) fn forget(&mut self, id: u64) {
         self.fetches.remove(&id);
@@ -114,6 +130,9 @@ impl Dispatch {
         for (_, pending) in self.fetches.drain() {
             let _ = pending.events.send(Err(clone_closed(&error)));
         }
+        for (_, answer) in self.plans.drain() {
+            let _ = answer.send(Err(clone_closed(&error)));
+        }
     }
 
     /// Routes one response; `core` is `None` once the session is being torn
@@ -123,6 +142,16 @@ impl Dispatch {
             Response::Extent(extent) => self.on_extent(extent, core),
             Response::Chunk(chunk) => self.on_chunk(chunk),
             Response::Error(error) => self.on_error(error),
+            Response::Plan(answer) => {
+                if let Some(waiting) = self.plans.remove(&answer.plan_id) {
+                    let result = if answer.code == 0 {
+                        Ok(answer.items)
+                    } else {
+                        Err(Error::item(answer.code, answer.message))
+                    };
+                    let _ = waiting.send(result);
+                }
+            }
             Response::Batch(batch) => {
                 for response in batch.responses.into_iter().filter_map(|r| r.msg) {
                     // Batches are never nested; one inside is ignored.
@@ -290,6 +319,9 @@ pub(crate) struct Outgoing {
     open: Option<SessionRequest>,
     releases: ReleaseReceiver,
     fetches: mpsc::Receiver<FetchRequest>,
+    /// Plan pages and positions, sent as they come, ahead of fetches.
+    control: mpsc::Receiver<SessionRequest>,
+    control_done: bool,
     /// Set once the daemon said it takes `FetchBatch`es.
     batches: Arc<AtomicBool>,
     releases_done: bool,
@@ -307,6 +339,7 @@ impl Outgoing {
     pub(crate) fn new(
         open: SessionRequest,
         fetches: mpsc::Receiver<FetchRequest>,
+        control: mpsc::Receiver<SessionRequest>,
         releases: ReleaseReceiver,
         batches: Arc<AtomicBool>,
     ) -> Self {
@@ -314,6 +347,8 @@ impl Outgoing {
             open: Some(open),
             releases,
             fetches,
+            control,
+            control_done: false,
             batches,
             releases_done: false,
             fetches_done: false,
@@ -359,6 +394,13 @@ impl Stream for Outgoing {
         if let Some(open) = this.open.take() {
             return Poll::Ready(Some(open));
         }
+        if !this.control_done {
+            match this.control.poll_recv(cx) {
+                Poll::Ready(Some(msg)) => return Poll::Ready(Some(msg)),
+                Poll::Ready(None) => this.control_done = true,
+                Poll::Pending => {}
+            }
+        }
         if let Some(fetch) = this.fetch_message() {
             return Poll::Ready(Some(fetch));
         }
@@ -395,7 +437,7 @@ impl Stream for Outgoing {
                 return Poll::Ready(Some(this.release_message()));
             }
         }
-        if this.releases_done && this.fetches_done {
+        if this.releases_done && this.fetches_done && this.control_done {
             Poll::Ready(None)
         } else {
             Poll::Pending

@@ -40,7 +40,10 @@ use futures::future::Either;
 use futures::{Stream, StreamExt, stream};
 use sluice_proto::v1::session_request::Msg as Request;
 use sluice_proto::v1::session_response::Msg as Response;
-use sluice_proto::v1::{FetchRequest, ObjectMeta, SessionOpen, SessionOpened, SessionRequest};
+use sluice_proto::v1::{
+    FetchRequest, ObjectMeta, PlanDrop, PlanItem, PlanPage, PlanProgress, SessionOpen,
+    SessionOpened, SessionRequest,
+};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -132,6 +135,7 @@ struct Inner {
     /// Keeps the driver and the mappings alive.
     core: Arc<Core>,
     requests: mpsc::Sender<FetchRequest>,
+    control: mpsc::Sender<SessionRequest>,
     dispatch: Arc<Mutex<Dispatch>>,
     closed: CancellationToken,
     window: Arc<Semaphore>,
@@ -146,6 +150,7 @@ pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -
     let window = options.window.max(1);
     let (fd_socket, mappings) = map_segments(address, options.delivery).await?;
     let (requests, fetches) = mpsc::channel(window);
+    let (control, control_rx) = mpsc::channel(4);
     let (releases_tx, releases) = releases::channel();
     let open = SessionRequest {
         msg: Some(Request::Open(SessionOpen {
@@ -157,7 +162,7 @@ pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -
     let batches = Arc::new(AtomicBool::new(false));
     let mut responses = client
         .clone()
-        .session(Outgoing::new(open, fetches, releases, Arc::clone(&batches)))
+        .session(Outgoing::new(open, fetches, control_rx, releases, Arc::clone(&batches)))
         .await?
         .into_inner();
     let opened = match responses.message().await? {
@@ -195,6 +200,7 @@ pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -
         inner: Arc::new(Inner {
             core,
             requests,
+            control,
             dispatch,
             closed,
             window: Arc::new(Semaphore::new(window)),
@@ -385,7 +391,86 @@ impl Session {
     fn closed_error(&self) -> Error {
         lock(&self.inner.dispatch).closed_error()
     }
+
+    /// Whether the daemon takes epoch plans.
+    pub fn takes_plans(&self) -> bool {
+        self.inner.opened.plans
+    }
+
+    /// Tells the daemon the order in which this session will read `items`
+    /// (an epoch plan, id `plan_id` chosen by the caller; a plan of the same
+    /// id is replaced). The daemon reads ahead of the session's position in
+    /// it and keeps what the plan needs soonest; each fetch of the plan's
+    /// next item moves the position past it. `job` names the job in the
+    /// daemon's stats. Sent in pages; returns the items the daemon took
+    /// (0 from a daemon that takes no plans), or its refusal (a plan over
+    /// its limits, a URI it cannot serve). The plan ends with the session.
+    pub async fn submit_plan<I>(&self, plan_id: u64, job: &str, items: I) -> Result<u64>
+    where
+        I: IntoIterator,
+        I::Item: Into<ReadItem>,
+    {
+        if !self.takes_plans() {
+            return Ok(0);
+        }
+        let (answer_tx, answer) = tokio::sync::oneshot::channel();
+        lock(&self.inner.dispatch).register_plan(plan_id, answer_tx)?;
+        let mut items = items.into_iter().map(Into::into).peekable();
+        let mut first = true;
+        while first || items.peek().is_some() {
+            let page: Vec<PlanItem> = items
+                .by_ref()
+                .take(PLAN_PAGE)
+                .map(|item: ReadItem| {
+                    let range = to_wire(&item.uri, item.range.as_ref())?;
+                    Ok(PlanItem {
+                        uri: item.uri,
+                        range,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let last = items.peek().is_none();
+            let msg = Request::Plan(PlanPage {
+                plan_id,
+                items: page,
+                last,
+                job: if first { job.to_owned() } else { String::new() },
+            });
+            first = false;
+            self.control(msg).await?;
+        }
+        answer.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Sets how far this session got in plan `plan_id` (items consumed);
+    /// never moves it back.
+    pub async fn plan_progress(&self, plan_id: u64, position: u64) -> Result<()> {
+        if !self.takes_plans() {
+            return Ok(());
+        }
+        self.control(Request::Progress(PlanProgress { plan_id, position }))
+            .await
+    }
+
+    /// Ends plan `plan_id`.
+    pub async fn drop_plan(&self, plan_id: u64) -> Result<()> {
+        if !self.takes_plans() {
+            return Ok(());
+        }
+        self.control(Request::DropPlan(PlanDrop { plan_id })).await
+    }
+
+    async fn control(&self, msg: Request) -> Result<()> {
+        let msg = SessionRequest { msg: Some(msg) };
+        tokio::select! {
+            sent = self.inner.control.send(msg) => sent.map_err(|_| self.closed_error()),
+            () = self.inner.closed.cancelled() => Err(self.closed_error()),
+        }
+    }
 }
+
+/// Items per plan page (the daemon takes up to 4096).
+const PLAN_PAGE: usize = 4096;
 
 /// Removes a fetch from the session's map when its caller gives up, so that
 /// later pieces are released at once.

@@ -287,6 +287,16 @@ impl Config {
         };
         self.socket_mode()?;
         crate::tls::validate(&self.server)?;
+        let prefetch = &self.prefetch;
+        if !(1..=1024).contains(&prefetch.concurrency) {
+            return Err(invalid("prefetch.concurrency", "must be between 1 and 1024"));
+        }
+        if prefetch.max_plan_items >= u64::from(u32::MAX) {
+            return Err(invalid("prefetch.max_plan_items", "must be below 2^32 - 1"));
+        }
+        if prefetch.max_session_plans == 0 {
+            return Err(invalid("prefetch.max_session_plans", "must be at least 1"));
+        }
         let limits = &self.server.limits;
         if limits.max_connections == 0 || limits.max_concurrent_streams == 0 {
             return Err(invalid(

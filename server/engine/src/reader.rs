@@ -274,6 +274,7 @@ impl Reader {
             .memory
             .segments
             .set(arena.segments().len() as i64);
+        self.refresh_plan_gauges();
     }
 
     /// The largest object the cache keeps whole.

@@ -277,7 +277,7 @@ fn outgoing(
     let (fetch_tx, fetch_rx) = mpsc::channel(fetches);
     let (release_tx, release_rx) = crate::session::releases::channel();
     let flag = Arc::new(AtomicBool::new(batches));
-    let body = Outgoing::new(open(), fetch_rx, release_rx, flag);
+    let body = Outgoing::new(open(), fetch_rx, mpsc::channel(1).1, release_rx, flag);
     (fetch_tx, release_tx, body)
 }
 

@@ -22,6 +22,7 @@
 mod deliver;
 pub mod fds;
 pub(crate) mod leases;
+mod plans;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,6 +139,7 @@ pub(crate) async fn open(
             })
             .collect(),
         batches: true,
+        plans: true,
     };
     tx.send(Ok(v1::SessionResponse {
         msg: Some(Out::Opened(opened)),
@@ -224,6 +226,8 @@ async fn drive(
     // a client waiting on its quota can always free some.
     let mut queued: VecDeque<v1::FetchRequest> = VecDeque::new();
     let (mut shutting_down, mut half_closed) = (false, false);
+    // Dropped with the driver: the session's plans end with it.
+    let mut plans = plans::SessionPlans::new(id, ctx.reader.clone());
     loop {
         while fetches.len() < max
             && let Some(f) = queued.pop_front()
@@ -246,6 +250,7 @@ async fn drive(
             }
             msg = inbound.message(), if reading => match msg {
                 Ok(Some(v1::SessionRequest { msg: Some(In::Fetch(f)) })) => {
+                    plans.fetching(&f.uri);
                     take(&ctx, f, shutting_down, &mut queued).await;
                 }
                 Ok(Some(v1::SessionRequest { msg: Some(In::FetchBatch(b)) })) => {
@@ -258,8 +263,18 @@ async fn drive(
                         break;
                     }
                     for f in b.fetches {
+                        plans.fetching(&f.uri);
                         take(&ctx, f, shutting_down, &mut queued).await;
                     }
+                }
+                Ok(Some(v1::SessionRequest { msg: Some(In::Plan(page)) })) => {
+                    plans.page(&ctx, page).await;
+                }
+                Ok(Some(v1::SessionRequest { msg: Some(In::Progress(p)) })) => {
+                    plans.progress(&p);
+                }
+                Ok(Some(v1::SessionRequest { msg: Some(In::DropPlan(d)) })) => {
+                    plans.drop_plan(d.plan_id);
                 }
                 Ok(Some(v1::SessionRequest { msg: Some(In::Release(r)) })) => {
                     ctx.leases.release(&r.lease_ids);
