@@ -162,7 +162,13 @@ pub(crate) async fn open(client: Grpc, address: &str, options: SessionOptions) -
     let batches = Arc::new(AtomicBool::new(false));
     let mut responses = client
         .clone()
-        .session(Outgoing::new(open, fetches, control_rx, releases, Arc::clone(&batches)))
+        .session(Outgoing::new(
+            open,
+            fetches,
+            control_rx,
+            releases,
+            Arc::clone(&batches),
+        ))
         .await?
         .into_inner();
     let opened = match responses.message().await? {

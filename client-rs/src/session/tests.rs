@@ -42,6 +42,7 @@ fn opened(shared_memory: bool, sizes: &[u64]) -> SessionOpened {
             })
             .collect(),
         batches: true,
+        plans: true,
     }
 }
 

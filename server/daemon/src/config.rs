@@ -289,7 +289,10 @@ impl Config {
         crate::tls::validate(&self.server)?;
         let prefetch = &self.prefetch;
         if !(1..=1024).contains(&prefetch.concurrency) {
-            return Err(invalid("prefetch.concurrency", "must be between 1 and 1024"));
+            return Err(invalid(
+                "prefetch.concurrency",
+                "must be between 1 and 1024",
+            ));
         }
         if prefetch.max_plan_items >= u64::from(u32::MAX) {
             return Err(invalid("prefetch.max_plan_items", "must be below 2^32 - 1"));

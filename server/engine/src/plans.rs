@@ -459,7 +459,7 @@ impl Plans {
         };
         self.items -= plan.items.len() as u64;
         self.ahead_bytes -= plan.ahead_bytes;
-        for (&id, _) in &plan.first {
+        for &id in plan.first.keys() {
             if plan.cur(id).is_some() {
                 self.went_dead(id);
             }
@@ -562,15 +562,12 @@ impl Plans {
             .map(|p| (p.pos, p.cached.iter().rev().peekable()))
             .collect();
         let mut best: Option<(u32, u32)> = None;
-        loop {
-            let Some((i, bound)) = fronts
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, (pos, it))| it.peek().map(|(at, _)| (i, *at - *pos)))
-                .max_by_key(|(_, d)| *d)
-            else {
-                break;
-            };
+        while let Some((i, bound)) = fronts
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, (pos, it))| it.peek().map(|(at, _)| (i, *at - *pos)))
+            .max_by_key(|(_, d)| *d)
+        {
             if bound < floor || best.is_some_and(|(d, _)| d >= bound) {
                 break;
             }

@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use sluice_engine::arena::GRANULE;
 use sluice_engine::budget::MemoryBudget;
 use sluice_engine::cache::{Cache, Policy};

@@ -86,7 +86,12 @@ impl SessionPlans {
             Ok(total) if page.last => {
                 self.open.remove(&id);
                 self.any = true;
-                tracing::debug!(session = self.session, plan = id, items = total, "plan taken");
+                tracing::debug!(
+                    session = self.session,
+                    plan = id,
+                    items = total,
+                    "plan taken"
+                );
                 answer(ctx, id, total, &Status::ok("")).await;
             }
             Ok(_) => self.any = true,
