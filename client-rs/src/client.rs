@@ -307,6 +307,18 @@ impl Client {
         Ok(stream.map(|item| item.map_err(Error::from)))
     }
 
+    /// The daemon's live sessions (all of them for an admin, else this
+    /// uid's) with their data-stall time and epoch plans, and the node's
+    /// cache and prefetch counters.
+    pub async fn stats(&self) -> Result<sluice_proto::v1::StatsResponse> {
+        Ok(self
+            .inner
+            .clone()
+            .stats(sluice_proto::v1::StatsRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// Drops every cached object under `prefix` (the objects stay);
     /// returns how many. Admin only (see the daemon's `server.admin_uids`).
     pub async fn evict(&self, prefix: &str) -> Result<u64> {

@@ -80,6 +80,6 @@ pub use list::{Entry, ListPage};
 pub use read::ReadStream;
 pub use read_many::{ItemResult, ReadItem, ReadManyStream};
 pub use session::{Delivery, FetchParts, Fetched, Lease, Session, SessionOptions};
-pub use sluice_proto::v1::{ObjectMeta, WarmProgress};
+pub use sluice_proto::v1::{ObjectMeta, PlanStats, SessionStats, StatsResponse, WarmProgress};
 pub use tonic::Code;
 pub use write::Written;

@@ -117,6 +117,8 @@ struct Prefetch {
     budget: MemoryBudget,
     /// Woken when a plan changes or moves.
     wake: Arc<tokio::sync::Notify>,
+    /// Prefetch's own request slots.
+    lane: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -190,8 +192,10 @@ impl Reader {
             },
             crate::metrics::ShareMetrics::default(),
         );
+        let lane = Arc::new(tokio::sync::Semaphore::new(lanes));
         let prefetch = Prefetch {
-            client: prefetch_shares.client_with_lane(Arc::new(tokio::sync::Semaphore::new(lanes))),
+            client: prefetch_shares.client_with_lane(lane.clone()),
+            lane,
             budget: MemoryBudget::new(arena, std::time::Duration::ZERO),
             wake: Arc::new(tokio::sync::Notify::new()),
             config: prefetch,
@@ -570,6 +574,18 @@ impl Reader {
                 Err(e.into())
             }
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+
+    /// Backend requests in flight now, demand and prefetch.
+    pub fn requests_in_flight(&self) -> usize {
+        let demand = self.engine.config().max_concurrency.max(1) - self.engine.free_slots();
+        let lanes = self.prefetch.config.concurrency.max(1);
+        demand + lanes.saturating_sub(self.prefetch.lane.available_permits())
     }
 
     /// The prefetch settings.

@@ -239,6 +239,126 @@ pub async fn warm(client: &Client, prefix: &str, concurrency: u32) -> anyhow::Re
     Ok(())
 }
 
+pub async fn stats(client: &Client, watch: Option<f64>) -> anyhow::Result<()> {
+    let Some(every) = watch else {
+        print!("{}", render_stats(&client.stats().await?, None));
+        return Ok(());
+    };
+    if !(every.is_finite() && every >= 0.1) {
+        anyhow::bail!("--watch takes at least 0.1 seconds");
+    }
+    let every = std::time::Duration::from_secs_f64(every);
+    let mut last: Option<(std::time::Instant, sluice_client::StatsResponse)> = None;
+    loop {
+        let now = client.stats().await?;
+        let since = last.as_ref().map(|(at, prev)| (at.elapsed(), prev));
+        // Clear the screen and go home, as top does.
+        print!("\x1b[2J\x1b[H{}", render_stats(&now, since));
+        last = Some((std::time::Instant::now(), now));
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The stats as a table; with a previous snapshot, per-second rates too.
+fn render_stats(
+    now: &sluice_client::StatsResponse,
+    since: Option<(std::time::Duration, &sluice_client::StatsResponse)>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let ratio = |hits: u64, all: u64| {
+        if all == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}%", 100.0 * hits as f64 / all as f64)
+        }
+    };
+    let _ = writeln!(
+        out,
+        "cache {} of {} in {} objects; hits {} misses {} ({}); requests in flight {}",
+        human(now.cache_bytes),
+        human(now.memory_budget),
+        now.cache_entries,
+        now.cache_hits,
+        now.cache_misses,
+        ratio(now.cache_hits, now.cache_hits + now.cache_misses),
+        now.requests_in_flight
+    );
+    let _ = writeln!(
+        out,
+        "prefetch {} objects, {} hits, {} wasted; ahead now {} items, {}",
+        now.prefetched,
+        now.prefetch_hits,
+        human(now.prefetch_wasted_bytes),
+        now.lookahead_items,
+        human(now.lookahead_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "\n{:>8} {:>7} {:>8} {:>4} {:>9} {:>7} {:>9} {:>11} {:>10} {:>9}",
+        "SESSION", "UID", "PID", "SHM", "FETCHES", "HITS", "STALLED", "STALL", "STALL/S", "LEASED"
+    );
+    for s in &now.sessions {
+        let rate = since
+            .and_then(|(dt, prev)| {
+                let before = prev
+                    .sessions
+                    .iter()
+                    .find(|p| p.session_id == s.session_id)?;
+                let secs = dt.as_secs_f64();
+                (secs > 0.0).then(|| (s.stall_seconds - before.stall_seconds).max(0.0) / secs)
+            })
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.3}"));
+        let _ = writeln!(
+            out,
+            "{:>8} {:>7} {:>8} {:>4} {:>9} {:>7} {:>9} {:>10.3}s {:>10} {:>9}",
+            s.session_id,
+            s.uid,
+            s.pid,
+            if s.shared_memory { "yes" } else { "no" },
+            s.fetches,
+            ratio(s.hits, s.fetches),
+            s.stalled,
+            s.stall_seconds,
+            rate,
+            human(s.leased_bytes)
+        );
+        for p in &s.plans {
+            let _ = writeln!(
+                out,
+                "{:>8}   plan {} {}: {} of {} items{}, {} items / {} ahead",
+                "",
+                p.plan_id,
+                if p.job.is_empty() { "-" } else { &p.job },
+                p.position,
+                p.items,
+                if p.complete { "" } else { " (arriving)" },
+                p.ahead_items,
+                human(p.ahead_bytes)
+            );
+        }
+    }
+    if now.sessions.is_empty() {
+        let _ = writeln!(out, "(no sessions visible to this user)");
+    }
+    out
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 pub async fn evict(client: &Client, prefix: &str) -> anyhow::Result<()> {
     let evicted = client.evict(prefix).await.uri_context(prefix)?;
     println!("{prefix}: {evicted} cached objects dropped");

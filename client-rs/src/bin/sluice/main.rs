@@ -131,6 +131,12 @@ enum Command {
         /// The prefix.
         prefix: String,
     },
+    /// Show the daemon's sessions (data stall, hits, epoch plans) and cache counters.
+    Stats {
+        /// Refresh every this many seconds until interrupted (like top).
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<f64>,
+    },
 }
 
 #[tokio::main]
@@ -205,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             prefix,
         } => commands::warm(&client, &prefix, concurrency).await,
         Command::Evict { prefix } => commands::evict(&client, &prefix).await,
+        Command::Stats { watch } => commands::stats(&client, watch).await,
     }
 }
 

@@ -12,6 +12,7 @@
 pub(crate) mod convert;
 mod meta;
 mod read;
+mod stats;
 pub mod status;
 mod warm;
 mod write;
@@ -47,6 +48,8 @@ pub struct SluiceService {
     uploads: crate::uploads::Uploads,
     /// Memory files registered for `Upload` on the descriptor socket.
     upload_memory: Arc<crate::upload_memory::Registry>,
+    /// Live sessions, for `Stats`.
+    sessions: crate::session::stats::Sessions,
 }
 
 impl SluiceService {
@@ -66,6 +69,7 @@ impl SluiceService {
             retired: Default::default(),
             uploads: Default::default(),
             upload_memory: Default::default(),
+            sessions: Default::default(),
         }
     }
 
@@ -184,6 +188,14 @@ impl Sluice for SluiceService {
         warm::evict(self, peer.as_ref(), req.into_inner()).map(Response::new)
     }
 
+    async fn stats(
+        &self,
+        req: Request<v1::StatsRequest>,
+    ) -> Result<Response<v1::StatsResponse>, Status> {
+        let peer = req.extensions().get::<crate::listen::Peer>().cloned();
+        Ok(Response::new(stats::stats(self, peer.as_ref())))
+    }
+
     type SessionStream = ResponseStream<v1::SessionResponse>;
 
     async fn session(
@@ -211,6 +223,7 @@ impl Sluice for SluiceService {
                 retired,
                 client,
                 connection,
+                sessions: self.sessions.clone(),
             },
             peer,
             req.into_inner(),

@@ -27,7 +27,13 @@ pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
             .map_err(|e| read_status(&e))
     }
     .await;
-    ctx.metrics.session.observe_wait(started.elapsed());
+    let ready = matches!(&res, Ok(out) if out.source == sluice_engine::Source::Cache);
+    let waited = started.elapsed();
+    ctx.metrics.session.observe_wait(waited, ready);
+    if let Ok(out) = &res {
+        ctx.stat
+            .fetched(ready, waited, out.range.end - out.range.start);
+    }
     let delivered = match res {
         Ok(out) => {
             ctx.metrics.rpc.served(out.source);

@@ -221,7 +221,6 @@ impl LeaseTable {
     }
 
     /// Bytes pinned now.
-    #[cfg(test)]
     pub(crate) fn leased(&self) -> u64 {
         self.table().pinned.values().map(|p| p.bytes).sum()
     }

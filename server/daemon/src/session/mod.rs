@@ -23,6 +23,7 @@ mod deliver;
 pub mod fds;
 pub(crate) mod leases;
 mod plans;
+pub(crate) mod stats;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +70,8 @@ pub(crate) struct SessionCtx {
     pub(crate) client: Arc<ClientShare>,
     pub(crate) shm: bool,
     pub(crate) out: mpsc::Sender<Result<v1::SessionResponse, Status>>,
+    /// What `Stats` shows of the session.
+    pub(crate) stat: Arc<stats::SessionStat>,
 }
 
 impl SessionCtx {
@@ -94,6 +97,8 @@ pub(crate) struct Deps {
     pub(crate) client: Arc<ClientShare>,
     /// What the connection keeps until it closes.
     pub(crate) connection: Option<Arc<crate::listen::Retained>>,
+    /// The live sessions, for `Stats`.
+    pub(crate) sessions: stats::Sessions,
 }
 
 /// Opens a session: answers the open message, then drives the stream.
@@ -110,6 +115,7 @@ pub(crate) async fn open(
         retired,
         client,
         connection,
+        sessions,
     } = deps;
     let open = match inbound.message().await? {
         Some(v1::SessionRequest {
@@ -153,8 +159,18 @@ pub(crate) async fn open(
         cfg.lease_wait,
         leased,
     ));
+    let who = Who::of(peer.as_ref());
+    let stat = Arc::new(stats::SessionStat::new(
+        id,
+        who.uid,
+        who.pid,
+        shm,
+        leases.clone(),
+    ));
+    let listed = sessions.add(stat.clone());
     let ctx = Arc::new(SessionCtx {
         leases: leases.clone(),
+        stat,
         client,
         reader,
         config: config.clone(),
@@ -162,7 +178,6 @@ pub(crate) async fn open(
         shm,
         out: tx,
     });
-    let who = Who::of(peer.as_ref());
     tracing::info!(
         session = id,
         uid = who.uid,
@@ -174,7 +189,7 @@ pub(crate) async fn open(
         "session opened"
     );
     let driver = AbortOnDropHandle::new(tokio::spawn(drive(
-        ctx, inbound, draining, retired, id, who,
+        ctx, inbound, draining, retired, id, who, listed,
     )));
     // The response stream owns the driver and the leases: the session —
     // and every lease in it — lasts exactly as long as the call, unless it
@@ -214,8 +229,11 @@ async fn drive(
     retired: Retired,
     id: u64,
     who: Who,
+    listed: stats::Listed,
 ) {
     let _active = ctx.metrics.session.active_guard();
+    // Listed in `Stats` until the driver ends (also when aborted).
+    let _listed = listed;
     // Logs the end however it comes: also when the client's going away
     // aborts this task.
     let closed = Closed { id, who };

@@ -26,6 +26,7 @@ pub enum Method {
     upload,
     warm,
     evict,
+    stats,
     delete,
 }
 
@@ -234,6 +235,7 @@ pub struct SessionMetrics {
     pub leased_bytes: Gauge,
     delivered: Family<TransportLabels, Counter>,
     wait: Histogram,
+    stall: Histogram,
 }
 
 impl Default for SessionMetrics {
@@ -243,6 +245,7 @@ impl Default for SessionMetrics {
             leased_bytes: Gauge::default(),
             delivered: Family::default(),
             wait: duration_histogram(),
+            stall: duration_histogram(),
         }
     }
 }
@@ -271,9 +274,13 @@ impl SessionMetrics {
             .clone()
     }
 
-    /// Records how long a fetch waited for its data.
-    pub fn observe_wait(&self, waited: std::time::Duration) {
+    /// Records how long a fetch waited for its data; `ready`: the data
+    /// was in the cache (a hit). A fetch that was not ready is a data stall.
+    pub fn observe_wait(&self, waited: std::time::Duration, ready: bool) {
         self.wait.observe(waited.as_secs_f64());
+        if !ready {
+            self.stall.observe(waited.as_secs_f64());
+        }
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -296,6 +303,12 @@ impl SessionMetrics {
             "Time a session fetch waited for its data (cache or backend)",
             Unit::Seconds,
             self.wait.clone(),
+        );
+        r.register_with_unit(
+            "stall",
+            "Time a session fetch waited for data that was not in the cache (a miss, or a join of a fetch in flight): the client's data stall",
+            Unit::Seconds,
+            self.stall.clone(),
         );
     }
 }
