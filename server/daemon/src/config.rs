@@ -319,7 +319,10 @@ impl Config {
         if self.engine.part_size.0 > u64::from(u32::MAX) {
             return Err(invalid("engine.part_size", "must be below 4GiB"));
         }
-        if self.engine.per_object_concurrency == 0 || self.engine.max_concurrency == 0 {
+        if self.engine.per_object_concurrency == 0
+            || self.engine.max_concurrency == 0
+            || self.engine.initial_concurrency == 0
+        {
             return Err(invalid("engine", "concurrency limits must be at least 1"));
         }
         if self.engine.part_attempts == 0 {

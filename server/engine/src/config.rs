@@ -94,8 +94,15 @@ pub struct EngineConfig {
     pub part_size: ByteSize,
     /// Ranged GETs in flight for one object.
     pub per_object_concurrency: usize,
-    /// Ranged GETs in flight across the daemon.
+    /// Ranged GETs in flight across the daemon; also the cap of each
+    /// endpoint's adaptive limit.
     pub max_concurrency: usize,
+    /// Adapt each endpoint's concurrency limit to what it sustains (grow
+    /// while throughput grows, halve on throttling, back off on rising
+    /// latency). Off: every endpoint may take `max_concurrency`.
+    pub adaptive_concurrency: bool,
+    /// Each endpoint's limit at start, with `adaptive_concurrency`.
+    pub initial_concurrency: usize,
     /// Ranged GETs in flight for one client (connection). Unset: half of
     /// `max_concurrency`, so one client never takes every request slot.
     pub client_concurrency: Option<usize>,
@@ -123,6 +130,8 @@ impl Default for EngineConfig {
             // ~100 ms per part.
             per_object_concurrency: 8,
             max_concurrency: 64,
+            adaptive_concurrency: true,
+            initial_concurrency: 8,
             client_concurrency: None,
             request_wait: Duration::from_secs(60),
             part_attempts: 3,

@@ -2,6 +2,7 @@
 //!
 //! Nothing here knows about gRPC; the daemon maps [`ReadError`] to statuses.
 
+pub mod adaptive;
 pub mod arena;
 pub mod budget;
 pub mod cache;

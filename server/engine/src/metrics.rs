@@ -145,6 +145,13 @@ pub struct BackendLabels {
     pub backend: &'static str,
 }
 
+/// `endpoint`: `file`, `s3`, or an `s3://host:port` the operator listed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The endpoint.
+    pub endpoint: String,
+}
+
 /// `backend`, `direction`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ByteLabels {
@@ -171,6 +178,8 @@ pub struct StorageMetrics {
     /// Reads whose object came with neither an etag nor a last-modified
     /// time, so that no change during or after them can be noticed.
     unversioned: Family<BackendLabels, Counter>,
+    /// Each endpoint's adaptive concurrency limit.
+    pub concurrency: Family<EndpointLabels, Gauge>,
 }
 
 impl Default for StorageMetrics {
@@ -182,6 +191,7 @@ impl Default for StorageMetrics {
             bytes: Family::default(),
             part_retries: Counter::default(),
             unversioned: Family::default(),
+            concurrency: Family::default(),
         }
     }
 }
@@ -356,6 +366,11 @@ impl EngineMetrics {
             "Payload bytes moved to or from backends",
             Unit::Bytes,
             s.bytes.clone(),
+        );
+        r.register(
+            "concurrency_limit",
+            "Requests each backend endpoint may have in flight now (adaptive; engine.max_concurrency caps it)",
+            s.concurrency.clone(),
         );
         r.register(
             "part_retries",

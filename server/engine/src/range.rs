@@ -43,11 +43,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sluice_storage::{
-    ByteStream, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, Version, drain,
+    ByteStream, ErrorKind, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, Version, drain,
 };
 use tokio::sync::Semaphore;
 
-use crate::budget::{Evict, MemoryBudget, Reservation};
+use crate::adaptive::{Controllers, Outcome, Permit, Priority};
+use crate::budget::{BudgetError, Evict, MemoryBudget, Reservation};
 use crate::config::EngineConfig;
 use crate::error::ReadError;
 use crate::metrics::StorageMetrics;
@@ -164,6 +165,45 @@ pub struct RangeEngine {
     config: EngineConfig,
     global: Arc<Semaphore>,
     metrics: Arc<StorageMetrics>,
+    controllers: Arc<Controllers>,
+}
+
+/// A backend request slot: the client's and the node's
+/// ([`RequestSlot`]), then the endpoint's ([`crate::adaptive`]).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _request: RequestSlot,
+    endpoint: Permit,
+}
+
+impl Slot {
+    /// The request behind the slot ended with `res`, moving `bytes`.
+    fn finish<T>(self, res: &Result<T, StorageError>, bytes: u64) {
+        match res {
+            Err(e) => self.failed(e),
+            Ok(_) => self.endpoint.finish(Outcome::Done { bytes }),
+        }
+    }
+
+    /// The request behind the slot failed with `e`.
+    fn failed(self, e: &StorageError) {
+        let outcome = if e.kind() == ErrorKind::Throttled {
+            Outcome::Throttled
+        } else {
+            Outcome::Done { bytes: 0 }
+        };
+        self.endpoint.finish(outcome);
+    }
+}
+
+/// The endpoint a request to `uri` goes to, as controllers and metrics
+/// name it: `file`, `s3` (the default endpoint) or `s3://host:port` (one the
+/// operator listed).
+pub fn endpoint_of(uri: &ObjectUri) -> String {
+    match uri.endpoint() {
+        Some(endpoint) => format!("{}://{endpoint}", uri.scheme().as_str()),
+        None => uri.scheme().as_str().to_owned(),
+    }
 }
 
 /// One object's parts after the first response.
@@ -181,11 +221,23 @@ impl RangeEngine {
     /// An engine with its own global request limit.
     pub fn new(config: EngineConfig, metrics: Arc<StorageMetrics>) -> Self {
         let global = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
+        let controllers = Arc::new(Controllers::new(
+            config.max_concurrency,
+            config.initial_concurrency,
+            config.adaptive_concurrency,
+            metrics.concurrency.clone(),
+        ));
         RangeEngine {
             config,
             global,
             metrics,
+            controllers,
         }
+    }
+
+    /// Each endpoint's concurrency limit now.
+    pub fn endpoint_limits(&self) -> Vec<(String, usize)> {
+        self.controllers.limits()
     }
 
     /// Backend request slots not in use now.
@@ -309,12 +361,27 @@ impl RangeEngine {
         }
     }
 
-    /// A request slot for `client`, bounded by `engine.request_wait`.
-    async fn slot(&self, client: &ClientShare, uri: &ObjectUri) -> Result<RequestSlot, ReadError> {
-        client
+    /// A request slot for `client`: its own and the node's, then the
+    /// endpoint's, each bounded by `engine.request_wait`.
+    async fn slot(&self, client: &ClientShare, uri: &ObjectUri) -> Result<Slot, ReadError> {
+        let request = client
             .request_slot(&self.global)
             .await
-            .map_err(|e| ReadError::memory(uri, e))
+            .map_err(|e| ReadError::memory(uri, e))?;
+        let priority = if client.is_prefetch() {
+            Priority::Prefetch
+        } else {
+            Priority::Demand
+        };
+        let controller = self.controllers.get(&endpoint_of(uri));
+        let wait = self.config.request_wait;
+        let endpoint = tokio::time::timeout(wait, controller.acquire(priority))
+            .await
+            .map_err(|_| ReadError::memory(uri, BudgetError::Busy { waited: wait }))?;
+        Ok(Slot {
+            _request: request,
+            endpoint,
+        })
     }
 
     /// The first GET, retried while nothing of it was received.
@@ -324,7 +391,7 @@ impl RangeEngine {
         uri: &ObjectUri,
         req: Range<u64>,
         client: &ClientShare,
-    ) -> Result<(sluice_storage::GetResult, RequestSlot), ReadError> {
+    ) -> Result<(sluice_storage::GetResult, Slot), ReadError> {
         let mut attempt = 1;
         loop {
             let permit = self.slot(client, uri).await?;
@@ -342,11 +409,14 @@ impl RangeEngine {
                     return Ok((res, permit));
                 }
                 Err(e) if e.kind().is_transient() && attempt < self.config.part_attempts => {
-                    drop(permit);
+                    permit.failed(&e);
                     self.backoff(attempt, &e).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    permit.failed(&e);
+                    return Err(e.into());
+                }
             }
         }
     }
@@ -367,7 +437,7 @@ impl RangeEngine {
     }
 }
 
-type FirstPart = (Range<u64>, ByteStream, RequestSlot);
+type FirstPart = (Range<u64>, ByteStream, Slot);
 
 impl Job {
     fn part_size(&self) -> u64 {
@@ -393,8 +463,9 @@ impl Job {
             let Some((first_range, first_body, permit)) = first else {
                 return job.part_into(first_range, head, 0).await;
             };
+            let len = head.len() as u64;
             let res = drain(first_body, &job.uri, head).await;
-            drop(permit);
+            permit.finish(&res, len);
             match res {
                 Err(e) if e.kind().is_transient() => {
                     job.engine.backoff(1, &e).await;
@@ -433,8 +504,9 @@ impl Job {
             match first {
                 None => self.part_into(range, buf, 0).await?,
                 Some((_, body, slot)) => {
+                    let len = buf.len() as u64;
                     let res = drain(body, &self.uri, buf).await;
-                    drop(slot);
+                    slot.finish(&res, len);
                     match res {
                         Err(e) if e.kind().is_transient() => {
                             self.engine.backoff(1, &e).await;
@@ -513,7 +585,7 @@ impl Job {
         loop {
             let permit = engine.slot(&self.client, &self.uri).await?;
             let res = self.try_part(range.clone(), dst).await;
-            drop(permit);
+            permit.finish(&res, dst.len() as u64);
             match res {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind().is_transient() && attempt < engine.config.part_attempts => {

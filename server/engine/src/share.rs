@@ -178,6 +178,11 @@ impl ClientShare {
         lock(&self.state).held
     }
 
+    /// Whether this is prefetch's share (request slots of its own lane).
+    pub fn is_prefetch(&self) -> bool {
+        self.lane.is_some()
+    }
+
     /// Charges `extra` bytes if `allowed(total, held)` says so, given what
     /// all clients and this one hold now; both locks held while it decides.
     fn charge_if(&self, extra: u64, allowed: impl FnOnce(u64, u64) -> bool) -> bool {

@@ -113,27 +113,30 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Prefetch holds every one of its request slots on a backend that does not
-/// answer; the node's slots are fewer than prefetch's. A demand read still
-/// goes through at once, and a demand read of an object being prefetched
-/// joins that fetch instead of starting a second one.
+/// Prefetch holds every request the endpoint allows (its limit, 2, is
+/// below prefetch's own slots) on a backend that does not answer. A demand
+/// read still goes through at once, and a demand read of an object being
+/// prefetched joins that fetch instead of starting a second one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demand_reads_never_wait_behind_prefetch() {
     let engine = EngineConfig {
         max_concurrency: 2,
         ..EngineConfig::default()
     };
+    // The endpoint's limit (capped by max_concurrency), below prefetch's
+    // own slots: prefetch fills it.
+    let held = 2;
     let f = fixture(40, engine).await;
-    f.fault.script(std::iter::repeat_n(Fault::Hold, LANES));
+    f.fault.script(std::iter::repeat_n(Fault::Hold, held));
     f.plan(0..30);
-    until("prefetch to fill its slots", || {
-        f.fault.in_flight() == LANES
+    until("prefetch to fill the endpoint's limit", || {
+        f.fault.in_flight() == held
     })
     .await;
 
-    // In no plan: a demand read of its own.
+    // In no plan: a demand read of its own, at once.
     assert_eq!(f.read(35).await, Source::Backend);
-    assert_eq!(f.fault.in_flight(), LANES, "the prefetches are still held");
+    assert_eq!(f.fault.in_flight(), held, "the prefetches are still held");
 
     // Being prefetched: join it.
     let joined = {

@@ -54,6 +54,9 @@ fn engine(part: u64, per_object: usize, global: usize) -> RangeEngine {
         part_size: ByteSize(part),
         per_object_concurrency: per_object,
         max_concurrency: global,
+        // Fixed limits: these tests are about the engine's own rules
+        // (the adaptive controller has tests of its own, below).
+        adaptive_concurrency: false,
         part_attempts: 3,
         part_backoff: Duration::from_millis(1),
         ..EngineConfig::default()
@@ -478,4 +481,51 @@ async fn a_streamed_read_stays_within_its_clients_share() {
     assert!(most >= 2 * 4096, "parts ahead are charged: {most}");
     drop(body);
     assert_eq!(client.held(), 0, "everything given back");
+}
+
+/// The adaptive controller gates requests: with an endpoint limit of 3, a
+/// 64-part object never has more than 3 parts in flight however high the
+/// fixed limits are, while nothing finishes to teach it otherwise; without
+/// adaptation the per-object limit is what holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_limit_gates_parts() {
+    for adaptive in [true, false] {
+        let fx = fixture();
+        let (uri, data) = fx.object("big", 64 * 4096);
+        let cfg = EngineConfig {
+            part_size: ByteSize(4096),
+            per_object_concurrency: 16,
+            max_concurrency: 64,
+            adaptive_concurrency: adaptive,
+            initial_concurrency: 3,
+            ..EngineConfig::default()
+        };
+        let e = RangeEngine::new(cfg, Arc::new(StorageMetrics::default()));
+        // The first part passes (its answer starts the fan-out); the rest
+        // are held until released.
+        fx.fault
+            .script(std::iter::once(Fault::None).chain(std::iter::repeat_n(Fault::Hold, 63)));
+        let mem = memory(1 << 20);
+        let fetch = {
+            let (e, fault, uri) = (e.clone(), fx.fault.clone(), uri.clone());
+            tokio::spawn(async move {
+                let mem = mem;
+                collect(e.fetch(fault, &uri, None, &mem, u64::MAX).await.unwrap()).await
+            })
+        };
+        let want = if adaptive { 3 } else { 16 };
+        wait_until("the parts to fill the limit", || {
+            fx.fault.in_flight() == want
+        })
+        .await;
+        // Nothing finishes, so no limit moves: still exactly `want`.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fx.fault.in_flight(), want, "adaptive {adaptive}");
+        assert_eq!(fx.fault.max_in_flight(), want, "adaptive {adaptive}");
+        fx.fault.release();
+        assert_eq!(fetch.await.unwrap(), data);
+        let limits = e.endpoint_limits();
+        assert_eq!(limits.len(), 1);
+        assert_eq!(limits[0].0, "file");
+    }
 }
