@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use sluice_engine::Reader;
+use sluice_engine::Engine;
 use sluice_proto::v1::sluice_server::SluiceServer;
 use sluice_storage::Backends;
 use tokio::net::{TcpListener, UnixListener};
@@ -39,7 +39,7 @@ use crate::tls::TcpSecurity;
 #[derive(Debug)]
 pub struct Daemon {
     config: Arc<Config>,
-    reader: Arc<Reader>,
+    engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     listener_metrics: ListenerMetrics,
     unix: UnixListener,
@@ -68,7 +68,7 @@ impl Daemon {
             .await
             .context("cannot set up storage backends")?;
         let mut metrics = Metrics::new();
-        let reader = Reader::new(
+        let engine = Engine::new(
             backends,
             config.engine.clone(),
             config.cache.clone(),
@@ -76,8 +76,8 @@ impl Daemon {
             metrics.engine.clone(),
         )
         .context("cannot create the shared-memory arena")?;
-        let reader = Arc::new(reader);
-        if config.session.shared_memory && !reader.arena().clients_read_only() {
+        let engine = Arc::new(engine);
+        if config.session.shared_memory && !engine.arena().clients_read_only() {
             // Handing out a segment a client could write would let it change
             // the bytes every other client reads: stream instead.
             tracing::warn!(
@@ -125,7 +125,7 @@ impl Daemon {
             socket: config.server.socket.clone(),
             fds,
             config: Arc::new(config),
-            reader,
+            engine,
             metrics: Arc::new(metrics),
             listener_metrics,
             unix,
@@ -148,7 +148,7 @@ impl Daemon {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let addrs = self.addresses();
         // Stopped when `serve` returns.
-        let budget = self.reader.arena().capacity();
+        let budget = self.engine.arena().capacity();
         let limit = crate::prefault::cgroup_memory_limit();
         if let Some(limit) = limit.filter(|&l| l < budget) {
             tracing::warn!(
@@ -158,11 +158,11 @@ impl Daemon {
             );
         }
         let _prefetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            sluice_engine::prefetch::run(self.reader.clone()),
+            self.engine.clone().run_prefetcher(),
         ));
         let _prefault = if self.config.cache.prefault && limit.is_none_or(|l| l >= budget) {
             let gauge = self.metrics.engine.memory.prefaulted.clone();
-            crate::prefault::start(self.reader.arena().clone(), gauge)
+            crate::prefault::start(self.engine.arena().clone(), gauge)
                 .map_err(|error| tracing::warn!(%error, "cannot start the arena prefault thread"))
                 .ok()
         } else {
@@ -170,7 +170,7 @@ impl Daemon {
         };
         let stop = CancellationToken::new();
         let service = SluiceService::new(
-            self.reader.clone(),
+            self.engine.clone(),
             self.config.clone(),
             self.metrics.clone(),
             stop.clone(),
@@ -209,7 +209,7 @@ impl Daemon {
             policy: Some(policy.clone()),
             metrics: self.listener_metrics.clone(),
             refuse_h2: name != "fds",
-            shares: (name != "fds").then(|| self.reader.shares().clone()),
+            shares: (name != "fds").then(|| self.engine.shares().clone()),
         };
         let keepalive = (!limits.keepalive_interval.is_zero()).then_some(limits.keepalive_interval);
         // The peer guard comes first (outermost): it tells the auth layer
@@ -264,7 +264,7 @@ impl Daemon {
         });
         let fd_socket = self.fds.as_ref().map(|(_, p)| p.clone());
         if let Some((listener, _)) = self.fds {
-            let arena = self.reader.arena().clone();
+            let arena = self.engine.arena().clone();
             let stop = stop.clone();
             let (opts, policy) = (accept("fds", false), policy.clone());
             let uploads = upload_memory;
@@ -276,7 +276,7 @@ impl Daemon {
         if let Some(http) = self.http {
             let state = HttpState {
                 metrics: self.metrics.clone(),
-                reader: self.reader.clone(),
+                engine: self.engine.clone(),
                 ready: ready.clone(),
             };
             side_tasks.spawn(async move { axum::serve(http, router(state)).await });

@@ -7,6 +7,7 @@ pub mod arena;
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod plans;
@@ -17,6 +18,7 @@ pub mod share;
 pub mod split;
 
 pub use config::{ByteSize, CacheConfig, EngineConfig, PrefetchConfig};
+pub use engine::Engine;
 pub use error::ReadError;
 pub use metrics::EngineMetrics;
 pub use reader::{Body, ReadOutput, Reader, Source};

@@ -3,7 +3,7 @@
 //! It asks the plans for the next items to read ([`Plans::next_prefetch`]:
 //! one item per plan in turn, within each plan's look-ahead bounds and the
 //! node's), runs at most `prefetch.concurrency` prefetches at once
-//! ([`Reader::prefetch`]), and reports each outcome back so the window's
+//! ([`Engine::prefetch`]), and reports each outcome back so the window's
 //! byte count is exact. It sleeps until a plan changes or moves, or a
 //! prefetch ends.
 //!
@@ -13,16 +13,16 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
+use crate::engine::Engine;
 use crate::plans::{PrefetchJob, Prefetched};
-use crate::reader::Reader;
 
 /// Runs the prefetcher until the task is dropped (or aborted).
-pub async fn run(reader: Arc<Reader>) {
-    if !reader.prefetch_config().enabled {
+pub(crate) async fn run(engine: Arc<Engine>) {
+    if !engine.prefetch_config().enabled {
         return;
     }
-    let max = reader.prefetch_config().concurrency.max(1);
-    let wake = reader.prefetch_wake().clone();
+    let max = engine.prefetch_config().concurrency.max(1);
+    let wake = engine.prefetch_wake().clone();
     let mut running: JoinSet<(PrefetchJob, Prefetched)> = JoinSet::new();
     loop {
         // Registered before looking, so a change meanwhile is not missed.
@@ -31,23 +31,23 @@ pub async fn run(reader: Arc<Reader>) {
         woken.as_mut().enable();
         let free = max - running.len();
         if free > 0 {
-            let jobs = reader
+            let jobs = engine
                 .cache()
                 .plans_with_sizes(|plans, size| plans.next_prefetch(free, size));
             for job in jobs {
-                let reader = reader.clone();
+                let engine = engine.clone();
                 running.spawn(async move {
-                    let outcome = reader.prefetch(&job.key).await;
+                    let outcome = engine.prefetch(&job.key).await;
                     (job, outcome)
                 });
             }
         }
-        reader.refresh_plan_gauges();
+        engine.refresh_gauges();
         tokio::select! {
             () = &mut woken => {}
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok((job, outcome)) = done {
-                    reader.cache().plans(|plans| plans.prefetched(&job, outcome));
+                    engine.cache().plans(|plans| plans.prefetched(&job, outcome));
                 }
             }
         }

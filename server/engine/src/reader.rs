@@ -28,10 +28,10 @@ use tokio::sync::watch;
 
 use crate::budget::MemoryBudget;
 use crate::cache::{Cache, CachedObject};
-use crate::config::{CacheConfig, EngineConfig, PrefetchConfig};
+use crate::config::{CacheConfig, EngineConfig};
 use crate::error::ReadError;
 use crate::metrics::{EngineMetrics, Instrumented};
-use crate::plans::{PlanError, PlanKey, Plans, Prefetched};
+use crate::plans::{PlanLimits, Prefetched};
 use crate::range::{Fetched, Memory, RangeEngine};
 use crate::share::{ClientShare, Hold, ShareLimits, Shares};
 
@@ -105,20 +105,6 @@ pub struct Reader {
     metrics: EngineMetrics,
     inflight: Arc<Inflight>,
     shares: Arc<Shares>,
-    prefetch: Prefetch,
-}
-
-/// What prefetches are made with.
-struct Prefetch {
-    config: PrefetchConfig,
-    /// Charged for prefetches in flight; its own request slots; no waits.
-    client: Arc<ClientShare>,
-    /// The arena, with no wait for memory.
-    budget: MemoryBudget,
-    /// Woken when a plan changes or moves.
-    wake: Arc<tokio::sync::Notify>,
-    /// Prefetch's own request slots.
-    lane: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -160,46 +146,24 @@ impl Drop for Leader {
 }
 
 impl Reader {
-    /// A reader over `backends` with a fresh cache and a fresh arena of
-    /// `cache.memory_budget` bytes.
+    /// A reader over `backends` with a fresh cache (holding plans within
+    /// `limits`) and a fresh arena of `cache.memory_budget` bytes.
     pub fn new(
         backends: Backends,
         engine: EngineConfig,
         cache: CacheConfig,
-        prefetch: PrefetchConfig,
+        limits: PlanLimits,
         metrics: EngineMetrics,
     ) -> std::io::Result<Self> {
         let arena = crate::arena::Arena::new(cache.memory_budget.0, cache.segment_size.0)?;
-        let budget = MemoryBudget::new(arena.clone(), cache.memory_wait);
+        let budget = MemoryBudget::new(arena, cache.memory_wait);
         metrics.memory.budget.set(budget.total() as i64);
         let store = Arc::new(Cache::with_policy(
             cache.policy,
-            prefetch.limits(budget.total()),
+            limits,
             metrics.cache.clone(),
             metrics.prefetch.clone(),
         ));
-        let lanes = prefetch.concurrency.max(1);
-        let prefetch_shares = Shares::new(
-            // Charges here are what a fetch expects to need (a whole first
-            // part before the size is known), not memory: what bounds
-            // prefetch's memory is the arena, reserved without waiting.
-            ShareLimits {
-                client_bytes: u64::MAX,
-                clients_bytes: u64::MAX,
-                client_requests: lanes,
-                wait: std::time::Duration::ZERO,
-                request_wait: engine.request_wait,
-            },
-            crate::metrics::ShareMetrics::default(),
-        );
-        let lane = Arc::new(tokio::sync::Semaphore::new(lanes));
-        let prefetch = Prefetch {
-            client: prefetch_shares.client_with_lane(lane.clone()),
-            lane,
-            budget: MemoryBudget::new(arena, std::time::Duration::ZERO),
-            wake: Arc::new(tokio::sync::Notify::new()),
-            config: prefetch,
-        };
         let shares = Shares::new(
             ShareLimits {
                 client_bytes: cache.client_share(),
@@ -219,8 +183,12 @@ impl Reader {
             config: cache,
             metrics,
             inflight: Arc::new(Mutex::new(HashMap::new())),
-            prefetch,
         })
+    }
+
+    /// The RangeEngine.
+    pub fn range_engine(&self) -> &RangeEngine {
+        &self.engine
     }
 
     /// The shared-memory arena every payload byte lives in.
@@ -248,7 +216,7 @@ impl Reader {
     }
 
     /// The cache.
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 
@@ -278,7 +246,6 @@ impl Reader {
             .memory
             .segments
             .set(arena.segments().len() as i64);
-        self.refresh_plan_gauges();
     }
 
     /// The largest object the cache keeps whole.
@@ -581,55 +548,12 @@ impl Reader {
         &self.metrics
     }
 
-    /// Backend requests in flight now, demand and prefetch.
-    pub fn requests_in_flight(&self) -> usize {
-        let demand = self.engine.config().max_concurrency.max(1) - self.engine.free_slots();
-        let lanes = self.prefetch.config.concurrency.max(1);
-        demand + lanes.saturating_sub(self.prefetch.lane.available_permits())
-    }
-
-    /// The prefetch settings.
-    pub fn prefetch_config(&self) -> &PrefetchConfig {
-        &self.prefetch.config
-    }
-
-    /// Runs `f` on the live plans, then wakes the prefetcher.
-    pub fn plans<T>(&self, f: impl FnOnce(&mut Plans) -> T) -> T {
-        let out = self.cache.plans(f);
-        self.prefetch.wake.notify_one();
-        out
-    }
-
-    /// Appends a page to a plan (see [`Plans::append`]).
-    pub fn submit_plan(
-        &self,
-        key: PlanKey,
-        job: &str,
-        items: &[Option<Arc<str>>],
-        first: bool,
-        last: bool,
-    ) -> Result<u64, PlanError> {
-        self.plans(|p| p.append(key, job, items, first, last))
-    }
-
-    /// Updates the plan gauges.
-    pub fn refresh_plan_gauges(&self) {
-        let (plans, items) = self.cache.plans(|p| (p.len(), p.ahead_items()));
-        self.metrics.prefetch.plans.set(plans as i64);
-        self.metrics.prefetch.lookahead_items.set(items as i64);
-    }
-
-    /// What wakes the prefetcher.
-    pub(crate) fn prefetch_wake(&self) -> &Arc<tokio::sync::Notify> {
-        &self.prefetch.wake
-    }
-
-    /// Reads `key` (a canonical URI) into the cache ahead of its use, at
-    /// prefetch priority: request slots of prefetch's own, no wait for
-    /// memory, and evicting only what no plan needs within its look-ahead.
-    /// A demand read of the object meanwhile joins this fetch; if the
-    /// prefetch gives up, that read fetches on its own.
-    pub async fn prefetch(&self, key: &str) -> Prefetched {
+    /// Reads `key` (a canonical URI) into the cache ahead of its use, with
+    /// `memory` (prefetch's: its own request slots, no wait for memory,
+    /// evicting only what no plan needs within its look-ahead). A demand
+    /// read of the object meanwhile joins this fetch; if the prefetch gives
+    /// up, that read fetches on its own.
+    pub(crate) async fn prefetch(&self, key: &str, memory: Memory) -> Prefetched {
         let Ok(uri) = ObjectUri::parse(key) else {
             return Prefetched::Skipped;
         };
@@ -642,12 +566,6 @@ impl Reader {
         // Being fetched already: it will be cached by that fetch.
         let Role::Lead(leader) = self.role(key) else {
             return Prefetched::Skipped;
-        };
-        let memory = Memory {
-            budget: self.prefetch.budget.clone(),
-            evict: self.cache.for_prefetch(),
-            client: self.prefetch.client.clone(),
-            whole: false,
         };
         let m = &self.metrics.prefetch;
         match self
@@ -761,7 +679,7 @@ mod tests {
             backends,
             EngineConfig::default(),
             cache,
-            PrefetchConfig::default(),
+            PlanLimits::default(),
             EngineMetrics::default(),
         )
         .unwrap()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_engine::plans::PlanKey;
 use sluice_engine::reader::{Body, Source};
 use sluice_engine::{
-    ByteSize, CacheConfig, ClientShare, EngineConfig, EngineMetrics, PrefetchConfig, Reader,
+    ByteSize, CacheConfig, ClientShare, Engine, EngineConfig, EngineMetrics, PrefetchConfig,
 };
 use sluice_storage::fault::{Fault, FaultStorage};
 use sluice_storage::registry::{FileConfig, StorageConfig};
@@ -22,7 +22,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     root: std::path::PathBuf,
     fault: Arc<FaultStorage>,
-    reader: Arc<Reader>,
+    engine: Arc<Engine>,
     metrics: EngineMetrics,
     _prefetcher: tokio::task::JoinHandle<()>,
 }
@@ -57,13 +57,13 @@ async fn fixture(objects: usize, engine: EngineConfig) -> Fixture {
         lookahead_items: WINDOW,
         ..PrefetchConfig::default()
     };
-    let reader = Arc::new(Reader::new(backends, engine, cache, prefetch, metrics.clone()).unwrap());
-    let prefetcher = tokio::spawn(sluice_engine::prefetch::run(reader.clone()));
+    let engine = Arc::new(Engine::new(backends, engine, cache, prefetch, metrics.clone()).unwrap());
+    let prefetcher = tokio::spawn(engine.clone().run_prefetcher());
     Fixture {
         _dir: dir,
         root,
         fault,
-        reader,
+        engine,
         metrics,
         _prefetcher: prefetcher,
     }
@@ -80,17 +80,17 @@ impl Fixture {
             .map(|i| Some(Arc::from(self.key(i))))
             .collect();
         let key = PlanKey { session: 1, id: 1 };
-        self.reader
+        self.engine
             .submit_plan(key, "test", &items, true, true)
             .unwrap();
     }
 
     async fn read(&self, i: usize) -> Source {
         let uri = ObjectUri::parse(&self.key(i)).unwrap();
-        self.reader.plans(|p| p.consumed(1, &self.key(i)));
+        self.engine.plans(|p| p.consumed(1, &self.key(i)));
         let client = ClientShare::unlimited();
         let out = self
-            .reader
+            .engine
             .read(&uri, None, false, &client, false)
             .await
             .unwrap();
@@ -140,11 +140,11 @@ async fn demand_reads_never_wait_behind_prefetch() {
 
     // Being prefetched: join it.
     let joined = {
-        let f_reader = f.reader.clone();
+        let f_engine = f.engine.clone();
         let uri = ObjectUri::parse(&f.key(0)).unwrap();
         tokio::spawn(async move {
             let client = ClientShare::unlimited();
-            let out = f_reader
+            let out = f_engine
                 .read(&uri, None, false, &client, false)
                 .await
                 .unwrap();
@@ -174,7 +174,7 @@ async fn demand_reads_never_wait_behind_prefetch() {
 async fn the_window_follows_the_reader_within_its_bound() {
     let f = fixture(40, EngineConfig::default()).await;
     f.plan(0..40);
-    let ahead = || f.reader.plans(|p| p.list()[0].ahead_items);
+    let ahead = || f.engine.plans(|p| p.list()[0].ahead_items);
     until("the window to fill", || {
         f.metrics.prefetch.fetched.get() == u64::from(WINDOW)
     })
@@ -198,5 +198,5 @@ async fn the_window_follows_the_reader_within_its_bound() {
     assert_eq!(f.metrics.prefetch.hits.get(), 40);
     assert_eq!(f.metrics.prefetch.fetched.get(), 40, "each object once");
     assert_eq!(f.metrics.prefetch.wasted_bytes.get(), 0);
-    assert_eq!(f.reader.plans(|p| p.list()[0].position), 40);
+    assert_eq!(f.engine.plans(|p| p.list()[0].position), 40);
 }

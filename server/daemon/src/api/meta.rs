@@ -35,7 +35,7 @@ pub(super) async fn stat(
     let timer = svc.metrics.rpc.start(Method::stat);
     let res = async {
         let uri = parse_uri(&req.uri)?;
-        let storage = svc.reader.storage(&uri).map_err(|e| read_status(&e))?;
+        let storage = svc.engine.backend(&uri).map_err(|e| read_status(&e))?;
         let m = storage.head(&uri).await.map_err(|e| storage_status(&e))?;
         Ok(v1::StatResponse {
             meta: Some(meta(&m)),
@@ -52,7 +52,7 @@ pub(super) async fn list(
     let timer = svc.metrics.rpc.start(Method::list);
     let res = async {
         let prefix = parse_uri(&req.prefix)?;
-        let storage = svc.reader.storage(&prefix).map_err(|e| read_status(&e))?;
+        let storage = svc.engine.backend(&prefix).map_err(|e| read_status(&e))?;
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
@@ -83,7 +83,7 @@ pub(super) async fn delete(
     let timer = svc.metrics.rpc.start(Method::delete);
     let res = async {
         let uri = parse_uri(&req.uri)?;
-        let storage = svc.reader.storage(&uri).map_err(|e| read_status(&e))?;
+        let storage = svc.engine.backend(&uri).map_err(|e| read_status(&e))?;
         if !req.recursive {
             if req.whole_bucket {
                 return Err(Status::invalid_argument(format!(
@@ -91,7 +91,7 @@ pub(super) async fn delete(
                 )));
             }
             let res = storage.delete(&uri).await;
-            svc.reader.invalidate(&uri);
+            svc.engine.invalidate(&uri);
             res.map_err(|e| storage_status(&e))?;
             return Ok(v1::DeleteResponse { deleted: 1 });
         }
@@ -127,7 +127,7 @@ pub(super) async fn delete(
             let shown = exact.to_string();
             if page.objects.first().is_some_and(|o| o.uri == shown) {
                 let res = storage.delete(exact).await;
-                svc.reader.invalidate(exact);
+                svc.engine.invalidate(exact);
                 match res {
                     Ok(()) => deleted += 1,
                     Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -172,7 +172,7 @@ pub(super) async fn delete(
                 None => break,
             }
         }
-        svc.reader.invalidate_prefix(&below);
+        svc.engine.invalidate_prefix(&below);
         Ok(v1::DeleteResponse { deleted })
     }
     .await;

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use sluice_engine::{ClientShare, Reader};
+use sluice_engine::{ClientShare, Engine};
 use sluice_proto::v1;
 use sluice_proto::v1::sluice_server::Sluice;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 /// The service; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SluiceService {
-    reader: Arc<Reader>,
+    engine: Arc<Engine>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins: sessions stop taking fetches, finish
@@ -53,16 +53,16 @@ pub struct SluiceService {
 }
 
 impl SluiceService {
-    /// A service reading through `reader`; `draining` is cancelled when
+    /// A service reading through `engine`; `draining` is cancelled when
     /// shutdown begins.
     pub fn new(
-        reader: Arc<Reader>,
+        engine: Arc<Engine>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         draining: CancellationToken,
     ) -> Self {
         SluiceService {
-            reader,
+            engine,
             config,
             metrics,
             draining,
@@ -93,7 +93,7 @@ impl SluiceService {
         req.extensions()
             .get::<Arc<ClientShare>>()
             .cloned()
-            .unwrap_or_else(|| self.reader.shares().client())
+            .unwrap_or_else(|| self.engine.shares().client())
     }
 
     /// The writes in flight, for the drain.
@@ -202,8 +202,8 @@ impl Sluice for SluiceService {
         &self,
         req: Request<Streaming<v1::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let (reader, config, metrics) = (
-            self.reader.clone(),
+        let (engine, config, metrics) = (
+            self.engine.clone(),
             self.config.clone(),
             self.metrics.clone(),
         );
@@ -216,7 +216,7 @@ impl Sluice for SluiceService {
             .cloned();
         crate::session::open(
             crate::session::Deps {
-                reader,
+                engine,
                 config,
                 metrics,
                 draining,

@@ -23,7 +23,7 @@ pub(super) async fn read(
     let out = async {
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
-        svc.reader
+        svc.engine
             .read(&uri, range, req.no_cache, &client, false)
             .await
             .map_err(|e| read_status(&e))
@@ -156,18 +156,18 @@ pub(super) fn read_many(
         n => n.min(cfg.read_many_max_concurrency),
     };
     let chunk = cfg.chunk_size.0 as usize;
-    let reader = svc.reader.clone();
+    let engine = svc.engine.clone();
     let rpc = svc.metrics.rpc.clone();
     // Each item is read by a task of its own (aborted with the stream), so
     // it runs to its end — and gives back its request slots — whether or
     // not the client keeps reading; what it then holds is charged to the
     // client's share.
     let fetches = stream::iter(req.items.into_iter().enumerate()).map(move |(i, item)| {
-        let (reader, client) = (reader.clone(), client.clone());
+        let (engine, client) = (engine.clone(), client.clone());
         let task = AbortOnDropHandle::new(tokio::spawn(async move {
             let uri = parse_uri(&item.uri)?;
             let range = parse_range(&uri, item.range.as_ref())?;
-            reader
+            engine
                 .read(&uri, range, false, &client, false)
                 .await
                 .map_err(|e| read_status(&e))

@@ -20,10 +20,10 @@ pub(super) fn stats(svc: &SluiceService, peer: Option<&crate::listen::Peer>) -> 
     let sessions = svc
         .sessions
         .snapshot(|s| admin || (uid.is_some() && s.uid == uid));
-    let reader = &svc.reader;
-    reader.refresh_gauges();
+    let engine = &svc.engine;
+    engine.refresh_gauges();
     let mut plans: HashMap<u64, Vec<PlanInfo>> = HashMap::new();
-    for plan in reader.plans(|p| p.list()) {
+    for plan in engine.plans(|p| p.list()) {
         plans.entry(plan.key.session).or_default().push(plan);
     }
     let sessions = sessions
@@ -58,10 +58,10 @@ pub(super) fn stats(svc: &SluiceService, peer: Option<&crate::listen::Peer>) -> 
             }
         })
         .collect();
-    let m = reader.metrics();
+    let m = engine.metrics();
     let response = v1::StatsResponse {
         sessions,
-        memory_budget: reader.budget().total(),
+        memory_budget: engine.budget().total(),
         cache_entries: m.cache.entries.get().max(0) as u64,
         cache_bytes: m.cache.bytes.get().max(0) as u64,
         cache_hits: m.cache.hits.get(),
@@ -71,7 +71,7 @@ pub(super) fn stats(svc: &SluiceService, peer: Option<&crate::listen::Peer>) -> 
         prefetch_wasted_bytes: m.prefetch.wasted_bytes.get(),
         lookahead_items: m.prefetch.lookahead_items.get().max(0) as u64,
         lookahead_bytes: m.prefetch.lookahead_bytes.get().max(0) as u64,
-        requests_in_flight: reader.requests_in_flight() as u64,
+        requests_in_flight: engine.requests_in_flight() as u64,
     };
     timer.finish(tonic::Code::Ok);
     response

@@ -39,8 +39,8 @@ pub(super) fn warm(
 ) -> Result<ResponseStream<v1::WarmProgress>, Status> {
     let timer = svc.metrics.rpc.start(Method::warm);
     let checked = parse_uri(&req.prefix).and_then(|prefix| {
-        svc.reader
-            .storage(&prefix)
+        svc.engine
+            .backend(&prefix)
             .map(|_| prefix)
             .map_err(|e| read_status(&e))
     });
@@ -89,9 +89,9 @@ async fn run(
     concurrency: usize,
     progress: &watch::Sender<v1::WarmProgress>,
 ) -> Result<(), Status> {
-    let storage = svc.reader.storage(prefix).map_err(|e| read_status(&e))?;
-    let max_cached = svc.reader.max_cached();
-    let capacity = svc.reader.arena().capacity();
+    let storage = svc.engine.backend(prefix).map_err(|e| read_status(&e))?;
+    let max_cached = svc.engine.max_cached();
+    let capacity = svc.engine.arena().capacity();
     let mut room = capacity;
     let mut opts = ListOptions {
         delimiter: None,
@@ -154,7 +154,7 @@ async fn warm_one(
     uri: ObjectUri,
 ) -> Result<(bool, u64), String> {
     let out = svc
-        .reader
+        .engine
         .read(&uri, None, false, client, false)
         .await
         .map_err(|e: ReadError| read_status(&e).message().to_owned())?;
@@ -207,7 +207,7 @@ pub(super) fn evict(
                  over the Unix socket"
             )));
         }
-        let evicted = svc.reader.invalidate_prefix(&prefix) as u64;
+        let evicted = svc.engine.invalidate_prefix(&prefix) as u64;
         tracing::info!(%prefix, evicted, uid, "evicted from the cache");
         Ok(v1::EvictResponse { evicted })
     })();

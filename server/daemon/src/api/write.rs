@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures::stream;
 use sluice_engine::budget::Reservation;
 use sluice_engine::share::Hold;
-use sluice_engine::{ClientShare, Reader};
+use sluice_engine::{ClientShare, Engine};
 use sluice_proto::v1;
 use sluice_proto::v1::write_request::Msg;
 use sluice_storage::{MultipartUpload, ObjectUri, Storage};
@@ -144,12 +144,12 @@ async fn run(
     } else {
         Method::write
     };
-    let storage = svc.reader.storage(&uri).map_err(|e| read_status(&e))?;
+    let storage = svc.engine.backend(&uri).map_err(|e| read_status(&e))?;
     let part_size = svc.config.write.part_size.0.max(storage.min_part_size());
     let mut up = Upload {
         uri: &uri,
         storage: storage.as_ref(),
-        reader: &svc.reader,
+        engine: &svc.engine,
         client,
         part_size,
         part: None,
@@ -166,7 +166,7 @@ async fn run(
     // shutdown cancels it (`uploads.rs`).
     let _tracked = svc.uploads.track();
     let result = up.run(&mut stream, header.size_hint, svc).await;
-    svc.reader.invalidate(&uri);
+    svc.engine.invalidate(&uri);
     match result {
         Ok(resp) => Ok(resp),
         Err(status) => {
@@ -179,7 +179,7 @@ async fn run(
 struct Upload<'a> {
     uri: &'a ObjectUri,
     storage: &'a dyn Storage,
-    reader: &'a Reader,
+    engine: &'a Engine,
     client: Arc<ClientShare>,
     part_size: u64,
     /// The part being filled: an arena extent, so an upload's buffer counts
@@ -396,9 +396,9 @@ impl Upload<'_> {
                     .await
                     .map_err(exhausted)?;
                 let r = self
-                    .reader
+                    .engine
                     .budget()
-                    .reserve(self.part_size, self.reader.cache())
+                    .reserve(self.part_size, self.engine.cache().as_ref())
                     .await
                     .map_err(exhausted)?;
                 self.part = Some((r, hold));

@@ -21,7 +21,7 @@ pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
     let res = async {
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
-        ctx.reader
+        ctx.engine
             .read(&uri, range, false, &ctx.client, ctx.shm)
             .await
             .map_err(|e| read_status(&e))
@@ -84,7 +84,7 @@ async fn extents(ctx: &SessionCtx, id: u64, out: ReadOutput) -> Result<(), Statu
         let (segment, segment_offset, lease_id) = if len == 0 {
             (0, 0, 0)
         } else {
-            let (segment, at) = ctx.reader.arena().locate(piece.as_ptr()).ok_or_else(|| {
+            let (segment, at) = ctx.engine.arena().locate(piece.as_ptr()).ok_or_else(|| {
                 Status::internal(format!("{uri}: payload outside the shared-memory arena"))
             })?;
             // A slice of a cached object pins the whole entry; any other

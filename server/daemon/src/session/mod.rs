@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
 use futures::StreamExt;
-use sluice_engine::{ClientShare, Reader};
+use sluice_engine::{ClientShare, Engine};
 use sluice_proto::v1;
 use sluice_proto::v1::session_request::Msg as In;
 use sluice_proto::v1::session_response::Msg as Out;
@@ -63,7 +63,7 @@ pub(crate) type Retired = Arc<std::sync::Mutex<Vec<Arc<LeaseTable>>>>;
 
 /// What every fetch of one session shares.
 pub(crate) struct SessionCtx {
-    pub(crate) reader: Arc<Reader>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) leases: Arc<LeaseTable>,
@@ -86,7 +86,7 @@ impl SessionCtx {
 
 /// What a session is opened with.
 pub(crate) struct Deps {
-    pub(crate) reader: Arc<Reader>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins.
@@ -108,7 +108,7 @@ pub(crate) async fn open(
     mut inbound: Streaming<v1::SessionRequest>,
 ) -> Result<futures::stream::BoxStream<'static, Result<v1::SessionResponse, Status>>, Status> {
     let Deps {
-        reader,
+        engine,
         config,
         metrics,
         draining,
@@ -136,7 +136,7 @@ pub(crate) async fn open(
         shared_memory: shm,
         lease_quota: cfg.lease_quota.0,
         fd_socket: config.fd_socket().display().to_string(),
-        segments: reader
+        segments: engine
             .arena()
             .segments()
             .map(|s| v1::ArenaSegment {
@@ -172,7 +172,7 @@ pub(crate) async fn open(
         leases: leases.clone(),
         stat,
         client,
-        reader,
+        engine,
         config: config.clone(),
         metrics: metrics.clone(),
         shm,
@@ -245,7 +245,7 @@ async fn drive(
     let mut queued: VecDeque<v1::FetchRequest> = VecDeque::new();
     let (mut shutting_down, mut half_closed) = (false, false);
     // Dropped with the driver: the session's plans end with it.
-    let mut plans = plans::SessionPlans::new(id, ctx.reader.clone());
+    let mut plans = plans::SessionPlans::new(id, ctx.engine.clone());
     loop {
         while fetches.len() < max
             && let Some(f) = queued.pop_front()

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sluice_engine::Reader;
+use sluice_engine::Engine;
 use sluice_engine::plans::{PlanError, PlanKey};
 use sluice_proto::v1;
 use sluice_proto::v1::session_response::Msg as Out;
@@ -30,7 +30,7 @@ const MAX_JOB_LEN: usize = 128;
 /// The plans of one session.
 pub(crate) struct SessionPlans {
     session: u64,
-    reader: Arc<Reader>,
+    engine: Arc<Engine>,
     /// Plans whose pages are still arriving.
     open: HashSet<u64>,
     /// Whether any plan was ever taken (fetches then move positions).
@@ -38,10 +38,10 @@ pub(crate) struct SessionPlans {
 }
 
 impl SessionPlans {
-    pub(crate) fn new(session: u64, reader: Arc<Reader>) -> Self {
+    pub(crate) fn new(session: u64, engine: Arc<Engine>) -> Self {
         SessionPlans {
             session,
-            reader,
+            engine,
             open: HashSet::new(),
             any: false,
         }
@@ -61,7 +61,7 @@ impl SessionPlans {
             && let Ok(uri) = sluice_storage::ObjectUri::parse(uri)
         {
             let key = uri.to_string();
-            self.reader.plans(|p| p.consumed(self.session, &key));
+            self.engine.plans(|p| p.consumed(self.session, &key));
         }
     }
 
@@ -72,7 +72,7 @@ impl SessionPlans {
         let items = match self.check(&page) {
             Ok(items) => items,
             Err(status) => {
-                self.reader.plans(|p| p.drop_plan(self.key(id)));
+                self.engine.plans(|p| p.drop_plan(self.key(id)));
                 self.open.remove(&id);
                 answer(ctx, id, 0, &status).await;
                 return;
@@ -80,7 +80,7 @@ impl SessionPlans {
         };
         let job = page.job.as_str();
         let taken = self
-            .reader
+            .engine
             .submit_plan(self.key(id), job, &items, first, page.last);
         match taken {
             Ok(total) if page.last => {
@@ -121,8 +121,8 @@ impl SessionPlans {
             .iter()
             .map(|item| {
                 let uri = parse_uri(&item.uri)?;
-                self.reader
-                    .storage(&uri)
+                self.engine
+                    .backend(&uri)
                     .map_err(|e| crate::api::status::read_status(&e))?;
                 // A range keeps the item's place; only whole objects are
                 // prefetched and cached.
@@ -133,19 +133,19 @@ impl SessionPlans {
 
     pub(crate) fn progress(&self, progress: &v1::PlanProgress) {
         let key = self.key(progress.plan_id);
-        self.reader.plans(|p| p.advance(key, progress.position));
+        self.engine.plans(|p| p.advance(key, progress.position));
     }
 
     pub(crate) fn drop_plan(&mut self, id: u64) {
         self.open.remove(&id);
-        self.reader.plans(|p| p.drop_plan(self.key(id)));
+        self.engine.plans(|p| p.drop_plan(self.key(id)));
     }
 }
 
 impl Drop for SessionPlans {
     fn drop(&mut self) {
         if self.any {
-            self.reader.plans(|p| p.drop_session(self.session));
+            self.engine.plans(|p| p.drop_session(self.session));
         }
     }
 }

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use sluice_engine::Reader;
+use sluice_engine::Engine;
 
 use super::metrics::Metrics;
 
@@ -18,7 +18,7 @@ pub struct HttpState {
     /// The registry.
     pub metrics: Arc<Metrics>,
     /// For gauges read off engine state at scrape time.
-    pub reader: Arc<Reader>,
+    pub engine: Arc<Engine>,
     /// False once shutdown began: `/ready` answers 503 so load balancers and
     /// Kubernetes stop sending new work.
     pub ready: Arc<AtomicBool>,
@@ -34,7 +34,7 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    s.reader.refresh_gauges();
+    s.engine.refresh_gauges();
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.metrics.registry) {
         Ok(()) => (
