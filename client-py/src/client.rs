@@ -267,16 +267,21 @@ impl Client {
     /// final counts: `listed_objects`, `listed_bytes`, `warmed_objects`,
     /// `warmed_bytes`, `cached_objects`, `cached_bytes`, `skipped_objects`
     /// (too large to cache), `failed_objects`, `first_error`, `cache_full`
-    /// (stopped before the end: the rest would not fit).
-    #[pyo3(signature = (prefix, concurrency = 0))]
+    /// (stopped before the end: the rest would not fit). With `uris`
+    /// (and no prefix): those objects, in order.
+    #[pyo3(signature = (prefix, concurrency = 0, uris = None))]
     fn warm<'py>(
         &self,
         py: Python<'py>,
         prefix: &str,
         concurrency: u32,
+        uris: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let last = self.call(py, |conn| async move {
-            let mut progress = conn.client.warm(prefix, concurrency).await?;
+            let mut progress = match uris {
+                Some(uris) => conn.client.warm_uris(uris, concurrency).await?.boxed(),
+                None => conn.client.warm(prefix, concurrency).await?.boxed(),
+            };
             let mut last = sluice_client::WarmProgress::default();
             while let Some(p) = progress.next().await {
                 last = p?;

@@ -146,3 +146,18 @@ def test_plan_limits_refuse_without_keeping_anything(tmp_path: pathlib.Path) -> 
         assert client.submit_plan([daemon.uri(f"x{i}") for i in range(100)]) == 100
     finally:
         daemon.stop()
+
+
+def test_warm_of_uris_fills_the_cache_in_order(planned: Daemon) -> None:
+    data = make(planned)
+    client = sluice.Client(planned.address)
+    first = list(data)[:8]
+    counts = client.warm(uris=first, concurrency=2)
+    assert (counts["listed_objects"], counts["warmed_objects"]) == (8, 8)
+    assert counts["warmed_bytes"] == 8 * SIZE and not counts["cache_full"]
+    before = planned.metric("sluice_cache_hits_total")
+    for uri in first:
+        assert bytes(client.get(uri)) == data[uri]
+    assert planned.metric("sluice_cache_hits_total") - before == 8
+    with pytest.raises(ValueError, match="not both"):
+        client.warm(planned.uri(""), uris=first)

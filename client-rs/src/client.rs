@@ -302,6 +302,25 @@ impl Client {
         let request = WarmRequest {
             prefix: prefix.to_owned(),
             concurrency,
+            uris: Vec::new(),
+        };
+        let stream = self.inner.clone().warm(request).await?.into_inner();
+        Ok(stream.map(|item| item.map_err(Error::from)))
+    }
+
+    /// Reads `uris` into the daemon's cache, in their order (an epoch
+    /// plan's first items, say), `concurrency` at a time: the counts as
+    /// they change, the last with `done` set. At most 100,000 URIs; stops
+    /// once the cache is full (`cache_full`).
+    pub async fn warm_uris(
+        &self,
+        uris: Vec<String>,
+        concurrency: u32,
+    ) -> Result<impl Stream<Item = Result<WarmProgress>> + Send + 'static> {
+        let request = WarmRequest {
+            prefix: String::new(),
+            concurrency,
+            uris,
         };
         let stream = self.inner.clone().warm(request).await?.into_inner();
         Ok(stream.map(|item| item.map_err(Error::from)))

@@ -164,3 +164,86 @@ async fn only_admins_may_evict() {
         }
     }
 }
+
+/// Warm of a list of URIs (an epoch plan's first items): read in order,
+/// byte-exact from the cache afterwards; it stops once the cache is full;
+/// a bad URI, or both a prefix and URIs, is refused before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_of_uris_reads_them_until_the_cache_is_full() {
+    let d = TestDaemon::start_with(|c| {
+        c.cache.memory_budget = ByteSize::mib(4);
+        c.cache.segment_size = ByteSize::mib(1);
+        c.engine.part_size = ByteSize::mib(1);
+        c.write.part_size = ByteSize::mib(1);
+    })
+    .await;
+    let mut uris = Vec::new();
+    for i in 0..12 {
+        std::fs::write(d.root().join(format!("u{i:02}")), pattern(500_000, i)).unwrap();
+        uris.push(d.file_uri(&format!("u{i:02}")));
+    }
+    let client = Client::connect(&d.address()).await.unwrap();
+    let first: Vec<String> = uris[..4].to_vec();
+    let last = client
+        .warm_uris(first.clone(), 2)
+        .await
+        .unwrap()
+        .map(|p| p.unwrap())
+        .collect::<Vec<_>>()
+        .await
+        .pop()
+        .unwrap();
+    assert!(last.done && !last.cache_full, "{last:?}");
+    assert_eq!(
+        (last.listed_objects, last.warmed_objects),
+        (4, 4),
+        "{last:?}"
+    );
+    assert_eq!(last.warmed_bytes, 4 * 500_000);
+    let before = hits(&d).await;
+    for (i, uri) in first.iter().enumerate() {
+        assert!(client.read_to_bytes(uri, None).await.unwrap() == pattern(500_000, i as u8));
+    }
+    assert_eq!(hits(&d).await - before, 4.0);
+
+    // All 12 (6 MB) do not fit in 4 MiB: it stops, having read at most
+    // what the cache holds.
+    let last = client
+        .warm_uris(uris.clone(), 2)
+        .await
+        .unwrap()
+        .map(|p| p.unwrap())
+        .collect::<Vec<_>>()
+        .await
+        .pop()
+        .unwrap();
+    assert!(last.cache_full && last.done, "{last:?}");
+    assert!(last.warmed_objects + last.cached_objects < 12, "{last:?}");
+    assert!(last.warmed_bytes + last.cached_bytes <= 4 << 20, "{last:?}");
+
+    let err = match client
+        .warm_uris(vec![uris[0].clone(), "nosuch://x/y".into()], 0)
+        .await
+    {
+        Err(e) => e,
+        Ok(mut s) => s.next().await.unwrap().unwrap_err(),
+    };
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("nosuch://x/y"), "{err}");
+    // Both a prefix and URIs: refused.
+    let mut raw = sluice_tests::grpc::connect(d.socket()).await;
+    let status = raw
+        .warm(sluice_proto::v1::WarmRequest {
+            prefix: d.file_uri(""),
+            concurrency: 0,
+            uris: vec![uris[0].clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("not both"),
+        "{}",
+        status.message()
+    );
+}

@@ -289,14 +289,22 @@ class Client:
         objects deleted."""
         return self._native.delete(uri, recursive, whole_bucket)
 
-    def warm(self, prefix: str, concurrency: int = 0) -> dict[str, object]:
+    def warm(
+        self, prefix: Optional[str] = None, concurrency: int = 0, *, uris: Optional[Iterable[str]] = None
+    ) -> dict[str, object]:
         """Reads every object under ``prefix`` into the daemon's cache,
         ``concurrency`` at a time (0: the daemon's default), and returns the
         final counts: ``listed_objects``, ``listed_bytes``,
         ``warmed_objects``, ``warmed_bytes``, ``cached_objects``,
         ``cached_bytes``, ``skipped_objects`` (too large to cache),
         ``failed_objects``, ``first_error`` and ``cache_full`` (stopped
-        before the end: the rest would not fit)."""
+        before the end: the rest would not fit). With ``uris`` instead of a
+        prefix (an epoch plan's first items, say; at most 100,000): those
+        objects, in their order."""
+        if (prefix is None) == (uris is None):
+            raise ValueError("give a prefix or uris, not both")
+        if uris is not None:
+            return self._native.warm("", concurrency, list(uris))
         return self._native.warm(prefix, concurrency)
 
     def evict(self, prefix: str) -> int:

@@ -203,12 +203,46 @@ pub async fn put(client: &Client, file: &Path, uri: &str) -> anyhow::Result<()> 
 }
 
 pub async fn warm(client: &Client, prefix: &str, concurrency: u32) -> anyhow::Result<()> {
-    let mut progress = client.warm(prefix, concurrency).await.uri_context(prefix)?;
+    let progress = client.warm(prefix, concurrency).await.uri_context(prefix)?;
+    warm_report(prefix, progress).await
+}
+
+/// `sluice warm --from FILE`: the URIs of FILE (`-`: stdin), one per line,
+/// blank lines and `#` comments skipped.
+pub async fn warm_from(
+    client: &Client,
+    file: &std::path::Path,
+    concurrency: u32,
+) -> anyhow::Result<()> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let uris: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let label = file.display().to_string();
+    let progress = client
+        .warm_uris(uris, concurrency)
+        .await
+        .uri_context(&label)?;
+    warm_report(&label, progress).await
+}
+
+async fn warm_report(
+    prefix: &str,
+    mut progress: impl futures::Stream<Item = sluice_client::Result<sluice_client::WarmProgress>>
+    + Unpin,
+) -> anyhow::Result<()> {
     let bar = progress::bytes_bar(0, prefix);
     let mut last = sluice_client::WarmProgress::default();
     while let Some(p) = progress.next().await {
         last = p.uri_context(prefix)?;
-        bar.set_length(last.listed_bytes);
+        bar.set_length(last.listed_bytes.max(last.warmed_bytes + last.cached_bytes));
         bar.set_position(last.warmed_bytes + last.cached_bytes);
     }
     bar.finish_and_clear();

@@ -118,13 +118,17 @@ enum Command {
     },
     /// Read every object under a prefix, several passes, and report throughput.
     Bench(bench::BenchArgs),
-    /// Read every object under a prefix into the daemon's cache (stops before the cache is full).
+    /// Read every object under a prefix (or listed in a file) into the daemon's cache; stops when the cache is full.
     Warm {
         /// Objects read at once (0: the daemon's default).
         #[arg(long, default_value_t = 0)]
         concurrency: u32,
+        /// Read the URIs listed in this file (one per line; `-`: stdin), in order, instead of a prefix.
+        #[arg(long, value_name = "FILE", conflicts_with = "prefix")]
+        from: Option<PathBuf>,
         /// The prefix, e.g. s3://bucket/train/.
-        prefix: String,
+        #[arg(required_unless_present = "from")]
+        prefix: Option<String>,
     },
     /// Drop every cached object under a prefix from the daemon's cache (admins only).
     Evict {
@@ -208,8 +212,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&client, &args).await,
         Command::Warm {
             concurrency,
+            from: Some(file),
+            ..
+        } => commands::warm_from(&client, &file, concurrency).await,
+        Command::Warm {
+            concurrency,
             prefix,
-        } => commands::warm(&client, &prefix, concurrency).await,
+            ..
+        } => commands::warm(&client, &prefix.unwrap_or_default(), concurrency).await,
         Command::Evict { prefix } => commands::evict(&client, &prefix).await,
         Command::Stats { watch } => commands::stats(&client, watch).await,
     }

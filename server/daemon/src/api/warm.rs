@@ -8,6 +8,11 @@
 //! the arena: past that point it would only evict what it warmed first.
 //! Progress goes out as it changes (only the latest counts are kept for a
 //! client that reads slowly); a client that goes away stops the warm.
+//!
+//! Given URIs instead of a prefix (an epoch plan's first items), it reads
+//! those in their order; their sizes are learned as they are read, so it
+//! stops issuing reads once what it read, plus what is in flight at the
+//! average size so far, would exceed the arena.
 
 use std::sync::Arc;
 
@@ -31,6 +36,42 @@ const DEFAULT_CONCURRENCY: usize = 4;
 const MAX_CONCURRENCY: usize = 64;
 /// Objects per listing page.
 const PAGE: usize = 1000;
+/// Most URIs one warm names.
+const MAX_URIS: usize = 100_000;
+
+/// What a warm reads.
+enum Target {
+    Prefix(ObjectUri),
+    Uris(Vec<ObjectUri>),
+}
+
+fn target(svc: &SluiceService, req: &v1::WarmRequest) -> Result<Target, Status> {
+    let routed = |uri: ObjectUri| {
+        svc.engine
+            .backend(&uri)
+            .map(|_| uri)
+            .map_err(|e| read_status(&e))
+    };
+    if req.uris.is_empty() {
+        return routed(parse_uri(&req.prefix)?).map(Target::Prefix);
+    }
+    if !req.prefix.is_empty() {
+        return Err(Status::invalid_argument(
+            "a warm takes a prefix or uris, not both",
+        ));
+    }
+    if req.uris.len() > MAX_URIS {
+        return Err(Status::invalid_argument(format!(
+            "a warm of {} uris; at most {MAX_URIS}",
+            req.uris.len()
+        )));
+    }
+    req.uris
+        .iter()
+        .map(|u| routed(parse_uri(u)?))
+        .collect::<Result<_, _>>()
+        .map(Target::Uris)
+}
 
 pub(super) fn warm(
     svc: &SluiceService,
@@ -38,14 +79,8 @@ pub(super) fn warm(
     req: v1::WarmRequest,
 ) -> Result<ResponseStream<v1::WarmProgress>, Status> {
     let timer = svc.metrics.rpc.start(Method::warm);
-    let checked = parse_uri(&req.prefix).and_then(|prefix| {
-        svc.engine
-            .backend(&prefix)
-            .map(|_| prefix)
-            .map_err(|e| read_status(&e))
-    });
-    let prefix = match checked {
-        Ok(p) => p,
+    let target = match target(svc, &req) {
+        Ok(t) => t,
         Err(status) => return timed(timer, Err(status)),
     };
     let concurrency = match req.concurrency as usize {
@@ -55,7 +90,13 @@ pub(super) fn warm(
     let (tx, rx) = watch::channel(v1::WarmProgress::default());
     let svc = svc.clone();
     let task = tokio::spawn(async move {
-        let res = run(&svc, &client, &prefix, concurrency, &tx).await;
+        let res = match &target {
+            Target::Prefix(prefix) => run(&svc, &client, prefix, concurrency, &tx).await,
+            Target::Uris(uris) => {
+                run_uris(&svc, &client, uris, concurrency, &tx).await;
+                Ok(())
+            }
+        };
         let res = timed(timer, res);
         if res.is_ok() {
             tx.send_modify(|p| p.done = true);
@@ -144,6 +185,54 @@ async fn run(
         record(progress, done);
     }
     Ok(())
+}
+
+async fn run_uris(
+    svc: &SluiceService,
+    client: &Arc<ClientShare>,
+    uris: &[ObjectUri],
+    concurrency: usize,
+    progress: &watch::Sender<v1::WarmProgress>,
+) {
+    progress.send_modify(|p| {
+        p.listed_objects = uris.len() as u64;
+        p.listed = true;
+    });
+    let capacity = svc.engine.arena().capacity();
+    let max_cached = svc.engine.max_cached();
+    // Arena bytes of the objects read so far, and how many.
+    let (mut used, mut read) = (0u64, 0u64);
+    let mut reads = FuturesUnordered::new();
+    let note = |done: Result<(bool, u64), String>, used: &mut u64, read: &mut u64| {
+        match &done {
+            Ok((_, size)) if *size > max_cached => {
+                progress.send_modify(|p| p.skipped_objects += 1);
+                return;
+            }
+            Ok((_, size)) => {
+                *used += size.next_multiple_of(GRANULE);
+                *read += 1;
+            }
+            Err(_) => {}
+        }
+        record(progress, done);
+    };
+    for uri in uris {
+        while reads.len() >= concurrency {
+            if let Some(done) = reads.next().await {
+                note(done, &mut used, &mut read);
+            }
+        }
+        let average = used.checked_div(read).unwrap_or(0);
+        if used + average * (reads.len() as u64 + 1) > capacity {
+            progress.send_modify(|p| p.cache_full = true);
+            break;
+        }
+        reads.push(warm_one(svc, client, uri.clone()));
+    }
+    while let Some(done) = reads.next().await {
+        note(done, &mut used, &mut read);
+    }
 }
 
 /// Reads one object into the cache: whether it was cached already, and its
