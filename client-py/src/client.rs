@@ -156,13 +156,16 @@ impl Client {
 
     /// Reads many objects (each `(uri, offset, length)`), up to `window` at
     /// a time; yields `(index, Buffer)`, in request order when `ordered`.
-    #[pyo3(signature = (items, ordered = true, window = 16))]
+    /// With `plan` and more items than `window`, the items also go to the
+    /// daemon as an epoch plan, so that it reads ahead of the window.
+    #[pyo3(signature = (items, ordered = true, window = 16, plan = true))]
     fn get_many(
         &self,
         py: Python<'_>,
         items: Vec<(String, Option<u64>, Option<u64>)>,
         ordered: bool,
         window: usize,
+        plan: bool,
     ) -> PyResult<FetchIter> {
         if window == 0 {
             return Err(PyValueError::new_err("window must be at least 1"));
@@ -175,6 +178,17 @@ impl Client {
             })
             .collect::<PyResult<Vec<(String, Option<Range<u64>>)>>>()?;
         let conn = self.conn(py)?;
+        let plan = (plan && items.len() > window).then(|| {
+            let uris: Vec<sluice_client::ReadItem> = items
+                .iter()
+                .map(|(uri, range)| sluice_client::ReadItem {
+                    uri: uri.clone(),
+                    range: range.clone(),
+                })
+                .collect();
+            (next_plan_id(), uris)
+        });
+        let planner = Arc::clone(&conn);
         // At most `window` results are fetched ahead of the consumer: a
         // fetch starts only with a credit, and a credit comes back when
         // Python takes a result — in bunches (`Ahead`), so that the task
@@ -202,6 +216,16 @@ impl Client {
         // works on the previous result (not only inside `__next__`).
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = crate::runtime::runtime()?.spawn(async move {
+            // The plan goes out beside the first fetches, not ahead of them:
+            // a refusal (or a daemon without plans) only loses read-ahead.
+            let _planned = plan.map(|(id, uris)| {
+                let conn = Arc::clone(&planner);
+                PlanGuard(Some(tokio::spawn(async move {
+                    let session = conn.session().await.ok()?;
+                    session.submit_plan(id, "get_many", uris).await.ok()?;
+                    Some((session, id))
+                })))
+            });
             while let Some(item) = results.next().await {
                 if tx.send(item).is_err() {
                     break;
@@ -365,6 +389,33 @@ impl Client {
         let session = self.call(py, |conn| async move { conn.session().await })?;
         Ok(session.is_mapped(address as *const u8))
     }
+}
+
+/// Drops a `get_many` plan when its fetches end — done, or abandoned (the
+/// task aborted) — so the daemon stops reading ahead for it and the
+/// session's plan count stays low.
+struct PlanGuard(Option<tokio::task::JoinHandle<Option<(sluice_client::Session, u64)>>>);
+
+impl Drop for PlanGuard {
+    fn drop(&mut self) {
+        let Some(submitted) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = crate::runtime::runtime() {
+            runtime.spawn(async move {
+                if let Ok(Some((session, id))) = submitted.await {
+                    let _ = session.drop_plan(id).await;
+                }
+            });
+        }
+    }
+}
+
+/// A plan id for one `get_many` call: distinct from every other in this
+/// process (the datasets' ids are random below 2^63).
+fn next_plan_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    (1 << 63) | NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Locks an iterator's stream for one step; fails if another thread is in

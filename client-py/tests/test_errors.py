@@ -68,3 +68,31 @@ def test_default_address(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_ADDRESS", "unix:///tmp/elsewhere.sock")
     assert sluice.Client().address == "unix:///tmp/elsewhere.sock"
     assert sluice.Client("/tmp/explicit.sock").address == "/tmp/explicit.sock"
+
+
+@pytest.mark.parametrize(
+    "code, cls",
+    [
+        ("RESOURCE_EXHAUSTED", "ResourceExhaustedError"),
+        ("NOT_FOUND", "NotFoundError"),
+        ("UNAVAILABLE", "UnavailableError"),
+    ],
+)
+def test_errors_cross_from_a_dataloader_worker(code: str, cls: str) -> None:
+    """PyTorch re-raises a worker's exception in the main process as
+    ``type(e)(message=...)`` for classes with a ``message`` attribute: every
+    sluice error must survive that as itself, message included."""
+    torch_utils = pytest.importorskip("torch._utils")
+    import sys
+
+    from sluice._types import _error_from_native
+
+    try:
+        raise _error_from_native(code, "s3://b/k: over the limit")
+    except sluice.SluiceError:
+        wrapper = torch_utils.ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 0")
+    with pytest.raises(getattr(sluice, cls)) as caught:
+        wrapper.reraise()
+    assert caught.value.code == code
+    assert "s3://b/k: over the limit" in caught.value.message
+    assert "worker process 0" in str(caught.value)

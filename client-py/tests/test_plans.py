@@ -161,3 +161,26 @@ def test_warm_of_uris_fills_the_cache_in_order(planned: Daemon) -> None:
     assert planned.metric("sluice_cache_hits_total") - before == 8
     with pytest.raises(ValueError, match="not both"):
         client.warm(planned.uri(""), uris=first)
+
+
+def test_get_many_plans_beyond_its_window(planned: Daemon) -> None:
+    """More items than its window: get_many gives the daemon the rest as a
+    plan while it runs, and takes it back when done."""
+    data = make(planned)
+    client = sluice.Client(planned.address)
+    uris = list(data)
+    results = client.get_many(uris, window=4)
+    index, buffer = next(results)
+    assert bytes(buffer) == data[uris[index]]
+    del buffer
+    wait_for(lambda: planned.metric("sluice_prefetch_plan_items") == COUNT, what="the plan")
+    got = {uris[i]: bytes(b) for i, b in results}
+    assert len(got) == COUNT - 1 and all(got[u] == data[u] for u in got)
+    del results
+    wait_for(lambda: planned.metric("sluice_prefetch_plan_items") == 0, what="the plan to go")
+    # No plan when asked for none, or when the window holds everything.
+    for _, b in client.get_many(uris, window=4, plan=False):
+        b.close()
+    for _, b in client.get_many(uris[:4], window=4):
+        b.close()
+    assert planned.metric("sluice_prefetch_plan_items") == 0

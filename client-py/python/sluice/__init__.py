@@ -258,18 +258,21 @@ class Client:
         return self._native.get(uri, offset, length)
 
     def get_many(
-        self, items: Iterable[Item], ordered: bool = True, window: int = 16
+        self, items: Iterable[Item], ordered: bool = True, window: int = 16, plan: bool = True
     ) -> Iterator[tuple[int, Buffer]]:
         """Reads many objects (URIs, or ``(uri, offset, length)`` tuples),
         keeping up to ``window`` reads in flight, and yields
         ``(index, buffer)`` as results arrive: in request order when
         ``ordered``, else in completion order. At most ``window`` results
         are held ahead of the consumer. A failed item raises its exception
-        from the iterator at its turn; iterating on goes on with the next."""
+        from the iterator at its turn; iterating on goes on with the next.
+        With ``plan`` and more items than ``window``, the items also go to
+        the daemon as an epoch plan (dropped when the iteration ends), so
+        that it reads ahead of the window on request slots of its own."""
         normalized = [
             (item, None, None) if isinstance(item, str) else tuple(item) for item in items
         ]
-        return self._native.get_many(normalized, ordered, window)
+        return self._native.get_many(normalized, ordered, window, plan)
 
     def put(self, uri: str, data: BytesLike) -> ObjectMeta:
         """Uploads ``data`` (any bytes-like object, copied first) as

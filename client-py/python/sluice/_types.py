@@ -32,6 +32,12 @@ class SluiceError(Exception):
 
     code: str = "UNKNOWN"
 
+    def __init__(self, *args: object, message: Optional[str] = None) -> None:
+        # `message=` too: PyTorch re-raises a DataLoader worker's exception
+        # in the main process as `type(e)(message=...)` when the class has a
+        # `message` attribute, as this one does.
+        super().__init__(*((message,) if message is not None else ()), *args)
+
     @property
     def message(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -353,7 +353,11 @@ class SluiceMapDataset(Dataset[Any]):
         outage = _Outage(self.reconnect_timeout)
         while len(samples) < len(wanted):
             rest = wanted[len(samples) :]
-            results = self._objects.client.get_many(rest, ordered=True, window=self.prefetch)
+            # A batch is read at once: no plan of it (SluicePlanSampler
+            # gives the daemon the epoch's order).
+            results = self._objects.client.get_many(
+                rest, ordered=True, window=self.prefetch, plan=False
+            )
             try:
                 for _, buffer in results:
                     samples.append(_sample(buffer, self.transform))
@@ -492,8 +496,9 @@ class SluiceIterableDataset(IterableDataset[Any]):
                     [uris[i] for i in indices[done:] + following],
                     self._plan_id,
                 )
+            # The plan (this epoch and the next) was submitted above.
             results = self._objects.client.get_many(
-                [uris[i] for i in indices[done:]], ordered=True, window=self.prefetch
+                [uris[i] for i in indices[done:]], ordered=True, window=self.prefetch, plan=False
             )
             try:
                 for _, buffer in results:

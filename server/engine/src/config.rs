@@ -129,9 +129,13 @@ impl Default for EngineConfig {
             // 8 × 8 MiB in flight per object saturates a 10 Gb/s link at
             // ~100 ms per part.
             per_object_concurrency: 8,
-            max_concurrency: 64,
+            // A cap, not a target: each endpoint's adaptive limit starts at
+            // `initial_concurrency` and grows only while throughput does.
+            // Small objects at object-store latency need hundreds in flight
+            // (4,000 objects/s at 20 ms is 80).
+            max_concurrency: 256,
             adaptive_concurrency: true,
-            initial_concurrency: 8,
+            initial_concurrency: 32,
             client_concurrency: None,
             request_wait: Duration::from_secs(60),
             part_attempts: 3,
