@@ -285,7 +285,7 @@ def cmd_run(a) -> None:
         # 2. three epochs of a dataset twice the cache
         for label, mode, policy in (("lru", "sluice-noplan", "lru"), ("plans", "sluice-plan", "plans")):
             daemon = Daemon(a, half, {"SLUICE_CACHE__POLICY": policy, "SLUICE_CACHE__MAX_OBJECT_SIZE": "1MiB",
-                                      "SLUICE_WRITE__PART_SIZE": "5MiB"})
+                                      "SLUICE_WRITE__PART_SIZE": "5MiB", "SLUICE_ENGINE__PART_SIZE": "1MiB"})
             try:
                 r = run_loader(a, mode, "small", endpoint, expected_path, 0, 3, daemon)
             finally:

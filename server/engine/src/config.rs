@@ -270,7 +270,7 @@ impl Default for PrefetchConfig {
         let limits = crate::plans::PlanLimits::default();
         PrefetchConfig {
             enabled: true,
-            concurrency: 16,
+            concurrency: 32,
             lookahead_items: limits.lookahead_items,
             lookahead_bytes: None,
             max_bytes: None,
