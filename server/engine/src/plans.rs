@@ -152,6 +152,35 @@ struct Plan {
     ahead_bytes: u64,
     /// A prefetch found no room: wait until the position moves.
     blocked: bool,
+    /// Prefetches of this plan running now.
+    running: u32,
+    /// Sizes of this plan's objects seen so far (prefetched or found
+    /// cached), for the average that bounds `running`.
+    seen_bytes: u64,
+    seen_items: u64,
+}
+
+/// Bytes one plan may have being prefetched at once, by the average size of
+/// its objects so far: few large objects at a time, so that the next one
+/// the client needs arrives first instead of sharing the link with a window
+/// of others; many small ones, whose time is latency.
+const PLAN_IN_FLIGHT_BYTES: u64 = 64 << 20;
+
+impl Plan {
+    /// Prefetches this plan may run at once: two until a size is known.
+    fn in_flight_limit(&self) -> u32 {
+        match self.seen_bytes.checked_div(self.seen_items) {
+            None => 2,
+            Some(average) => {
+                (PLAN_IN_FLIGHT_BYTES / average.max(1)).clamp(1, u64::from(u32::MAX)) as u32
+            }
+        }
+    }
+
+    fn saw(&mut self, bytes: u64) {
+        self.seen_bytes += bytes;
+        self.seen_items += 1;
+    }
 }
 
 impl Plan {
@@ -610,6 +639,7 @@ impl Plans {
                 if plan.blocked
                     || plan.frontier >= end
                     || plan.ahead_bytes >= limits.lookahead_bytes
+                    || plan.running >= plan.in_flight_limit()
                 {
                     continue;
                 }
@@ -624,11 +654,13 @@ impl Plans {
                 let uri = self.info[id as usize].as_ref().expect("live").uri.clone();
                 match size(&uri) {
                     Some(bytes) => {
+                        plan.saw(bytes);
                         plan.ahead.push_back(bytes);
                         plan.ahead_bytes += bytes;
                         self.ahead_bytes += bytes;
                     }
                     None => {
+                        plan.running += 1;
                         plan.ahead.push_back(0);
                         jobs.push(PrefetchJob {
                             plan: *key,
@@ -647,6 +679,10 @@ impl Plans {
         let Some(plan) = self.plans.get_mut(&job.plan) else {
             return;
         };
+        plan.running = plan.running.saturating_sub(1);
+        if let Prefetched::Cached(bytes) = outcome {
+            plan.saw(bytes);
+        }
         if job.index < plan.pos || job.index >= plan.frontier {
             return; // consumed already, or given up on
         }
@@ -749,6 +785,26 @@ mod tests {
     }
 
     #[test]
+    fn large_objects_are_prefetched_a_few_at_a_time() {
+        let mut plans = Plans::new(PlanLimits::default());
+        let keys: Vec<usize> = (0..20).collect();
+        plans.append(P, "", &plan_of(&keys), true, true).unwrap();
+        let first = plans.next_prefetch(100, &|_| None);
+        assert_eq!(first.len(), 2, "two until a size is known");
+        // 32 MiB objects: 64 MiB in flight is two of them.
+        plans.prefetched(&first[0], Prefetched::Cached(32 << 20));
+        let next = plans.next_prefetch(100, &|_| None);
+        assert_eq!(next.len(), 1, "one running, two allowed");
+        // 128 KiB objects: as many as the caller allows.
+        let mut small = Plans::new(PlanLimits::default());
+        let q = PlanKey { session: 2, id: 1 };
+        small.append(q, "", &plan_of(&keys), true, true).unwrap();
+        let first = small.next_prefetch(100, &|_| None);
+        small.prefetched(&first[0], Prefetched::Cached(128 << 10));
+        assert_eq!(small.next_prefetch(100, &|_| None).len(), 18);
+    }
+
+    #[test]
     fn limits_refuse_and_keep_nothing() {
         let limits = PlanLimits {
             max_plan_items: 3,
@@ -792,11 +848,14 @@ mod tests {
         let mut plans = Plans::new(limits);
         let keys: Vec<usize> = (0..20).collect();
         plans.append(P, "", &plan_of(&keys), true, true).unwrap();
+        // Two at a time until a size is known, then by the average size.
         let jobs = plans.next_prefetch(100, &|_| None);
-        assert_eq!(
-            jobs.iter().map(|j| j.index).collect::<Vec<_>>(),
-            [0, 1, 2, 3]
-        );
+        assert_eq!(jobs.iter().map(|j| j.index).collect::<Vec<_>>(), [0, 1]);
+        for job in &jobs {
+            plans.prefetched(job, Prefetched::Cached(100));
+        }
+        let jobs = plans.next_prefetch(100, &|_| None);
+        assert_eq!(jobs.iter().map(|j| j.index).collect::<Vec<_>>(), [2, 3]);
         for job in &jobs {
             plans.prefetched(job, Prefetched::Cached(100));
         }
