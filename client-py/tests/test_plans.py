@@ -95,7 +95,10 @@ def test_prefetch_reads_ahead_of_the_plan(tmp_path: pathlib.Path) -> None:
         assert sorted(samples) == sorted(data.values())
         metrics = daemon.metrics()
         assert metrics["sluice_prefetch_objects_total"] > 0
-        assert metrics["sluice_prefetch_hits_total"] > 0
+        # Each read found its object prefetched, joined a prefetch in
+        # flight, or (had it outrun the prefetcher) fetched it itself.
+        found = metrics["sluice_prefetch_hits_total"] + metrics["sluice_cache_coalesced_total"]
+        assert found > 0
         assert metrics["sluice_cache_hits_total"] >= metrics["sluice_prefetch_hits_total"]
         wait_for(lambda: daemon.metric("sluice_prefetch_plans") == 0, what="plans to end")
     finally:

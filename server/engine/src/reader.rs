@@ -88,6 +88,8 @@ enum Outcome {
 struct Flight {
     rx: watch::Receiver<Option<Outcome>>,
     stale: Arc<AtomicBool>,
+    /// Reads that joined it so far.
+    joined: usize,
 }
 
 type Inflight = Mutex<HashMap<String, Flight>>;
@@ -331,7 +333,8 @@ impl Reader {
 
     fn role(&self, key: &str) -> Role {
         let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = map.get(key) {
+        if let Some(flight) = map.get_mut(key) {
+            flight.joined += 1;
             return Role::Follow(flight.rx.clone());
         }
         let (tx, rx) = watch::channel(None);
@@ -341,6 +344,7 @@ impl Reader {
             Flight {
                 rx,
                 stale: stale.clone(),
+                joined: 0,
             },
         );
         Role::Lead(Leader {
@@ -606,6 +610,13 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// How many reads joined the fetch of `key` in flight now (0 when none
+    /// is): what a test waits on to know a read is following.
+    pub fn joined(&self, key: &str) -> usize {
+        let map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).map_or(0, |f| f.joined)
     }
 
     /// Forgets `uri` (after a write or delete through the daemon),

@@ -151,6 +151,11 @@ async fn demand_reads_never_wait_behind_prefetch() {
             out.source
         })
     };
+    let key = f.key(0);
+    until("the read to join the prefetch", || {
+        f.engine.reader().joined(&key) == 1
+    })
+    .await;
     f.fault.release();
     assert_eq!(joined.await.unwrap(), Source::Coalesced);
     until("the window to fill", || {
