@@ -18,6 +18,12 @@ async fn warm(client: &Client, prefix: &str) -> Vec<WarmProgress> {
     stream.map(|p| p.unwrap()).collect().await
 }
 
+async fn warm_uris(client: &Client, uris: Vec<String>, concurrency: u32) -> WarmProgress {
+    let stream = client.warm_uris(uris, concurrency).await.unwrap();
+    let steps: Vec<WarmProgress> = stream.map(|p| p.unwrap()).collect().await;
+    steps.last().cloned().expect("a warm sends its counts")
+}
+
 async fn hits(d: &TestDaemon) -> f64 {
     let (_, body) = http_get(d.http(), "/metrics").await;
     metric(&body, "sluice_cache_hits_total")
@@ -184,15 +190,7 @@ async fn a_warm_of_uris_reads_them_until_the_cache_is_full() {
     }
     let client = Client::connect(&d.address()).await.unwrap();
     let first: Vec<String> = uris[..4].to_vec();
-    let last = client
-        .warm_uris(first.clone(), 2)
-        .await
-        .unwrap()
-        .map(|p| p.unwrap())
-        .collect::<Vec<_>>()
-        .await
-        .pop()
-        .unwrap();
+    let last = warm_uris(&client, first.clone(), 2).await;
     assert!(last.done && !last.cache_full, "{last:?}");
     assert_eq!(
         (last.listed_objects, last.warmed_objects),
@@ -208,15 +206,7 @@ async fn a_warm_of_uris_reads_them_until_the_cache_is_full() {
 
     // All 12 (6 MB) do not fit in 4 MiB: it stops, having read at most
     // what the cache holds.
-    let last = client
-        .warm_uris(uris.clone(), 2)
-        .await
-        .unwrap()
-        .map(|p| p.unwrap())
-        .collect::<Vec<_>>()
-        .await
-        .pop()
-        .unwrap();
+    let last = warm_uris(&client, uris.clone(), 2).await;
     assert!(last.cache_full && last.done, "{last:?}");
     assert!(last.warmed_objects + last.cached_objects < 12, "{last:?}");
     assert!(last.warmed_bytes + last.cached_bytes <= 4 << 20, "{last:?}");
