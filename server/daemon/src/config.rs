@@ -319,6 +319,10 @@ impl Config {
         if self.engine.part_size.0 > u64::from(u32::MAX) {
             return Err(invalid("engine.part_size", "must be below 4GiB"));
         }
+        // Above part_size it is part_size: the cap wins.
+        if self.engine.min_part_size.0 < 64 << 10 {
+            return Err(invalid("engine.min_part_size", "must be at least 64KiB"));
+        }
         if self.engine.per_object_concurrency == 0
             || self.engine.max_concurrency == 0
             || self.engine.initial_concurrency == 0

@@ -40,6 +40,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use crate::metrics::EndpointLabels;
+use crate::part_size::PartSizer;
 
 /// The shortest window.
 const MIN_WINDOW: Duration = Duration::from_millis(20);
@@ -73,26 +74,45 @@ pub struct Controllers {
     cap: usize,
     initial: usize,
     adaptive: bool,
+    parts: PartSizes,
     map: Mutex<HashMap<String, Arc<Controller>>>,
     gauge: Family<EndpointLabels, Gauge>,
+    part_gauge: Family<EndpointLabels, Gauge>,
+}
+
+/// Bounds of each endpoint's part size ([`crate::part_size`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PartSizes {
+    /// The smallest part.
+    pub min: u64,
+    /// The largest part (and the only one when not `adaptive`).
+    pub cap: u64,
+    /// Learn each endpoint's part size.
+    pub adaptive: bool,
 }
 
 impl Controllers {
     /// Controllers capped at `cap` requests per endpoint, starting at
-    /// `initial`; with `adaptive` off, every limit stays at `cap`.
+    /// `initial`; with `adaptive` off, every limit stays at `cap`. Each
+    /// endpoint's parts are sized within `parts`. `gauge` and `part_gauge`
+    /// show each endpoint's limit and part size.
     pub fn new(
         cap: usize,
         initial: usize,
         adaptive: bool,
+        parts: PartSizes,
         gauge: Family<EndpointLabels, Gauge>,
+        part_gauge: Family<EndpointLabels, Gauge>,
     ) -> Self {
         let cap = cap.max(1);
         Controllers {
             cap,
             initial: if adaptive { initial.clamp(1, cap) } else { cap },
             adaptive,
+            parts,
             map: Mutex::new(HashMap::new()),
             gauge,
+            part_gauge,
         }
     }
 
@@ -101,17 +121,19 @@ impl Controllers {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(endpoint.to_owned())
             .or_insert_with(|| {
-                let gauge = self
-                    .gauge
-                    .get_or_create(&EndpointLabels {
-                        endpoint: endpoint.to_owned(),
-                    })
-                    .clone();
+                let labels = EndpointLabels {
+                    endpoint: endpoint.to_owned(),
+                };
+                let gauge = self.gauge.get_or_create(&labels).clone();
+                let PartSizes { min, cap, adaptive } = self.parts;
+                let part_gauge = self.part_gauge.get_or_create(&labels).clone();
+                let sizer = PartSizer::new(min, cap, adaptive, part_gauge);
                 Arc::new(Controller::new(
                     self.initial,
                     self.cap,
                     self.adaptive,
                     gauge,
+                    sizer,
                 ))
             })
             .clone()
@@ -136,6 +158,7 @@ pub struct Controller {
     freed: Notify,
     state: Mutex<State>,
     gauge: Gauge,
+    sizer: PartSizer,
 }
 
 #[derive(Debug)]
@@ -163,7 +186,7 @@ pub struct Permit {
 }
 
 impl Controller {
-    fn new(initial: usize, cap: usize, adaptive: bool, gauge: Gauge) -> Self {
+    fn new(initial: usize, cap: usize, adaptive: bool, gauge: Gauge, sizer: PartSizer) -> Self {
         gauge.set(initial as i64);
         Controller {
             cap,
@@ -184,7 +207,13 @@ impl Controller {
                 baseline: None,
             }),
             gauge,
+            sizer,
         }
+    }
+
+    /// The endpoint's part size ([`crate::part_size`]).
+    pub fn sizer(&self) -> &PartSizer {
+        &self.sizer
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -314,6 +343,11 @@ impl Controller {
 }
 
 impl Permit {
+    /// The endpoint's controller.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
     /// The request ended with `outcome`.
     pub fn finish(self, outcome: Outcome) {
         let latency = self.started.elapsed();
@@ -332,7 +366,8 @@ mod tests {
     use super::*;
 
     fn controller(initial: usize, cap: usize) -> Arc<Controller> {
-        Arc::new(Controller::new(initial, cap, true, Gauge::default()))
+        let sizer = PartSizer::new(1, 1, false, Gauge::default());
+        Arc::new(Controller::new(initial, cap, true, Gauge::default(), sizer))
     }
 
     /// Runs one window: `n` requests, all in flight at once (the limit is

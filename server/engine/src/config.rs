@@ -88,10 +88,18 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// Size of one ranged GET. Objects up to this size take one request.
-    /// 8 MiB: the smallest part that reaches full per-connection throughput
-    /// on S3 while keeping the first byte early.
+    /// The largest ranged GET: each endpoint's part size, learned with
+    /// `adaptive_part_size`, stays at or below it (and is it when not
+    /// learned). Objects up to the part size take one request. 8 MiB: the
+    /// smallest part that reaches full per-connection throughput on S3
+    /// while keeping the first byte early.
     pub part_size: ByteSize,
+    /// The smallest ranged GET an endpoint's learned part size goes to.
+    pub min_part_size: ByteSize,
+    /// Learn each endpoint's part size from its first-byte wait and
+    /// per-connection throughput ([`crate::part_size`]). Off: every part is
+    /// `part_size`.
+    pub adaptive_part_size: bool,
     /// Ranged GETs in flight for one object.
     pub per_object_concurrency: usize,
     /// Ranged GETs in flight across the daemon; also the cap of each
@@ -126,6 +134,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             part_size: ByteSize::mib(8),
+            // Below 1 MiB a part is mostly request overhead on any backend.
+            min_part_size: ByteSize::mib(1),
+            adaptive_part_size: true,
             // 8 × 8 MiB in flight per object saturates a 10 Gb/s link at
             // ~100 ms per part.
             per_object_concurrency: 8,

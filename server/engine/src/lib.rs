@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod part_size;
 pub mod plans;
 pub mod prefetch;
 pub mod range;

@@ -180,6 +180,8 @@ pub struct StorageMetrics {
     unversioned: Family<BackendLabels, Counter>,
     /// Each endpoint's adaptive concurrency limit.
     pub concurrency: Family<EndpointLabels, Gauge>,
+    /// Each endpoint's part size.
+    pub part_size: Family<EndpointLabels, Gauge>,
 }
 
 impl Default for StorageMetrics {
@@ -192,6 +194,7 @@ impl Default for StorageMetrics {
             part_retries: Counter::default(),
             unversioned: Family::default(),
             concurrency: Family::default(),
+            part_size: Family::default(),
         }
     }
 }
@@ -371,6 +374,12 @@ impl EngineMetrics {
             "concurrency_limit",
             "Requests each backend endpoint may have in flight now (adaptive; engine.max_concurrency caps it)",
             s.concurrency.clone(),
+        );
+        r.register_with_unit(
+            "part_size",
+            "Bytes each ranged GET of a backend endpoint asks for now (adaptive; engine.part_size caps it)",
+            Unit::Bytes,
+            s.part_size.clone(),
         );
         r.register(
             "part_retries",

@@ -38,7 +38,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -47,7 +47,7 @@ use sluice_storage::{
 };
 use tokio::sync::Semaphore;
 
-use crate::adaptive::{Controllers, Outcome, Permit, Priority};
+use crate::adaptive::{Controllers, Outcome, PartSizes, Permit, Priority};
 use crate::budget::{BudgetError, Evict, MemoryBudget, Reservation};
 use crate::config::EngineConfig;
 use crate::error::ReadError;
@@ -174,6 +174,9 @@ pub struct RangeEngine {
 pub(crate) struct Slot {
     _request: RequestSlot,
     endpoint: Permit,
+    /// When a first part's response headers came: its body's time teaches
+    /// the endpoint's part size.
+    headers: Option<Instant>,
 }
 
 impl Slot {
@@ -181,7 +184,13 @@ impl Slot {
     fn finish<T>(self, res: &Result<T, StorageError>, bytes: u64) {
         match res {
             Err(e) => self.failed(e),
-            Ok(_) => self.endpoint.finish(Outcome::Done { bytes }),
+            Ok(_) => {
+                if let Some(at) = self.headers {
+                    let sizer = self.endpoint.controller().sizer();
+                    sizer.body(bytes, at.elapsed());
+                }
+                self.endpoint.finish(Outcome::Done { bytes })
+            }
         }
     }
 
@@ -215,17 +224,26 @@ struct Job {
     /// size and last-modified time.
     version: Version,
     client: Arc<ClientShare>,
+    /// Bytes per part, the endpoint's when the fetch began.
+    part: u64,
 }
 
 impl RangeEngine {
     /// An engine with its own global request limit.
     pub fn new(config: EngineConfig, metrics: Arc<StorageMetrics>) -> Self {
         let global = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
+        let parts = PartSizes {
+            min: config.min_part_size.0,
+            cap: config.part_size.0,
+            adaptive: config.adaptive_part_size,
+        };
         let controllers = Arc::new(Controllers::new(
             config.max_concurrency,
             config.initial_concurrency,
             config.adaptive_concurrency,
+            parts,
             metrics.concurrency.clone(),
+            metrics.part_size.clone(),
         ));
         RangeEngine {
             config,
@@ -277,7 +295,12 @@ impl RangeEngine {
                 hold: memory.client.try_acquire(0).expect("nothing always fits"),
             });
         }
-        let part = self.config.part_size.0.max(1);
+        let part = self
+            .controllers
+            .get(&endpoint_of(uri))
+            .sizer()
+            .part_size()
+            .max(1);
         let first_req = want.start..want.start.saturating_add(part).min(want.end);
         // Room in the client's share before any request: a client over its
         // share waits here, holding no request slot.
@@ -298,6 +321,7 @@ impl RangeEngine {
             uri: uri.clone(),
             version: Version::of(&first.meta),
             client: memory.client.clone(),
+            part,
         });
         let buffered = len <= max_buffer;
         let first_len = first.range.end - first.range.start;
@@ -381,6 +405,7 @@ impl RangeEngine {
         Ok(Slot {
             _request: request,
             endpoint,
+            headers: None,
         })
     }
 
@@ -394,13 +419,17 @@ impl RangeEngine {
     ) -> Result<(sluice_storage::GetResult, Slot), ReadError> {
         let mut attempt = 1;
         loop {
-            let permit = self.slot(client, uri).await?;
+            let mut permit = self.slot(client, uri).await?;
             let opts = GetOptions {
                 range: Some(req.clone()),
                 if_match: None,
             };
+            let asked = Instant::now();
             match storage.get(uri, opts).await {
                 Ok(res) => {
+                    let sizer = permit.endpoint.controller().sizer();
+                    sizer.first_byte(asked.elapsed());
+                    permit.headers = Some(Instant::now());
                     let expect = req.start..req.end.min(res.meta.size);
                     if res.range != expect && !(res.meta.size == 0 && res.range.is_empty()) {
                         let msg = format!("asked for bytes {expect:?}, got {:?}", res.range);
@@ -441,7 +470,7 @@ type FirstPart = (Range<u64>, ByteStream, Slot);
 
 impl Job {
     fn part_size(&self) -> u64 {
-        self.engine.config.part_size.0.max(1)
+        self.part
     }
 
     /// Buffered mode: one reservation, every part into its own slice.

@@ -529,3 +529,76 @@ async fn the_endpoint_limit_gates_parts() {
         assert_eq!(limits[0].0, "file");
     }
 }
+
+/// Parts follow the endpoint: a connection that is slow against its first
+/// byte gets small parts (splitting pays), a slow first byte big ones
+/// (each part's wait would dominate). The rates are far from where the
+/// rule turns, so a loaded machine's timing cannot flip the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_part_size_follows_the_endpoint() {
+    const KIB: u64 = 1 << 10;
+    let fx = fixture();
+    let cfg = EngineConfig {
+        part_size: ByteSize(1024 * KIB),
+        min_part_size: ByteSize(128 * KIB),
+        adaptive_concurrency: false,
+        ..EngineConfig::default()
+    };
+    let e = RangeEngine::new(cfg, Arc::new(StorageMetrics::default()));
+    let mem = memory(1 << 30);
+    let (big, data) = fx.object("big", 1024 * KIB as usize);
+    let parts_of_big = |e: RangeEngine| {
+        let (fault, big, data) = (fx.fault.clone(), big.clone(), data.clone());
+        let mem = mem.clone();
+        async move {
+            let before = fault.ranges().len();
+            let got = collect(
+                e.fetch(fault.clone(), &big, None, &mem, u64::MAX)
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(got, data);
+            fault.ranges()[before..]
+                .iter()
+                .map(|r| r.end - r.start)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Nothing learned: the cap, one request.
+    assert_eq!(parts_of_big(e.clone()).await, [1024 * KIB]);
+    // 256 KiB bodies at 1 MB/s, ten of them: the rate's average falls to
+    // about 2 MB/s, and 2 × t0 × r stays under 128 KiB while a local file's
+    // first byte (well under a millisecond) averages under 30 ms.
+    for i in 0..10 {
+        let (uri, small) = fx.object(&format!("slow{i}"), 256 * KIB as usize);
+        fx.fault.script([Fault::Pace(1_000_000)]);
+        assert_eq!(
+            collect(
+                e.fetch(fx.fault.clone(), &uri, None, &mem, u64::MAX)
+                    .await
+                    .unwrap()
+            )
+            .await,
+            small
+        );
+    }
+    assert_eq!(parts_of_big(e.clone()).await, [128 * KIB; 8]);
+    // The endpoint now answers after 100 ms at file speed: parts grow back
+    // to the cap (after ten fetches t0 ≈ 50 ms, and r ≥ 30 MB/s if a file
+    // reads at 50 MB/s or more: ≥ 3 MB).
+    for i in 0..10 {
+        let (uri, obj) = fx.object(&format!("far{i}"), 512 * KIB as usize);
+        fx.fault.script([Fault::Delay(Duration::from_millis(100))]);
+        assert_eq!(
+            collect(
+                e.fetch(fx.fault.clone(), &uri, None, &mem, u64::MAX)
+                    .await
+                    .unwrap()
+            )
+            .await,
+            obj
+        );
+    }
+    assert_eq!(parts_of_big(e.clone()).await, [1024 * KIB]);
+}

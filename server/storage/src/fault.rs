@@ -38,6 +38,10 @@ pub enum Fault {
     Size(u64),
     /// Hold the request (counted in flight) until [`FaultStorage::release`].
     Hold,
+    /// Answer after this long (a slow first byte).
+    Delay(std::time::Duration),
+    /// Deliver the body at this many bytes per second (a slow connection).
+    Pace(u64),
 }
 
 /// The double.
@@ -151,6 +155,9 @@ impl Storage for FaultStorage {
             let mut released = self.released.subscribe();
             let _ = released.wait_for(|r| *r).await;
         }
+        if let Fault::Delay(wait) = fault {
+            tokio::time::sleep(wait).await;
+        }
         let mut res = match self.inner.get(uri, opts).await {
             Ok(r) => r,
             Err(e) => {
@@ -174,7 +181,8 @@ impl Storage for FaultStorage {
                 res.meta.size = size;
                 cut(body, u64::MAX, None, guard)
             }
-            Fault::None | Fault::Fail(_) | Fault::Throttle(_) | Fault::Hold => {
+            Fault::Pace(rate) => pace(cut(body, u64::MAX, None, guard), rate),
+            Fault::None | Fault::Fail(_) | Fault::Throttle(_) | Fault::Hold | Fault::Delay(_) => {
                 cut(body, u64::MAX, None, guard)
             }
         };
@@ -200,6 +208,33 @@ impl Storage for FaultStorage {
     async fn delete(&self, uri: &ObjectUri) -> Result<()> {
         self.inner.delete(uri).await
     }
+}
+
+/// Passes `body` on at `rate` bytes per second, in pieces of at most 64 KiB.
+fn pace(body: crate::ByteStream, rate: u64) -> crate::ByteStream {
+    const PIECE: usize = 64 << 10;
+    let rate = rate.max(1) as f64;
+    let pieces = body.flat_map(|chunk| {
+        let pieces: Vec<Result<Bytes>> = match chunk {
+            Err(e) => vec![Err(e)],
+            Ok(mut chunk) => {
+                let mut out = Vec::new();
+                while chunk.len() > PIECE {
+                    out.push(Ok(chunk.split_to(PIECE)));
+                }
+                out.push(Ok(chunk));
+                out
+            }
+        };
+        futures::stream::iter(pieces)
+    });
+    Box::pin(pieces.then(move |piece| async move {
+        if let Ok(bytes) = &piece {
+            let wait = std::time::Duration::from_secs_f64(bytes.len() as f64 / rate);
+            tokio::time::sleep(wait).await;
+        }
+        piece
+    }))
 }
 
 /// Passes at most `keep` bytes, then ends (or fails when `fail_uri` is set).
