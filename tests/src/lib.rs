@@ -3,6 +3,7 @@
 pub mod certs;
 pub mod daemon;
 pub mod faultproxy;
+pub mod gcsserver;
 pub mod grpc;
 pub mod s3server;
 pub mod shm;

@@ -1,5 +1,6 @@
 //! One storage conformance suite, run against every backend on a real store:
-//! `file://` in a temporary directory and `s3://` against `s3s-fs`.
+//! `file://` in a temporary directory, `s3://` against `s3s-fs` and `gs://`
+//! against `fake-gcs-server`.
 //!
 //! Each case is a function of a [`Storage`] and a base prefix URI (ending in
 //! `/`) under which it owns every key. The `conformance!` macro instantiates
@@ -14,6 +15,7 @@ use rand::{RngCore, SeedableRng};
 use sluice_storage::file::{FileStorage, Resolver};
 use sluice_storage::s3::{ChecksumMode, S3Backends};
 use sluice_storage::{ErrorKind, GetOptions, ListOptions, ObjectUri, Storage, Version};
+use sluice_tests::gcsserver::GcsServer;
 use sluice_tests::s3server::S3Server;
 
 const MIB: usize = 1 << 20;
@@ -62,6 +64,17 @@ async fn s3_fixture(checksum: ChecksumMode) -> Fixture {
     }
 }
 
+async fn gcs_fixture() -> Fixture {
+    let server = GcsServer::start().await;
+    let bucket = server.bucket("conformance").await;
+    let storage = Arc::new(sluice_storage::gcs::GcsStorage::new(&server.config()).unwrap());
+    Fixture {
+        storage,
+        base: bucket.with_key("suite/"),
+        _keep: Box::new(server),
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod file {
@@ -90,6 +103,13 @@ macro_rules! conformance {
             $(#[tokio::test]
             async fn $case() {
                 let fx = super::s3_fixture(sluice_storage::s3::ChecksumMode::WhenRequired).await;
+                super::$case(&*fx.storage, &fx.base).await;
+            })*
+        }
+        mod gcs {
+            $(#[tokio::test]
+            async fn $case() {
+                let fx = super::gcs_fixture().await;
                 super::$case(&*fx.storage, &fx.base).await;
             })*
         }

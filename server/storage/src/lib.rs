@@ -20,6 +20,7 @@
 
 pub mod error;
 pub mod file;
+pub mod gcs;
 pub mod registry;
 pub mod s3;
 pub mod uri;

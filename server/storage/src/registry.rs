@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::file::FileStorage;
+use crate::gcs::{GcsConfig, GcsStorage};
 use crate::s3::{S3Backends, S3Config};
 use crate::{ObjectUri, Result, Scheme, Storage};
 
@@ -25,6 +26,8 @@ pub struct StorageConfig {
     pub file: FileConfig,
     /// S3 and S3-compatible servers.
     pub s3: S3Config,
+    /// Google Cloud Storage.
+    pub gcs: GcsConfig,
 }
 
 /// Every configured backend.
@@ -32,6 +35,7 @@ pub struct StorageConfig {
 pub struct Backends {
     file: Arc<FileStorage>,
     s3: S3Backends,
+    gcs: Arc<GcsStorage>,
     /// Serves `file://` instead of `file` (tests of the layers above).
     #[cfg(feature = "fault-injection")]
     file_override: Option<Arc<dyn Storage>>,
@@ -43,6 +47,7 @@ impl Backends {
         Ok(Backends {
             file: Arc::new(FileStorage::new(&config.file.roots)?),
             s3: S3Backends::new(&config.s3).await?,
+            gcs: Arc::new(GcsStorage::new(&config.gcs)?),
             #[cfg(feature = "fault-injection")]
             file_override: None,
         })
@@ -70,6 +75,7 @@ impl Backends {
             }
             Scheme::File => Ok(self.file.clone()),
             Scheme::S3 => self.s3.for_uri(uri),
+            Scheme::Gs => Ok(self.gcs.clone()),
         }
     }
 }

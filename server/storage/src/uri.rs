@@ -5,6 +5,7 @@
 //! | `file:///abs/path` | a local file (confined to the configured roots) |
 //! | `s3://bucket/key` | an object at the configured default S3 endpoint |
 //! | `s3://host:port/bucket/key` | an object at an explicit endpoint, served only when the configuration lists it |
+//! | `gs://bucket/object` | a Google Cloud Storage object (at `[storage.gcs] endpoint`, or Google's) |
 //!
 //! A `file://` path has one spelling: runs of `/` collapse to one, so
 //! `file:///d//x` and `file:///d/x` are one cache entry. An S3 authority
@@ -27,6 +28,8 @@ pub enum Scheme {
     File,
     /// `s3://`
     S3,
+    /// `gs://`
+    Gs,
 }
 
 impl Scheme {
@@ -35,6 +38,7 @@ impl Scheme {
         match self {
             Scheme::File => "file",
             Scheme::S3 => "s3",
+            Scheme::Gs => "gs",
         }
     }
 }
@@ -86,9 +90,10 @@ impl ObjectUri {
         match scheme {
             "file" => Self::parse_file(uri, rest),
             "s3" => Self::parse_s3(uri, rest),
+            "gs" => Self::parse_gs(uri, rest),
             other => Err(StorageError::invalid(
                 uri,
-                format!("unsupported scheme {other:?}: expected file:// or s3://"),
+                format!("unsupported scheme {other:?}: expected file://, s3:// or gs://"),
             )),
         }
     }
@@ -148,6 +153,30 @@ impl ObjectUri {
         })
     }
 
+    fn parse_gs(uri: &str, rest: &str) -> Result<Self> {
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if !valid_gcs_bucket(bucket) {
+            return Err(StorageError::invalid(
+                uri,
+                "missing or invalid bucket name (3-222 characters: a-z, 0-9, '.', '-', '_')",
+            ));
+        }
+        // GCS object names: at most 1,024 bytes of UTF-8, no carriage
+        // return or line feed.
+        if key.len() > 1024 || key.contains(['\r', '\n']) {
+            return Err(StorageError::invalid(
+                uri,
+                "invalid object name (at most 1024 bytes, no CR or LF)",
+            ));
+        }
+        Ok(ObjectUri {
+            scheme: Scheme::Gs,
+            endpoint: None,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
     /// The backend.
     pub fn scheme(&self) -> Scheme {
         self.scheme
@@ -187,6 +216,19 @@ fn valid_bucket(bucket: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
+fn valid_gcs_bucket(bucket: &str) -> bool {
+    // Google's rules: 3-63 characters (222 with dots), lowercase letters,
+    // digits, '-', '_' and '.', starting and ending with a letter or digit.
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let max = if bucket.contains('.') { 222 } else { 63 };
+    (3..=max).contains(&bucket.len())
+        && bucket.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+        && edge(bucket.bytes().next())
+        && edge(bucket.bytes().last())
+}
+
 impl fmt::Display for ObjectUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.scheme {
@@ -195,6 +237,7 @@ impl fmt::Display for ObjectUri {
                 Some(ep) => write!(f, "s3://{ep}/{}/{}", self.bucket, self.key),
                 None => write!(f, "s3://{}/{}", self.bucket, self.key),
             },
+            Scheme::Gs => write!(f, "gs://{}/{}", self.bucket, self.key),
         }
     }
 }
@@ -221,6 +264,12 @@ mod tests {
         );
         let u = ObjectUri::parse("s3://bkt").unwrap();
         assert_eq!((u.bucket(), u.key()), ("bkt", ""));
+        let u = ObjectUri::parse("gs://my-bucket/dir/a b.bin").unwrap();
+        assert_eq!(
+            (u.scheme(), u.endpoint(), u.bucket(), u.key()),
+            (Scheme::Gs, None, "my-bucket", "dir/a b.bin")
+        );
+        assert_eq!(u.to_string(), "gs://my-bucket/dir/a b.bin");
     }
 
     #[test]
@@ -232,6 +281,12 @@ mod tests {
             "s3:///key",
             "s3://h:notaport/b/k",
             "s3://:9000/b/k",
+            "gs://",
+            "gs://ab/k",
+            "gs://Upper/k",
+            "gs://host:9000/b/k",
+            "gs://-bkt/k",
+            "gs://bkt/a\nb",
         ] {
             let e = ObjectUri::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
@@ -280,7 +335,7 @@ mod tests {
         /// Whatever a client sends: never a panic, and what parses
         /// re-parses to itself from its display form.
         #[test]
-        fn arbitrary_strings_never_panic(s in "\\PC{0,120}", tail in "(s3|file)://\\PC{0,60}") {
+        fn arbitrary_strings_never_panic(s in "\\PC{0,120}", tail in "(s3|file|gs)://\\PC{0,60}") {
             for input in [s.as_str(), tail.as_str()] {
                 if let Ok(parsed) = ObjectUri::parse(input) {
                     prop_assert_eq!(ObjectUri::parse(&parsed.to_string()).ok(), Some(parsed));

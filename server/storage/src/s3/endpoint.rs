@@ -49,7 +49,7 @@ const METADATA_V6: [Ipv6Addr; 3] = [
 /// and multicast; also as IPv4-mapped (`::ffff:a.b.c.d`) and NAT64
 /// (`64:ff9b::a.b.c.d`) IPv6 addresses. Loopback and private addresses are
 /// allowed: S3-compatible servers on the node or the local network.
-pub(super) fn refused(ip: IpAddr) -> Option<&'static str> {
+pub(crate) fn refused(ip: IpAddr) -> Option<&'static str> {
     match ip.to_canonical() {
         IpAddr::V4(v4) => refused_v4(v4),
         IpAddr::V6(v6) => {
@@ -94,14 +94,14 @@ fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
 /// A name resolved to an address the S3 clients may not reach.
 #[derive(Debug, thiserror::Error)]
 #[error("{name} resolves to {addr}, a {reason} address, which is refused")]
-pub(super) struct RefusedAddress {
+pub(crate) struct RefusedAddress {
     name: String,
     addr: IpAddr,
     reason: &'static str,
 }
 
 /// `addrs`, the answer for `name`, unless one of them is [`refused`].
-pub(super) fn check_resolved(name: &str, addrs: &[IpAddr]) -> Result<(), RefusedAddress> {
+pub(crate) fn check_resolved(name: &str, addrs: &[IpAddr]) -> Result<(), RefusedAddress> {
     for &addr in addrs {
         if let Some(reason) = refused(addr) {
             return Err(RefusedAddress {

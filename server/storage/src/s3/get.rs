@@ -183,7 +183,7 @@ fn sent_span(out: &GetObjectOutput, shown: &str) -> Result<(Range<u64>, u64)> {
 }
 
 /// `bytes a-b/total` → (`a..b+1`, `total`).
-pub(super) fn parse_content_range(value: &str) -> Option<(Range<u64>, u64)> {
+pub(crate) fn parse_content_range(value: &str) -> Option<(Range<u64>, u64)> {
     let rest = value.trim().strip_prefix("bytes ")?;
     let (span, total) = rest.split_once('/')?;
     let (first, last) = span.split_once('-')?;

@@ -45,9 +45,9 @@
 
 mod client;
 mod config;
-mod endpoint;
+pub(crate) mod endpoint;
 mod errors;
-mod get;
+pub(crate) mod get;
 mod list;
 mod upload;
 
