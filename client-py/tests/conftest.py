@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import sluice
+from gcsserver import GcsServer
 from s3server import S3Server
 
 START_TIMEOUT = 20.0
@@ -225,6 +226,21 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_daemon(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[Daemon]:
     """A second daemon whose default S3 endpoint is the test's s3s-fs."""
     d = Daemon(tmp_path_factory.mktemp("sluiced-s3"), env=s3.daemon_env())
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    server = GcsServer(tmp_path_factory.mktemp("fake-gcs-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_daemon(tmp_path_factory: pytest.TempPathFactory, gcs: GcsServer) -> Iterator[Daemon]:
+    """A daemon whose gs:// URIs go to the test's GCS emulator."""
+    d = Daemon(tmp_path_factory.mktemp("sluiced-gcs"), env=gcs.daemon_env())
     yield d
     d.stop()
 

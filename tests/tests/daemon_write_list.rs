@@ -1,9 +1,10 @@
-//! Write, List and Delete through a real daemon, on file:// and on a real
-//! S3-compatible server.
+//! Write, List and Delete through a real daemon, on file://, on a real
+//! S3-compatible server and on a GCS emulator.
 
 use sluice_engine::ByteSize;
 use sluice_proto::v1;
 use sluice_tests::daemon::TestDaemon;
+use sluice_tests::gcsserver::GcsServer;
 use sluice_tests::grpc::{connect, pattern, read, write};
 use sluice_tests::s3server::S3Server;
 use tonic::Code;
@@ -144,6 +145,19 @@ async fn write_list_delete_on_s3() {
     let cfg = s3.config();
     let d = TestDaemon::start_with(move |c| {
         c.storage.s3 = cfg;
+        c.write.part_size = ByteSize::mib(5);
+    })
+    .await;
+    write_list_delete(&d, &format!("{bucket}data/")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_list_delete_on_gcs() {
+    let gcs = GcsServer::start().await;
+    let bucket = gcs.bucket("e2e").await;
+    let cfg = gcs.config();
+    let d = TestDaemon::start_with(move |c| {
+        c.storage.gcs = cfg;
         c.write.part_size = ByteSize::mib(5);
     })
     .await;
@@ -404,5 +418,14 @@ async fn recursive_delete_matches_components_on_s3() {
     let bucket = s3.bucket("components").await;
     let cfg = s3.config();
     let d = TestDaemon::start_with(move |c| c.storage.s3 = cfg).await;
+    recursive_delete_matches_components(&d, &format!("{bucket}runs/"), &bucket.to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_delete_matches_components_on_gcs() {
+    let gcs = GcsServer::start().await;
+    let bucket = gcs.bucket("components").await;
+    let cfg = gcs.config();
+    let d = TestDaemon::start_with(move |c| c.storage.gcs = cfg).await;
     recursive_delete_matches_components(&d, &format!("{bucket}runs/"), &bucket.to_string()).await;
 }
