@@ -97,3 +97,56 @@ impl GcsConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_key() {
+        let cases = [
+            (
+                GcsConfig {
+                    endpoint: Some("http://127.0.0.1:4443/storage/v1".into()),
+                    ..GcsConfig::default()
+                },
+                "endpoint",
+            ),
+            (
+                GcsConfig {
+                    endpoint: Some("ftp://h".into()),
+                    ..GcsConfig::default()
+                },
+                "endpoint",
+            ),
+            (
+                GcsConfig {
+                    anonymous: true,
+                    credentials_file: Some("/etc/key.json".into()),
+                    ..GcsConfig::default()
+                },
+                "anonymous",
+            ),
+            (
+                GcsConfig {
+                    max_attempts: 0,
+                    ..GcsConfig::default()
+                },
+                "max_attempts",
+            ),
+        ];
+        for (config, key) in cases {
+            let e = config.validate().unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+            assert!(e.message().contains(key), "{e}");
+        }
+        let ok = GcsConfig {
+            endpoint: Some("http://127.0.0.1:4443/".into()),
+            anonymous: true,
+            ..GcsConfig::default()
+        };
+        ok.validate().unwrap();
+        assert_eq!(ok.endpoint(), "http://127.0.0.1:4443");
+        assert_eq!(GcsConfig::default().endpoint(), GOOGLE);
+    }
+}
