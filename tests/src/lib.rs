@@ -1,5 +1,6 @@
 //! Harnesses shared by the end-to-end tests.
 
+pub mod azurite;
 pub mod certs;
 pub mod daemon;
 pub mod faultproxy;

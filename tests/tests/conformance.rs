@@ -1,6 +1,7 @@
 //! One storage conformance suite, run against every backend on a real store:
-//! `file://` in a temporary directory, `s3://` against `s3s-fs` and `gs://`
-//! against `fake-gcs-server`.
+//! `file://` in a temporary directory, `s3://` against `s3s-fs`, `gs://`
+//! against `fake-gcs-server` and `az://` against Azurite (signed with the
+//! account key, and with a SAS token).
 //!
 //! Each case is a function of a [`Storage`] and a base prefix URI (ending in
 //! `/`) under which it owns every key. The `conformance!` macro instantiates
@@ -15,6 +16,7 @@ use rand::{RngCore, SeedableRng};
 use sluice_storage::file::{FileStorage, Resolver};
 use sluice_storage::s3::{ChecksumMode, S3Backends};
 use sluice_storage::{ErrorKind, GetOptions, ListOptions, ObjectUri, Storage, Version};
+use sluice_tests::azurite::Azurite;
 use sluice_tests::gcsserver::GcsServer;
 use sluice_tests::s3server::S3Server;
 
@@ -75,6 +77,34 @@ async fn gcs_fixture() -> Fixture {
     }
 }
 
+async fn azure_fixture(sas: bool) -> Fixture {
+    let server = Azurite::start().await;
+    let container = server.container("conformance").await;
+    let config = if sas {
+        let token = sluice_storage::azure::account_sas(
+            sluice_tests::azurite::ACCOUNT,
+            sluice_tests::azurite::KEY,
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        server.config_with(sluice_storage::azure::AzureAccount {
+            sas_token: Some(sluice_storage::s3::Secret::new(token)),
+            ..server.account()
+        })
+    } else {
+        server.config()
+    };
+    let storage = sluice_storage::azure::AzureBackends::new(&config)
+        .unwrap()
+        .for_uri(&container)
+        .unwrap();
+    Fixture {
+        storage,
+        base: container.with_key("suite/"),
+        _keep: Box::new(server),
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod file {
@@ -110,6 +140,20 @@ macro_rules! conformance {
             $(#[tokio::test]
             async fn $case() {
                 let fx = super::gcs_fixture().await;
+                super::$case(&*fx.storage, &fx.base).await;
+            })*
+        }
+        mod azure_shared_key {
+            $(#[tokio::test]
+            async fn $case() {
+                let fx = super::azure_fixture(false).await;
+                super::$case(&*fx.storage, &fx.base).await;
+            })*
+        }
+        mod azure_sas {
+            $(#[tokio::test]
+            async fn $case() {
+                let fx = super::azure_fixture(true).await;
                 super::$case(&*fx.storage, &fx.base).await;
             })*
         }

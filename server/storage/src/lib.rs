@@ -18,9 +18,12 @@
 //!   delimiter are folded into common prefixes.
 //! - a multipart upload is visible only after `complete`; `abort` leaves nothing.
 
+pub mod azure;
+pub mod checked;
 pub mod error;
 pub mod file;
 pub mod gcs;
+mod http_client;
 pub mod registry;
 pub mod s3;
 pub mod uri;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::azure::{AzureBackends, AzureConfig};
 use crate::file::FileStorage;
 use crate::gcs::{GcsConfig, GcsStorage};
 use crate::s3::{S3Backends, S3Config};
@@ -28,6 +29,8 @@ pub struct StorageConfig {
     pub s3: S3Config,
     /// Google Cloud Storage.
     pub gcs: GcsConfig,
+    /// Azure Blob Storage.
+    pub azure: AzureConfig,
 }
 
 /// Every configured backend.
@@ -36,6 +39,7 @@ pub struct Backends {
     file: Arc<FileStorage>,
     s3: S3Backends,
     gcs: Arc<GcsStorage>,
+    azure: AzureBackends,
     /// Serves `file://` instead of `file` (tests of the layers above).
     #[cfg(feature = "fault-injection")]
     file_override: Option<Arc<dyn Storage>>,
@@ -48,6 +52,7 @@ impl Backends {
             file: Arc::new(FileStorage::new(&config.file.roots)?),
             s3: S3Backends::new(&config.s3).await?,
             gcs: Arc::new(GcsStorage::new(&config.gcs)?),
+            azure: AzureBackends::new(&config.azure)?,
             #[cfg(feature = "fault-injection")]
             file_override: None,
         })
@@ -76,6 +81,7 @@ impl Backends {
             Scheme::File => Ok(self.file.clone()),
             Scheme::S3 => self.s3.for_uri(uri),
             Scheme::Gs => Ok(self.gcs.clone()),
+            Scheme::Az => self.azure.for_uri(uri),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! | `s3://bucket/key` | an object at the configured default S3 endpoint |
 //! | `s3://host:port/bucket/key` | an object at an explicit endpoint, served only when the configuration lists it |
 //! | `gs://bucket/object` | a Google Cloud Storage object (at `[storage.gcs] endpoint`, or Google's) |
+//! | `az://account/container/blob` | an Azure blob, served only when `[[storage.azure.accounts]]` lists the account |
+//! | `https://account.blob.core.windows.net/container/blob` | the same blob (also the sovereign clouds' blob hosts); shown as `az://…` |
 //!
 //! A `file://` path has one spelling: runs of `/` collapse to one, so
 //! `file:///d//x` and `file:///d/x` are one cache entry. An S3 authority
@@ -30,6 +32,8 @@ pub enum Scheme {
     S3,
     /// `gs://`
     Gs,
+    /// `az://`
+    Az,
 }
 
 impl Scheme {
@@ -39,6 +43,7 @@ impl Scheme {
             Scheme::File => "file",
             Scheme::S3 => "s3",
             Scheme::Gs => "gs",
+            Scheme::Az => "az",
         }
     }
 }
@@ -91,9 +96,11 @@ impl ObjectUri {
             "file" => Self::parse_file(uri, rest),
             "s3" => Self::parse_s3(uri, rest),
             "gs" => Self::parse_gs(uri, rest),
+            "az" => Self::parse_az(uri, rest),
+            "https" => Self::parse_azure_url(uri, rest),
             other => Err(StorageError::invalid(
                 uri,
-                format!("unsupported scheme {other:?}: expected file://, s3:// or gs://"),
+                format!("unsupported scheme {other:?}: expected file://, s3://, gs:// or az://"),
             )),
         }
     }
@@ -177,12 +184,62 @@ impl ObjectUri {
         })
     }
 
+    fn parse_az(uri: &str, rest: &str) -> Result<Self> {
+        let (account, path) = rest.split_once('/').unwrap_or((rest, ""));
+        Self::azure(uri, account, path)
+    }
+
+    /// `https://<account>.blob.core.windows.net/<container>/<blob>` (or a
+    /// sovereign cloud's blob host).
+    fn parse_azure_url(uri: &str, rest: &str) -> Result<Self> {
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let account = AZURE_BLOB_HOSTS
+            .iter()
+            .find_map(|suffix| host.strip_suffix(suffix))
+            .ok_or_else(|| {
+                StorageError::invalid(
+                    uri,
+                    "https:// uris name Azure blobs only: https://<account>.blob.core.windows.net/<container>/<blob>",
+                )
+            })?;
+        Self::azure(uri, account, path)
+    }
+
+    fn azure(uri: &str, account: &str, path: &str) -> Result<Self> {
+        if !crate::azure::valid_account(account) {
+            return Err(StorageError::invalid(
+                uri,
+                "missing or invalid storage account name (3-24 characters: a-z, 0-9)",
+            ));
+        }
+        let (container, blob) = path.split_once('/').unwrap_or((path, ""));
+        if !valid_container(container) {
+            return Err(StorageError::invalid(
+                uri,
+                "missing or invalid container name (3-63 characters: a-z, 0-9, '-')",
+            ));
+        }
+        if blob.len() > 1024 {
+            return Err(StorageError::invalid(
+                uri,
+                "blob name longer than 1024 bytes",
+            ));
+        }
+        Ok(ObjectUri {
+            scheme: Scheme::Az,
+            endpoint: Some(account.to_owned()),
+            bucket: container.to_owned(),
+            key: blob.to_owned(),
+        })
+    }
+
     /// The backend.
     pub fn scheme(&self) -> Scheme {
         self.scheme
     }
 
-    /// `host:port` of an explicit endpoint.
+    /// `host:port` of an explicit S3 endpoint; the storage account of an
+    /// `az://` URI.
     pub fn endpoint(&self) -> Option<&str> {
         self.endpoint.as_deref()
     }
@@ -216,6 +273,26 @@ fn valid_bucket(bucket: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
+/// Blob hosts of the Azure clouds: public, China, US Government.
+const AZURE_BLOB_HOSTS: [&str; 3] = [
+    ".blob.core.windows.net",
+    ".blob.core.chinacloudapi.cn",
+    ".blob.core.usgovcloudapi.net",
+];
+
+fn valid_container(name: &str) -> bool {
+    // Azure's rules: 3-63 characters, lowercase letters, digits and single
+    // hyphens, starting and ending with a letter or digit.
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.contains("--")
+        && edge(name.bytes().next())
+        && edge(name.bytes().last())
+}
+
 fn valid_gcs_bucket(bucket: &str) -> bool {
     // Google's rules: 3-63 characters (222 with dots), lowercase letters,
     // digits, '-', '_' and '.', starting and ending with a letter or digit.
@@ -238,6 +315,13 @@ impl fmt::Display for ObjectUri {
                 None => write!(f, "s3://{}/{}", self.bucket, self.key),
             },
             Scheme::Gs => write!(f, "gs://{}/{}", self.bucket, self.key),
+            Scheme::Az => write!(
+                f,
+                "az://{}/{}/{}",
+                self.endpoint.as_deref().unwrap_or_default(),
+                self.bucket,
+                self.key
+            ),
         }
     }
 }
@@ -270,6 +354,15 @@ mod tests {
             (Scheme::Gs, None, "my-bucket", "dir/a b.bin")
         );
         assert_eq!(u.to_string(), "gs://my-bucket/dir/a b.bin");
+        let u = ObjectUri::parse("az://acct1/cont/dir/blob.tar").unwrap();
+        assert_eq!(
+            (u.scheme(), u.endpoint(), u.bucket(), u.key()),
+            (Scheme::Az, Some("acct1"), "cont", "dir/blob.tar")
+        );
+        let https =
+            ObjectUri::parse("https://acct1.blob.core.windows.net/cont/dir/blob.tar").unwrap();
+        assert_eq!(https, u, "the https form names the same blob");
+        assert_eq!(https.to_string(), "az://acct1/cont/dir/blob.tar");
     }
 
     #[test]
@@ -287,6 +380,12 @@ mod tests {
             "gs://host:9000/b/k",
             "gs://-bkt/k",
             "gs://bkt/a\nb",
+            "az://acct1",
+            "az://Acct/cont/b",
+            "az://acct1/c/b",
+            "az://acct1/co--nt/b",
+            "https://example.com/cont/b",
+            "https://acct1.blob.core.windows.net.evil.com/cont/b",
         ] {
             let e = ObjectUri::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
@@ -335,7 +434,7 @@ mod tests {
         /// Whatever a client sends: never a panic, and what parses
         /// re-parses to itself from its display form.
         #[test]
-        fn arbitrary_strings_never_panic(s in "\\PC{0,120}", tail in "(s3|file|gs)://\\PC{0,60}") {
+        fn arbitrary_strings_never_panic(s in "\\PC{0,120}", tail in "(s3|file|gs|az|https)://\\PC{0,60}") {
             for input in [s.as_str(), tail.as_str()] {
                 if let Ok(parsed) = ObjectUri::parse(input) {
                     prop_assert_eq!(ObjectUri::parse(&parsed.to_string()).ok(), Some(parsed));

@@ -183,7 +183,7 @@ pub(super) async fn delete(
 /// whole file root (the root itself, or a directory above one).
 fn names_whole_bucket(uri: &ObjectUri, roots: &[PathBuf]) -> bool {
     match uri.scheme() {
-        Scheme::S3 | Scheme::Gs => uri.key().is_empty(),
+        Scheme::S3 | Scheme::Gs | Scheme::Az => uri.key().is_empty(),
         Scheme::File => {
             let path = Path::new(uri.key());
             roots.iter().any(|root| {

@@ -19,8 +19,6 @@
 
 use std::ops::Range;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, LAST_MODIFIED};
 
 use super::http::{self, status_error, transport_error};
@@ -181,7 +179,13 @@ fn answer(
     let body = if range.is_empty() {
         Box::pin(futures::stream::empty()) as crate::ByteStream
     } else {
-        body_stream(response, shown, range.end - range.start)
+        let expected = range.end - range.start;
+        crate::checked::checked_body(
+            Box::pin(response.bytes_stream()),
+            shown,
+            expected,
+            "gcs get",
+        )
     };
     Ok(GetResult { meta, range, body })
 }
@@ -211,43 +215,4 @@ fn sent_span(headers: &HeaderMap, shown: &str) -> Result<(Range<u64>, u64)> {
         ));
     }
     Ok((sent, size))
-}
-
-/// The body as chunks, checked to carry exactly `expected` bytes; a
-/// transport error mid-body is `Unavailable`, so the engine retries the
-/// part.
-fn body_stream(response: reqwest::Response, uri: String, expected: u64) -> crate::ByteStream {
-    let body = response.bytes_stream();
-    Box::pin(futures::stream::try_unfold(
-        (body, uri, expected),
-        |(mut body, uri, left)| async move {
-            loop {
-                let chunk: Bytes = match body.next().await {
-                    Some(Ok(chunk)) => chunk,
-                    None if left == 0 => return Ok(None),
-                    None => {
-                        return Err(StorageError::protocol(
-                            uri,
-                            format!("body ended {left} bytes early"),
-                        ));
-                    }
-                    Some(Err(e)) => {
-                        return Err(StorageError::new(
-                            ErrorKind::Unavailable,
-                            uri,
-                            "gcs get: body read failed",
-                        )
-                        .with_source(e));
-                    }
-                };
-                if chunk.is_empty() {
-                    continue;
-                }
-                let Some(rest) = left.checked_sub(chunk.len() as u64) else {
-                    return Err(StorageError::protocol(uri, "body is longer than its range"));
-                };
-                return Ok(Some((chunk, (body, uri, rest))));
-            }
-        },
-    ))
 }

@@ -2,7 +2,6 @@
 //! gcloud-storage), the access token, status codes as [`ErrorKind`]s and
 //! the retry loop.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,48 +10,14 @@ use gcloud_storage::http::Error as ApiError;
 use token_source::{TokenSource, TokenSourceProvider};
 
 use super::GcsConfig;
-use crate::s3::endpoint::check_resolved;
 use crate::{ErrorKind, Result, StorageError};
 
 /// The scopes a token is asked for: read and write objects.
 const SCOPES: [&str; 1] = ["https://www.googleapis.com/auth/devstorage.read_write"];
 
-/// The resolver of the client: the system's, refusing names that resolve to
-/// metadata, link-local or unspecified addresses (as for `s3://`; see
-/// `s3/endpoint.rs`). An endpoint written as an IP literal is not resolved.
-#[derive(Debug, Clone, Copy)]
-struct GuardedDns;
-
-impl reqwest::dns::Resolve for GuardedDns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
-            check_resolved(&host, &ips)?;
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// The HTTP client: connect and read timeouts, no redirects (a redirect
-/// would carry the access token elsewhere), the guarded resolver.
+/// The HTTP client (see [`crate::http_client`]).
 pub(super) fn client(config: &GcsConfig) -> Result<reqwest::Client> {
-    // reqwest's rustls takes the process's crypto provider: ring, as the
-    // rest of the daemon (no-op when one is installed already).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .read_timeout(config.attempt_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(GuardedDns))
-        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| {
-            StorageError::new(ErrorKind::Other, "gs://", "cannot build the http client")
-                .with_source(e)
-        })
+    crate::http_client::client(config.connect_timeout, config.attempt_timeout)
 }
 
 /// Where access tokens come from; `None` for anonymous access.
