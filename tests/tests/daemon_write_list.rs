@@ -1,8 +1,9 @@
 //! Write, List and Delete through a real daemon, on file://, on a real
-//! S3-compatible server and on a GCS emulator.
+//! S3-compatible server and on the GCS and Azure Blob emulators.
 
 use sluice_engine::ByteSize;
 use sluice_proto::v1;
+use sluice_tests::azurite::Azurite;
 use sluice_tests::daemon::TestDaemon;
 use sluice_tests::gcsserver::GcsServer;
 use sluice_tests::grpc::{connect, pattern, read, write};
@@ -149,6 +150,19 @@ async fn write_list_delete_on_s3() {
     })
     .await;
     write_list_delete(&d, &format!("{bucket}data/")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_list_delete_on_azure() {
+    let az = Azurite::start().await;
+    let container = az.container("e2e").await;
+    let cfg = az.config();
+    let d = TestDaemon::start_with(move |c| {
+        c.storage.azure = cfg;
+        c.write.part_size = ByteSize::mib(5);
+    })
+    .await;
+    write_list_delete(&d, &format!("{container}data/")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,6 +433,16 @@ async fn recursive_delete_matches_components_on_s3() {
     let cfg = s3.config();
     let d = TestDaemon::start_with(move |c| c.storage.s3 = cfg).await;
     recursive_delete_matches_components(&d, &format!("{bucket}runs/"), &bucket.to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_delete_matches_components_on_azure() {
+    let az = Azurite::start().await;
+    let container = az.container("components").await;
+    let cfg = az.config();
+    let d = TestDaemon::start_with(move |c| c.storage.azure = cfg).await;
+    recursive_delete_matches_components(&d, &format!("{container}runs/"), &container.to_string())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
