@@ -40,6 +40,8 @@ pub struct S3Server {
     child: Child,
     port: u16,
     dir: TempDir,
+    /// Where the buckets are (another server's, for a replica).
+    data: PathBuf,
     client: aws_sdk_s3::Client,
     buckets: tokio::sync::Mutex<HashSet<String>>,
 }
@@ -51,8 +53,10 @@ impl S3Server {
         let mut failures = Vec::new();
         for _ in 0..START_TRIES {
             let dir = tempfile::tempdir().expect("creating the s3s-fs directory");
+            let data = dir.path().join("data");
+            std::fs::create_dir(&data).expect("creating the s3s-fs data directory");
             let port = free_port();
-            let mut child = spawn(&binary, dir.path(), port);
+            let mut child = spawn(&binary, dir.path(), &data, port);
             match wait_until_accepting(&mut child, port).await {
                 Ok(()) => {
                     return S3Server {
@@ -60,6 +64,7 @@ impl S3Server {
                         port,
                         client: admin_client(port),
                         dir,
+                        data,
                         buckets: Default::default(),
                     };
                 }
@@ -91,7 +96,47 @@ impl S3Server {
 
     /// Where the server keeps its buckets, one directory each.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
+    }
+
+    /// Another server process over this one's buckets (a gateway of the
+    /// same store), on a port of its own.
+    pub async fn replica(&self) -> S3Server {
+        let binary = binary();
+        let dir = tempfile::tempdir().expect("creating the s3s-fs directory");
+        for _ in 0..START_TRIES {
+            let port = free_port();
+            let mut child = spawn(&binary, dir.path(), &self.data, port);
+            if wait_until_accepting(&mut child, port).await.is_ok() {
+                return S3Server {
+                    child,
+                    port,
+                    client: admin_client(port),
+                    dir,
+                    data: self.data.clone(),
+                    buckets: Default::default(),
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("an s3s-fs replica did not start");
+    }
+
+    /// Kills the server process (its port stops answering).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port, after [`kill`](Self::kill).
+    pub async fn restart(&mut self) {
+        let binary = binary();
+        let mut child = spawn(&binary, self.dir.path(), &self.data, self.port);
+        wait_until_accepting(&mut child, self.port)
+            .await
+            .unwrap_or_else(|why| panic!("s3s-fs did not restart on port {}: {why}", self.port));
+        self.child = child;
     }
 
     /// A configuration that reaches this server both as the default endpoint
@@ -207,14 +252,16 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-fn spawn(binary: &Path, dir: &Path, port: u16) -> Child {
-    let data = dir.join("data");
-    std::fs::create_dir(&data).expect("creating the s3s-fs data directory");
-    let log = std::fs::File::create(dir.join("s3s-fs.log")).expect("creating the s3s-fs log");
+fn spawn(binary: &Path, dir: &Path, data: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("s3s-fs.log"))
+        .expect("creating the s3s-fs log");
     Command::new(binary)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(&data)
+        .arg(data)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))
         .stderr(log)

@@ -68,6 +68,7 @@ impl Daemon {
             .await
             .context("cannot set up storage backends")?;
         let mut metrics = Metrics::new();
+        backends.register_metrics(&mut metrics.registry);
         let engine = Engine::new(
             backends,
             config.engine.clone(),

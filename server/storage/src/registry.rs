@@ -71,6 +71,11 @@ impl Backends {
         self
     }
 
+    /// Registers the backends' own metrics (the S3 gateways') in `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.s3.metrics().register(registry);
+    }
+
     /// The backend serving `uri`.
     pub fn for_uri(&self, uri: &ObjectUri) -> Result<Arc<dyn Storage>> {
         match uri.scheme() {

@@ -100,6 +100,12 @@ pub(super) fn validate(config: &S3Config) -> Result<()> {
     if config.max_attempts == 0 {
         return Err(config_error(TOP, "max_attempts must be at least 1"));
     }
+    if config.gateway_backoff.is_zero() || config.gateway_backoff > config.gateway_max_backoff {
+        return Err(config_error(
+            TOP,
+            "gateway_backoff must be above 0s and not exceed gateway_max_backoff",
+        ));
+    }
     if config.initial_backoff > config.max_backoff {
         return Err(config_error(
             TOP,
@@ -112,6 +118,14 @@ pub(super) fn validate(config: &S3Config) -> Result<()> {
         let address = Address::parse(&ep.address)
             .map_err(|why| config_error(&key, format!("address {:?}: {why}", ep.address)))?;
         let key = format!("[[storage.s3.endpoints]] {address}");
+        let mut gateways = HashSet::new();
+        for gw in &ep.gateways {
+            let parsed = Address::parse(gw)
+                .map_err(|why| config_error(&key, format!("gateway {gw:?}: {why}")))?;
+            if !gateways.insert(parsed) {
+                return Err(config_error(&key, format!("gateway {gw:?} listed twice")));
+            }
+        }
         if !matches!(ep.scheme.as_str(), "http" | "https") {
             return Err(config_error(&key, "scheme must be \"http\" or \"https\""));
         }
@@ -185,6 +199,8 @@ pub(super) async fn default_client(sdk: &SdkConfig, config: &S3Config) -> Result
 
 /// The S3 client of one `[[storage.s3.endpoints]]` entry at `address`
 /// (already parsed by [`validate`]).
+/// `address` is where requests go: the entry's own, or one of its
+/// gateways.
 pub(super) async fn endpoint_client(
     sdk: &SdkConfig,
     config: &S3Config,

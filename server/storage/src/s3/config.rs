@@ -141,6 +141,13 @@ pub struct S3Config {
     /// with its own scheme, region, credentials, CA bundle and path style.
     /// Empty: every URI with an explicit endpoint is refused.
     pub endpoints: Vec<S3Endpoint>,
+    /// First wait before probing a gateway that was found unreachable
+    /// (endpoints with `gateways`); doubles while probes fail.
+    #[serde(with = "humantime_serde")]
+    pub gateway_backoff: Duration,
+    /// Longest wait between two probes of a gateway that is out.
+    #[serde(with = "humantime_serde")]
+    pub gateway_max_backoff: Duration,
     /// The removed `endpoint_scheme` key, kept only to reject it with an
     /// error that says what replaced it.
     #[doc(hidden)]
@@ -168,6 +175,8 @@ impl Default for S3Config {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(30),
             endpoints: Vec::new(),
+            gateway_backoff: Duration::from_secs(1),
+            gateway_max_backoff: Duration::from_secs(30),
             removed_endpoint_scheme: None,
         }
     }
@@ -209,6 +218,10 @@ pub struct S3Endpoint {
     /// of the platform's roots; the `ca_bundle` of `[storage.s3]` does not
     /// apply here).
     pub ca_bundle: Option<PathBuf>,
+    /// `host:port` of each server of one store (the gateways of a cluster):
+    /// requests go to these, spread by least outstanding requests, with
+    /// failover. Empty: requests go to `address` itself.
+    pub gateways: Vec<String>,
 }
 
 impl S3Endpoint {
@@ -233,6 +246,7 @@ impl Default for S3Endpoint {
             secret_access_key: None,
             session_token: None,
             ca_bundle: None,
+            gateways: Vec::new(),
         }
     }
 }

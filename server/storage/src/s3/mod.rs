@@ -47,12 +47,14 @@ mod client;
 mod config;
 pub(crate) mod endpoint;
 mod errors;
+mod gateways;
 pub(crate) mod get;
 mod list;
 mod upload;
 
 pub use crate::version::etag_matches;
 pub use config::{ChecksumMode, REDACTED, S3Config, S3Endpoint, Secret};
+pub use gateways::{GatewayLabels, GatewayMetrics};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,6 +77,8 @@ pub struct S3Backends {
     default: Arc<S3Storage>,
     /// By canonical `host:port`: exactly the `[[storage.s3.endpoints]]`.
     explicit: HashMap<Address, Arc<S3Storage>>,
+    /// Requests and health of the gateways of multi-endpoint stores.
+    metrics: GatewayMetrics,
 }
 
 impl S3Backends {
@@ -91,7 +95,9 @@ impl S3Backends {
                 .as_deref()
                 .is_none_or(|url| url.starts_with("https://")),
             upload_concurrency: config.upload_concurrency,
+            gateways: None,
         });
+        let metrics = GatewayMetrics::default();
         let default_ip = config
             .endpoint
             .as_deref()
@@ -127,16 +133,47 @@ impl S3Backends {
             }
             let client = client::endpoint_client(&sdk, config, &address, ep).await?;
             let tls = ep.scheme == "https";
+            let gateways = if ep.gateways.is_empty() {
+                None
+            } else {
+                let mut clients = Vec::with_capacity(ep.gateways.len());
+                for gw in &ep.gateways {
+                    let at = Address::parse(gw).map_err(|why| {
+                        StorageError::invalid("s3://", format!("gateway {gw:?}: {why}"))
+                    })?;
+                    clients.push((
+                        at.to_string(),
+                        client::endpoint_client(&sdk, config, &at, ep).await?,
+                    ));
+                }
+                let backoff = gateways::Backoff {
+                    first: config.gateway_backoff,
+                    max: config.gateway_max_backoff,
+                    connect_timeout: config.connect_timeout,
+                };
+                let store = format!("s3://{address}");
+                Some(gateways::Gateways::new(&store, clients, backoff, &metrics))
+            };
             explicit.insert(
                 address,
                 Arc::new(S3Storage {
                     client,
                     tls,
                     upload_concurrency: config.upload_concurrency,
+                    gateways,
                 }),
             );
         }
-        Ok(S3Backends { default, explicit })
+        Ok(S3Backends {
+            default,
+            explicit,
+            metrics,
+        })
+    }
+
+    /// The gateway metrics, for the daemon's registry.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
     }
 
     /// The client for the endpoint of `uri`: the default one, or the
@@ -173,6 +210,26 @@ pub struct S3Storage {
     tls: bool,
     /// Parts of one upload in flight at once.
     upload_concurrency: usize,
+    /// The servers of a multi-endpoint store; `None`: `client` only.
+    gateways: Option<gateways::Gateways>,
+}
+
+impl S3Storage {
+    /// Runs `op` with the client of the gateway to use (failing over to
+    /// the next while one is unreachable), or with the one client.
+    async fn with_client<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        match &self.gateways {
+            Some(gateways) => gateways.run(op).await,
+            None => {
+                let mut op = op;
+                op(self.client.clone()).await
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -184,13 +241,16 @@ impl Storage for S3Storage {
     async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta> {
         object_key(uri)?;
         let out = self
-            .client
-            .head_object()
-            .bucket(uri.bucket())
-            .key(uri.key())
-            .send()
-            .await
-            .map_err(|e| errors::map(e, uri, "head"))?;
+            .with_client(|client| async move {
+                client
+                    .head_object()
+                    .bucket(uri.bucket())
+                    .key(uri.key())
+                    .send()
+                    .await
+                    .map_err(|e| errors::map(e, uri, "head"))
+            })
+            .await?;
         let size = out
             .content_length()
             .and_then(|n| u64::try_from(n).ok())
@@ -207,23 +267,38 @@ impl Storage for S3Storage {
     }
 
     async fn get(&self, uri: &ObjectUri, opts: GetOptions) -> Result<GetResult> {
-        get::get(&self.client, uri, opts).await
+        self.with_client(|client| {
+            let opts = opts.clone();
+            async move { get::get(&client, uri, opts).await }
+        })
+        .await
     }
 
     async fn list(&self, prefix: &ObjectUri, opts: &ListOptions) -> Result<ListPage> {
-        list::list(&self.client, prefix, opts).await
+        self.with_client(|client| async move { list::list(&client, prefix, opts).await })
+            .await
     }
 
     async fn put(&self, uri: &ObjectUri, data: Bytes) -> Result<ObjectMeta> {
         object_key(uri)?;
-        upload::put(&self.client, self.tls, uri, data).await
+        let tls = self.tls;
+        self.with_client(|client| {
+            let data = data.clone();
+            async move { upload::put(&client, tls, uri, data).await }
+        })
+        .await
     }
 
+    /// With gateways, the upload stays on the gateway that started it.
     async fn start_multipart(&self, uri: &ObjectUri) -> Result<Box<dyn MultipartUpload>> {
         object_key(uri)?;
-        Ok(Box::new(
-            upload::S3Upload::start(&self.client, self.tls, self.upload_concurrency, uri).await?,
-        ))
+        let (tls, concurrency) = (self.tls, self.upload_concurrency);
+        let upload = self
+            .with_client(|client| async move {
+                upload::S3Upload::start(&client, tls, concurrency, uri).await
+            })
+            .await?;
+        Ok(Box::new(upload))
     }
 
     fn min_part_size(&self) -> u64 {
@@ -235,13 +310,16 @@ impl Storage for S3Storage {
         // says deleting a missing object is NotFound: HEAD first. (A delete
         // racing with another one may still both succeed.)
         self.head(uri).await?;
-        self.client
-            .delete_object()
-            .bucket(uri.bucket())
-            .key(uri.key())
-            .send()
-            .await
-            .map_err(|e| errors::map(e, uri, "delete"))?;
+        self.with_client(|client| async move {
+            client
+                .delete_object()
+                .bucket(uri.bucket())
+                .key(uri.key())
+                .send()
+                .await
+                .map_err(|e| errors::map(e, uri, "delete"))
+        })
+        .await?;
         Ok(())
     }
 }
