@@ -206,8 +206,8 @@ impl Slot {
 }
 
 /// The endpoint a request to `uri` goes to, as controllers and metrics
-/// name it: `file`, `s3` (the default endpoint) or `s3://host:port` (one the
-/// operator listed).
+/// name it: `file`, `s3` (the default endpoint), `s3://host:port` (one the
+/// operator listed), `gs`, or `az://account` (a listed account).
 pub fn endpoint_of(uri: &ObjectUri) -> String {
     match uri.endpoint() {
         Some(endpoint) => format!("{}://{endpoint}", uri.scheme().as_str()),

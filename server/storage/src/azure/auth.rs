@@ -155,17 +155,24 @@ pub fn account_sas(account: &str, key: &str, ttl: std::time::Duration) -> Result
     Ok(url.query().unwrap_or_default().to_owned())
 }
 
-/// The Entra ID credential of `account` (one that uses a token).
-pub(super) fn token_credential(account: &AzureAccount) -> Result<Arc<dyn TokenCredential>> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let kind = match account.credential {
+/// Which credential `configured` means, given the environment `env`:
+/// `auto` takes workload identity when its token file is set, a service
+/// principal when its secret is, else the managed identity.
+fn resolve(configured: Credential, env: impl Fn(&str) -> Option<String>) -> Credential {
+    match configured {
         Credential::Auto if env("AZURE_FEDERATED_TOKEN_FILE").is_some() => {
             Credential::WorkloadIdentity
         }
         Credential::Auto if env("AZURE_CLIENT_SECRET").is_some() => Credential::ClientSecret,
         Credential::Auto => Credential::ManagedIdentity,
         other => other,
-    };
+    }
+}
+
+/// The Entra ID credential of `account` (one that uses a token).
+pub(super) fn token_credential(account: &AzureAccount) -> Result<Arc<dyn TokenCredential>> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let kind = resolve(account.credential, env);
     let failed = |e: azure_core::Error| {
         // The SDK's message names variables and files, never secrets.
         StorageError::new(
@@ -211,6 +218,38 @@ pub(super) fn token_credential(account: &AzureAccount) -> Result<Arc<dyn TokenCr
 mod tests {
     use super::*;
     use azure_core::http::{Method, Url};
+
+    #[test]
+    fn auto_picks_the_credential_the_environment_sets_up() {
+        let env = |vars: &'static [&'static str]| {
+            move |name: &str| vars.contains(&name).then(|| "set".to_owned())
+        };
+        let aks = env(&["AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"]);
+        assert_eq!(resolve(Credential::Auto, aks), Credential::WorkloadIdentity);
+        let sp = env(&["AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"]);
+        assert_eq!(resolve(Credential::Auto, sp), Credential::ClientSecret);
+        assert_eq!(resolve(Credential::Auto, env(&[])), Credential::ManagedIdentity);
+        // An explicit choice wins over the environment.
+        let aks = env(&["AZURE_FEDERATED_TOKEN_FILE"]);
+        assert_eq!(resolve(Credential::Cli, aks), Credential::Cli);
+    }
+
+    #[test]
+    fn a_client_secret_credential_needs_its_variables() {
+        // Explicit client_secret with nothing in the environment: refused at
+        // startup, naming the variable, not later at the first request.
+        if std::env::var_os("AZURE_TENANT_ID").is_some() {
+            return;
+        }
+        let account = AzureAccount {
+            name: "acct".into(),
+            credential: Credential::ClientSecret,
+            ..AzureAccount::default()
+        };
+        let e = token_credential(&account).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.message().contains("AZURE_TENANT_ID"), "{e}");
+    }
 
     /// The documented example shape: method, the standard headers in order,
     /// the x-ms- headers sorted, then the resource and sorted query.

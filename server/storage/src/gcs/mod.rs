@@ -365,6 +365,23 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_missing_credentials_file_is_permission_denied_naming_the_key() {
+        let config = GcsConfig {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            credentials_file: Some("/nonexistent/sluice-gcs-key.json".into()),
+            ..GcsConfig::default()
+        };
+        let gcs = GcsStorage::new(&config).unwrap();
+        let uri = ObjectUri::parse("gs://bkt/k").unwrap();
+        let e = gcs.head(&uri).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::PermissionDenied, "{e}");
+        assert!(e.message().contains("credentials_file"), "{e}");
+        // Not cached as a success: the next request tries again.
+        let e = gcs.head(&uri).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::PermissionDenied, "{e}");
+    }
+
     #[test]
     fn versions_are_generations() {
         let g = generation_of("gs://b/k", &Version::etag("\"1700000000000001\"")).unwrap();
