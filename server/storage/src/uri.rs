@@ -170,10 +170,12 @@ impl ObjectUri {
         }
         // GCS object names: at most 1,024 bytes of UTF-8, no carriage
         // return or line feed.
-        if key.len() > 1024 || key.contains(['\r', '\n']) {
+        // `.` and `..` are not object names on GCS (and would be resolved
+        // away in the request URL).
+        if key.len() > 1024 || key.contains(['\r', '\n']) || key == "." || key == ".." {
             return Err(StorageError::invalid(
                 uri,
-                "invalid object name (at most 1024 bytes, no CR or LF)",
+                "invalid object name (at most 1024 bytes, no CR or LF, not '.' or '..')",
             ));
         }
         Ok(ObjectUri {
@@ -223,6 +225,14 @@ impl ObjectUri {
             return Err(StorageError::invalid(
                 uri,
                 "blob name longer than 1024 bytes",
+            ));
+        }
+        // A `.` or `..` segment would be resolved away in the request URL
+        // (`a/../b` is `b`, even another container): one blob, one name.
+        if blob.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(StorageError::invalid(
+                uri,
+                "blob names may not have '.' or '..' path segments",
             ));
         }
         Ok(ObjectUri {
@@ -384,6 +394,11 @@ mod tests {
             "az://Acct/cont/b",
             "az://acct1/c/b",
             "az://acct1/co--nt/b",
+            "az://acct1/cont/../other/x",
+            "az://acct1/cont/a/./b",
+            "az://acct1/cont/..",
+            "gs://bkt/..",
+            "gs://bkt/.",
             "https://example.com/cont/b",
             "https://acct1.blob.core.windows.net.evil.com/cont/b",
         ] {
