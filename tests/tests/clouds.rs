@@ -266,3 +266,139 @@ async fn unlisted_azure_accounts_are_refused() {
         );
     }
 }
+
+/// A wrong SAS or key is refused by the service with 403: the error is
+/// PERMISSION_DENIED naming the URI, and carries neither the SAS nor the
+/// key (the SDK's own error text can hold request URLs, so it is never
+/// passed on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_errors_never_carry_the_sas_or_the_key() {
+    let az = Azurite::start().await;
+    az.container("secret").await;
+    const BAD_SIG: &str = "c2x1aWNlLWRpc3RpbmN0aXZlLWJhZC1zaWduYXR1cmU=";
+    let mut sas = sluice_storage::azure::account_sas(
+        sluice_tests::azurite::ACCOUNT,
+        sluice_tests::azurite::KEY,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let at = sas.find("sig=").unwrap();
+    sas.truncate(at);
+    sas.push_str(&format!("sig={}", BAD_SIG.replace('=', "%3D")));
+    // A well-formed key that is not the account's.
+    const BAD_KEY: &str = "ZGlzdGluY3RpdmUtd3Jvbmcta2V5LWZvci1zbHVpY2UtdGVzdHM=";
+    for (label, account) in [
+        (
+            "sas",
+            sluice_storage::azure::AzureAccount {
+                sas_token: Some(sluice_storage::s3::Secret::new(sas.clone())),
+                ..az.account()
+            },
+        ),
+        (
+            "key",
+            sluice_storage::azure::AzureAccount {
+                account_key: Some(sluice_storage::s3::Secret::new(BAD_KEY)),
+                ..az.account()
+            },
+        ),
+    ] {
+        let cfg = az.config_with(account);
+        let d = daemon(move |c| c.storage.azure = cfg).await;
+        let mut client = connect(d.socket()).await;
+        let uri = format!("az://{}/secret/x", sluice_tests::azurite::ACCOUNT);
+        let err = read(&mut client, &uri, None).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{label}: {err:?}");
+        let message = err.message();
+        assert!(message.contains(&uri), "{label}: {message}");
+        for secret in [
+            BAD_SIG,
+            &BAD_SIG.replace('=', "%3D"),
+            BAD_KEY,
+            sluice_tests::azurite::KEY,
+        ] {
+            assert!(!message.contains(secret), "{label}: {message}");
+        }
+        assert!(!message.contains("sig="), "{label}: {message}");
+    }
+}
+
+/// The operator's mistakes in `[storage.azure]` and `[storage.gcs]` are
+/// refused by `check-config` naming the key; secrets print redacted.
+#[test]
+fn cloud_settings_are_checked_at_startup() {
+    let check = |toml: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluiced.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut cmd = std::process::Command::new(sluice_tests::daemon::bin("sluiced"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SLUICE_") {
+                cmd.env_remove(key);
+            }
+        }
+        let out = cmd
+            .arg("--config")
+            .arg(&path)
+            .args(["--file-root", dir.path().to_str().unwrap()])
+            .arg("check-config")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running sluiced check-config");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = check(
+        r#"
+[storage.gcs]
+endpoint = "http://127.0.0.1:4443"
+anonymous = true
+
+[[storage.azure.accounts]]
+name = "mydata"
+sas_token = "sv=2025-11-05&sig=distinctive-sas-signature"
+
+[[storage.azure.accounts]]
+name = "devstoreaccount1"
+endpoint = "http://127.0.0.1:10000/devstoreaccount1"
+account_key = "ZGlzdGluY3RpdmUta2V5"
+"#,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("[[storage.azure.accounts]]")
+            && out.contains("***redacted***")
+            && !out.contains("distinctive-sas-signature")
+            && !out.contains("ZGlzdGluY3RpdmUta2V5"),
+        "{out}"
+    );
+    for (toml, says) in [
+        (
+            "[[storage.azure.accounts]]\nname = \"Bad_Name\"\n",
+            "accounts[Bad_Name].name",
+        ),
+        (
+            "[[storage.azure.accounts]]\nname = \"local\"\nendpoint = \"http://127.0.0.1:10000/local\"\n",
+            "only sent over https",
+        ),
+        (
+            "[storage.gcs]\nendpoint = \"http://127.0.0.1:4443/storage/v1\"\n",
+            "[storage.gcs] endpoint",
+        ),
+        (
+            "[storage.gcs]\nanonymous = true\ncredentials_file = \"/etc/k.json\"\n",
+            "[storage.gcs] anonymous",
+        ),
+        (
+            "[[storage.s3.endpoints]]\naddress = \"store:9000\"\ngateways = [\"a:1\", \"a:1\"]\n",
+            "listed twice",
+        ),
+    ] {
+        let (ok, _, err) = check(toml);
+        assert!(!ok, "accepted: {toml}");
+        assert!(err.contains(says), "{toml}: {err}");
+    }
+}

@@ -224,11 +224,18 @@ mod tests {
         let env = |vars: &'static [&'static str]| {
             move |name: &str| vars.contains(&name).then(|| "set".to_owned())
         };
-        let aks = env(&["AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"]);
+        let aks = env(&[
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_CLIENT_ID",
+            "AZURE_TENANT_ID",
+        ]);
         assert_eq!(resolve(Credential::Auto, aks), Credential::WorkloadIdentity);
         let sp = env(&["AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"]);
         assert_eq!(resolve(Credential::Auto, sp), Credential::ClientSecret);
-        assert_eq!(resolve(Credential::Auto, env(&[])), Credential::ManagedIdentity);
+        assert_eq!(
+            resolve(Credential::Auto, env(&[])),
+            Credential::ManagedIdentity
+        );
         // An explicit choice wins over the environment.
         let aks = env(&["AZURE_FEDERATED_TOKEN_FILE"]);
         assert_eq!(resolve(Credential::Cli, aks), Credential::Cli);
