@@ -295,12 +295,15 @@ impl RangeEngine {
                 hold: memory.client.try_acquire(0).expect("nothing always fits"),
             });
         }
-        let part = self
-            .controllers
-            .get(&endpoint_of(uri))
-            .sizer()
-            .part_size()
-            .max(1);
+        // The endpoint's learned part size, unless it is busy: with
+        // `per_object_concurrency` requests in flight already, smaller parts
+        // add requests, not throughput.
+        let controller = self.controllers.get(&endpoint_of(uri));
+        let part = if controller.in_flight() >= self.config.per_object_concurrency.max(1) {
+            self.config.part_size.0.max(1)
+        } else {
+            controller.sizer().part_size().max(1)
+        };
         let first_req = want.start..want.start.saturating_add(part).min(want.end);
         // Room in the client's share before any request: a client over its
         // share waits here, holding no request slot.

@@ -541,6 +541,7 @@ async fn the_part_size_follows_the_endpoint() {
     let cfg = EngineConfig {
         part_size: ByteSize(1024 * KIB),
         min_part_size: ByteSize(128 * KIB),
+        per_object_concurrency: 2,
         adaptive_concurrency: false,
         ..EngineConfig::default()
     };
@@ -584,6 +585,25 @@ async fn the_part_size_follows_the_endpoint() {
         );
     }
     assert_eq!(parts_of_big(e.clone()).await, [128 * KIB; 8]);
+    // While the endpoint is busy (`per_object_concurrency` requests in
+    // flight, here two held reads), a fetch takes the cap: smaller parts
+    // would add requests, not throughput.
+    let (held, _) = fx.object("held", 4096);
+    fx.fault.script([Fault::Hold, Fault::Hold]);
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (e, fault, held, mem) = (e.clone(), fx.fault.clone(), held.clone(), mem.clone());
+            tokio::spawn(async move {
+                collect(e.fetch(fault, &held, None, &mem, u64::MAX).await.unwrap()).await
+            })
+        })
+        .collect();
+    wait_until("two reads to be held", || fx.fault.in_flight() == 2).await;
+    assert_eq!(parts_of_big(e.clone()).await, [1024 * KIB]);
+    fx.fault.release();
+    for h in holders {
+        assert_eq!(h.await.unwrap().len(), 4096);
+    }
     // The endpoint now answers after 100 ms at file speed: parts grow back
     // to the cap (after ten fetches t0 ≈ 50 ms, and r ≥ 30 MB/s if a file
     // reads at 50 MB/s or more: ≥ 3 MB).
