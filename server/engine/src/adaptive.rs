@@ -155,6 +155,8 @@ pub struct Controller {
     adaptive: bool,
     demand: AtomicUsize,
     total: AtomicUsize,
+    /// Fetches (objects) in progress at the endpoint.
+    fetches: AtomicUsize,
     freed: Notify,
     state: Mutex<State>,
     gauge: Gauge,
@@ -193,6 +195,7 @@ impl Controller {
             adaptive,
             demand: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
+            fetches: AtomicUsize::new(0),
             freed: Notify::new(),
             state: Mutex::new(State {
                 limit: initial as f64,
@@ -209,6 +212,13 @@ impl Controller {
             gauge,
             sizer,
         }
+    }
+
+    /// A fetch at the endpoint starts; it counts until the guard drops.
+    /// Returns the guard and how many other fetches were in progress.
+    pub fn start_fetch(self: &Arc<Self>) -> (FetchGuard, usize) {
+        let others = self.fetches.fetch_add(1, Ordering::SeqCst);
+        (FetchGuard(self.clone()), others)
     }
 
     /// The endpoint's part size ([`crate::part_size`]).
@@ -339,6 +349,16 @@ impl Controller {
         drop(s);
         // A higher limit lets waiters in.
         self.freed.notify_waiters();
+    }
+}
+
+/// A fetch in progress at an endpoint (see [`Controller::start_fetch`]).
+#[derive(Debug)]
+pub struct FetchGuard(Arc<Controller>);
+
+impl Drop for FetchGuard {
+    fn drop(&mut self) {
+        self.0.fetches.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -28,8 +28,8 @@
 //! start, not its speed). Both are geometric moving averages (weight 1/5 per
 //! sample, in log space: one outlier moves them little).
 //! Until both are known — and always with `engine.adaptive_part_size` off —
-//! parts are `part_size`. A fetch that starts while its endpoint already has
-//! `per_object_concurrency` requests in flight takes `part_size` too (see
+//! parts are `part_size`. A fetch that starts while `per_object_concurrency`
+//! other fetches run at its endpoint takes `part_size` too (see
 //! `RangeEngine::fetch`): the link is fanned out then, and smaller parts add
 //! requests, not throughput.
 

@@ -296,10 +296,12 @@ impl RangeEngine {
             });
         }
         // The endpoint's learned part size, unless it is busy: with
-        // `per_object_concurrency` requests in flight already, smaller parts
-        // add requests, not throughput.
+        // `per_object_concurrency` other fetches running (each with a
+        // request or more in flight), smaller parts add requests, not
+        // throughput.
         let controller = self.controllers.get(&endpoint_of(uri));
-        let part = if controller.in_flight() >= self.config.per_object_concurrency.max(1) {
+        let (_fetching, others) = controller.start_fetch();
+        let part = if others >= self.config.per_object_concurrency.max(1) {
             self.config.part_size.0.max(1)
         } else {
             controller.sizer().part_size().max(1)

@@ -585,8 +585,8 @@ async fn the_part_size_follows_the_endpoint() {
         );
     }
     assert_eq!(parts_of_big(e.clone()).await, [128 * KIB; 8]);
-    // While the endpoint is busy (`per_object_concurrency` requests in
-    // flight, here two held reads), a fetch takes the cap: smaller parts
+    // While the endpoint is busy (`per_object_concurrency` other fetches
+    // running, here two held reads), a fetch takes the cap: smaller parts
     // would add requests, not throughput.
     let (held, _) = fx.object("held", 4096);
     fx.fault.script([Fault::Hold, Fault::Hold]);
