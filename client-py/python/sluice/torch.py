@@ -437,7 +437,7 @@ class SluiceIterableDataset(IterableDataset[Any]):
         self._topology = None if rank is None else _checked(rank, world_size)
         self.plan = plan
         self.epochs = epochs
-        # This dataset's plans, in every worker's session.
+        # Base of this dataset's plan ids (one per DataLoader worker).
         self._plan_id = secrets.randbits(63)
         self._epoch = 0
         # A position loaded for `_epoch`, for the next pass.
@@ -482,9 +482,13 @@ class SluiceIterableDataset(IterableDataset[Any]):
             if self.plan and (self.epochs is None or self._epoch + 1 < self.epochs)
             else []
         )
-        return self._read(indices[self._position :], following)
+        # One plan id per worker, the same every epoch: the next epoch's
+        # worker takes the place of the plan this worker's predecessor left
+        # behind (the daemon keeps it until then; see ``plan_linger``).
+        plan_id = (self._plan_id + shard.worker) % (1 << 63)
+        return self._read(indices[self._position :], following, plan_id)
 
-    def _read(self, indices: list[int], following: list[int]) -> Iterator[Any]:
+    def _read(self, indices: list[int], following: list[int], plan_id: int) -> Iterator[Any]:
         uris = self._objects.uris()
         outage = _Outage(self.reconnect_timeout)
         done = 0
@@ -494,7 +498,7 @@ class SluiceIterableDataset(IterableDataset[Any]):
                 _submit_plan(
                     self._objects.client,
                     [uris[i] for i in indices[done:] + following],
-                    self._plan_id,
+                    plan_id,
                 )
             # The plan (this epoch and the next) was submitted above.
             results = self._objects.client.get_many(

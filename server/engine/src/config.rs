@@ -274,6 +274,12 @@ pub struct PrefetchConfig {
     pub max_items: u64,
     /// Most live plans of one session.
     pub max_session_plans: usize,
+    /// How long a plan with items left outlives its session: it keeps
+    /// guiding eviction (not prefetch) until a plan with the same id comes
+    /// from another session — the next epoch's DataLoader worker — or this
+    /// time is up. 0s: plans end with their session.
+    #[serde(with = "humantime_serde")]
+    pub plan_linger: Duration,
 }
 
 impl Default for PrefetchConfig {
@@ -288,6 +294,7 @@ impl Default for PrefetchConfig {
             max_plan_items: limits.max_plan_items,
             max_items: limits.max_items,
             max_session_plans: limits.max_session_plans,
+            plan_linger: limits.linger,
         }
     }
 }
@@ -302,6 +309,7 @@ impl PrefetchConfig {
             lookahead_items: self.lookahead_items,
             lookahead_bytes: self.lookahead_bytes.map_or(budget / 8, |b| b.0),
             max_bytes: self.max_bytes.map_or(budget / 2, |b| b.0),
+            linger: self.plan_linger,
         }
     }
 }

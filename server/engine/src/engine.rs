@@ -151,7 +151,10 @@ impl Engine {
     /// Updates gauges that are read off state (call before a scrape).
     pub fn refresh_gauges(&self) {
         self.reader.refresh_gauges();
-        let (plans, items) = self.cache().plans(|p| (p.len(), p.ahead_items()));
+        let (plans, items) = self.cache().plans(|p| {
+            p.expire_orphans(std::time::Instant::now());
+            (p.len(), p.ahead_items())
+        });
         let m = &self.metrics().prefetch;
         m.plans.set(plans as i64);
         m.lookahead_items.set(items as i64);

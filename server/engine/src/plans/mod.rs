@@ -40,6 +40,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
@@ -72,6 +73,8 @@ pub struct PlanLimits {
     pub lookahead_bytes: u64,
     /// Bytes prefetched ahead of all plans together, at most.
     pub max_bytes: u64,
+    /// How long a plan outlives its session (see [`Plans::drop_session`]).
+    pub linger: Duration,
 }
 
 impl Default for PlanLimits {
@@ -83,6 +86,9 @@ impl Default for PlanLimits {
             lookahead_items: 256,
             lookahead_bytes: 256 << 20,
             max_bytes: 1 << 30,
+            // Long enough for a DataLoader's workers of the next epoch to
+            // start and submit theirs.
+            linger: Duration::from_secs(10),
         }
     }
 }
@@ -136,6 +142,9 @@ struct KeyInfo {
 
 #[derive(Debug, Default)]
 struct Plan {
+    /// Since when its session is gone (the plan lingers, see
+    /// [`Plans::drop_session`]).
+    orphaned: Option<Instant>,
     job: String,
     items: Vec<u32>,
     next: Vec<u32>,
@@ -206,6 +215,8 @@ pub struct Plans {
     unplanned: LruCache<Arc<str>, ()>,
     items: u64,
     ahead_bytes: u64,
+    /// Plans whose session is gone.
+    orphans: usize,
 }
 
 impl Plans {
@@ -220,6 +231,7 @@ impl Plans {
             unplanned: LruCache::unbounded(),
             items: 0,
             ahead_bytes: 0,
+            orphans: 0,
         }
     }
 
@@ -230,12 +242,12 @@ impl Plans {
 
     /// Live plans.
     pub fn len(&self) -> usize {
-        self.plans.len()
+        self.plans.len() - self.orphans
     }
 
     /// Whether any plan is live.
     pub fn is_empty(&self) -> bool {
-        self.plans.is_empty()
+        self.len() == 0
     }
 
     /// Items of all live plans.
@@ -258,6 +270,7 @@ impl Plans {
         let mut out: Vec<PlanInfo> = self
             .plans
             .iter()
+            .filter(|(_, p)| p.orphaned.is_none())
             .map(|(k, p)| PlanInfo {
                 key: *k,
                 job: p.job.clone(),
@@ -335,8 +348,22 @@ impl Plans {
         first: bool,
         last: bool,
     ) -> Result<u64, PlanError> {
+        self.expire_orphans(Instant::now());
         if first {
             self.drop_plan(key);
+            // The same plan again from a new session (a DataLoader worker of
+            // the next epoch): it replaces the ones that lingered.
+            if self.orphans > 0 {
+                let replaced: Vec<PlanKey> = self
+                    .plans
+                    .iter()
+                    .filter(|(k, p)| k.id == key.id && p.orphaned.is_some())
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in replaced {
+                    self.drop_plan(k);
+                }
+            }
             let of_session = self.plans.keys().filter(|k| k.session == key.session);
             if of_session.count() >= self.limits.max_session_plans {
                 return Err(PlanError::TooManyPlans(self.limits.max_session_plans));
@@ -438,6 +465,9 @@ impl Plans {
     /// A client of `session` is about to read `uri`: each of the session's
     /// plans that names it next moves past it. Returns whether any did.
     pub fn consumed(&mut self, session: u64, uri: &str) -> bool {
+        if self.orphans > 0 {
+            self.expire_orphans(Instant::now());
+        }
         let Some(&id) = self.keys.get(uri) else {
             return false;
         };
@@ -463,6 +493,9 @@ impl Plans {
         let Some(plan) = self.plans.remove(&key) else {
             return false;
         };
+        if plan.orphaned.is_some() {
+            self.orphans -= 1;
+        }
         self.items -= plan.items.len() as u64;
         self.ahead_bytes -= plan.ahead_bytes;
         for &id in plan.first.keys() {
@@ -481,7 +514,13 @@ impl Plans {
         true
     }
 
-    /// Forgets every plan of `session`.
+    /// `session` ended. Its plans with items left *linger* for
+    /// `limits.linger`: they keep guiding eviction (their objects keep their
+    /// distances) but prefetch nothing, until a plan with the same id comes
+    /// from another session (the next epoch's DataLoader worker: see
+    /// [`Plans::append`]) or the time is up. Without that, the objects of a
+    /// worker that starts late would count as unplanned — evictable — until
+    /// it submits its plan.
     pub fn drop_session(&mut self, session: u64) {
         let keys: Vec<PlanKey> = self
             .plans
@@ -489,7 +528,39 @@ impl Plans {
             .filter(|k| k.session == session)
             .copied()
             .collect();
+        let now = Instant::now();
         for key in keys {
+            let plan = self.plans.get_mut(&key).expect("listed");
+            if self.limits.linger.is_zero() || plan.pos >= plan.len() || plan.orphaned.is_some() {
+                self.drop_plan(key);
+                continue;
+            }
+            plan.orphaned = Some(now);
+            plan.blocked = true;
+            plan.frontier = plan.pos;
+            let released = std::mem::take(&mut plan.ahead_bytes);
+            plan.ahead.clear();
+            self.ahead_bytes -= released;
+            self.orphans += 1;
+        }
+    }
+
+    /// Drops the plans that lingered longer than `limits.linger` at `now`.
+    pub fn expire_orphans(&mut self, now: Instant) {
+        if self.orphans == 0 {
+            return;
+        }
+        let linger = self.limits.linger;
+        let expired: Vec<PlanKey> = self
+            .plans
+            .iter()
+            .filter(|(_, p)| {
+                p.orphaned
+                    .is_some_and(|t| now.saturating_duration_since(t) >= linger)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
             self.drop_plan(key);
         }
     }

@@ -40,7 +40,11 @@ fn next_use_follows_the_position() {
 
 #[test]
 fn victims_are_unplanned_first_then_furthest() {
-    let mut plans = Plans::new(PlanLimits::default());
+    // Plans end with their session here (lingering has a test of its own).
+    let mut plans = Plans::new(PlanLimits {
+        linger: Duration::ZERO,
+        ..PlanLimits::default()
+    });
     plans
         .append(P, "", &plan_of(&[0, 1, 2, 3]), true, true)
         .unwrap();
@@ -176,4 +180,72 @@ fn the_look_ahead_stays_within_its_bounds() {
         plans.next_prefetch(100, &|_| None).is_empty(),
         "300 > 250 bytes ahead"
     );
+}
+
+/// A session's plan outlives it: its objects keep their distances (so a
+/// sibling's misses do not take them) until the same plan comes from a new
+/// session, or the linger time is up; meanwhile it prefetches nothing and
+/// counts as no live plan.
+#[test]
+fn plans_linger_after_their_session_until_replaced_or_expired() {
+    let limits = PlanLimits {
+        linger: Duration::from_secs(10),
+        ..PlanLimits::default()
+    };
+    let mut plans = Plans::new(limits);
+    // Worker A (session 1) planned [0, 1, 2, 3] and read 0; worker B
+    // (session 2) is live and has read everything of its own.
+    plans
+        .append(P, "", &plan_of(&[0, 1, 2, 3]), true, true)
+        .unwrap();
+    let b = PlanKey { session: 2, id: 1 };
+    plans.append(b, "", &plan_of(&[8]), true, true).unwrap();
+    plans.advance(P, 1);
+    plans.advance(b, 1);
+    for i in [8, 1, 3] {
+        plans.on_insert(&uri(i));
+    }
+    let all = |_: &str| true;
+    plans.drop_session(1);
+    assert_eq!(plans.len(), 1, "only B's plan counts as live");
+    assert_eq!(plans.list().len(), 1);
+    // B misses: it evicts what no plan reads again (its own 8), not A's.
+    assert_eq!(plans.victim(0, &all), Some(uri(8)));
+    plans.on_remove(&uri(8));
+    assert_eq!(plans.victim(0, &all), Some(uri(3)), "then A's furthest");
+    // A lingering plan prefetches nothing.
+    assert!(plans.next_prefetch(8, &|_| None).is_empty());
+    // Expired: its objects are unplanned again.
+    plans.expire_orphans(Instant::now() + Duration::from_secs(11));
+    assert_eq!(plans.items(), 1, "only B's item is left");
+    assert!(plans.next_use(&uri(1)).is_none());
+
+    // Replaced: the same plan id from a new session takes its place.
+    plans
+        .append(P, "", &plan_of(&[0, 1, 2, 3]), true, true)
+        .unwrap();
+    plans.drop_session(1);
+    let a2 = PlanKey { session: 3, id: 1 };
+    plans.append(a2, "", &plan_of(&[5, 6]), true, true).unwrap();
+    assert_eq!(
+        plans.items(),
+        3,
+        "B's 1 and the new plan's 2: the lingering one is gone"
+    );
+    assert_eq!(plans.len(), 2);
+    assert!(plans.next_use(&uri(2)).is_none());
+
+    // A plan read to its end does not linger; nor does any with linger 0.
+    plans.advance(a2, 2);
+    plans.drop_session(3);
+    assert_eq!(plans.items(), 1);
+    let mut now_ends = Plans::new(PlanLimits {
+        linger: Duration::ZERO,
+        ..PlanLimits::default()
+    });
+    now_ends
+        .append(P, "", &plan_of(&[0, 1]), true, true)
+        .unwrap();
+    now_ends.drop_session(1);
+    assert_eq!(now_ends.items(), 0);
 }
