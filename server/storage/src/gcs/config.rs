@@ -23,8 +23,9 @@ pub struct GcsConfig {
     /// `application_default_credentials.json`, then the metadata server
     /// (GCE, GKE workload identity).
     pub credentials_file: Option<PathBuf>,
-    /// Attempts per request, first one included, for requests that carry no
-    /// body of their own (stat, list, delete, the first GET of a read).
+    /// Attempts per request, first one included, for requests that can be
+    /// repeated as they are (stat, list, delete, GETs, whole-object
+    /// uploads, opening an upload session).
     pub max_attempts: u32,
     /// First retry backoff; doubles per attempt with full jitter.
     #[serde(with = "humantime_serde")]

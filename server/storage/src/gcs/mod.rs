@@ -31,14 +31,16 @@
 //!
 //! # Retries
 //!
-//! Requests without a body of their own (stat, list, delete, a GET until
-//! its headers) are retried by `http::retry`: up to `max_attempts` in all
+//! Requests that can be repeated as they are (stat, list, delete, a GET
+//! until its headers, a whole-object upload, opening an upload session)
+//! are retried by `http::retry`: up to `max_attempts` in all
 //! on 429, 503 (`Throttled`), 408, 500, 502, 504, timeouts and connection
 //! failures (`Unavailable`), with exponential backoff and full jitter from
 //! `initial_backoff`, or the server's `Retry-After` when longer, never above
 //! `max_backoff`. A body broken midway is `Unavailable` for the engine to
-//! retry its part. Uploads are not retried chunk by chunk: a failed chunk
-//! fails the upload, whose session is cancelled (nothing becomes visible).
+//! retry its part. The chunks of a resumable upload are not retried: a
+//! failed chunk fails the upload, whose session is cancelled (nothing
+//! becomes visible).
 
 mod config;
 mod get;
@@ -317,17 +319,28 @@ impl Storage for GcsStorage {
         };
         let mut media = Media::new(name);
         media.content_length = Some(data.len() as u64);
-        let object = api
-            .upload_object(&req, data, &UploadType::Simple(media))
-            .await
-            .map_err(|e| http::api_error(&shown, "put", e))?;
+        let upload = UploadType::Simple(media);
+        // A whole-object upload is idempotent: retried like the rest.
+        let object = http::retry(&self.config, || {
+            let data = data.clone();
+            let (req, upload, shown) = (&req, &upload, &shown);
+            async move {
+                api.upload_object(req, data, upload)
+                    .await
+                    .map_err(|e| http::api_error(shown, "put", e))
+            }
+        })
+        .await?;
         meta_of(uri, &object)
     }
 
     async fn start_multipart(&self, uri: &ObjectUri) -> Result<Box<dyn MultipartUpload>> {
         let name = object_name(uri)?.to_owned();
         let api = &self.auth().await?.api;
-        Ok(Box::new(upload::GcsUpload::start(api, uri, name).await?))
+        let started = http::retry(&self.config, || {
+            upload::GcsUpload::start(api, uri, name.clone())
+        });
+        Ok(Box::new(started.await?))
     }
 
     fn min_part_size(&self) -> u64 {
