@@ -1,9 +1,83 @@
-//! A response body checked against the range it answers.
+//! A ranged GET's answer checked against the request: its span and size
+//! (`Content-Range` / `Content-Length`), the range the contract gives, and
+//! its body's length. Shared by the HTTP backends.
+
+use std::ops::Range;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use crate::{ErrorKind, StorageError};
+use crate::{ErrorKind, ObjectUri, Result, StorageError};
+
+/// `bytes a-b/total` → (`a..b+1`, `total`).
+pub fn parse_content_range(value: &str) -> Option<(Range<u64>, u64)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last, total) = (
+        first.parse::<u64>().ok()?,
+        last.parse::<u64>().ok()?,
+        total.parse::<u64>().ok()?,
+    );
+    (first <= last && last < total).then_some((first..last + 1, total))
+}
+
+/// The bytes a response carries and the size of the whole object, from
+/// `Content-Range` or, without one, `Content-Length`; the two must agree.
+pub fn sent_span(
+    content_range: Option<&str>,
+    length: Option<u64>,
+    shown: &str,
+) -> Result<(Range<u64>, u64)> {
+    let (sent, size) = match (content_range, length) {
+        (Some(cr), _) => parse_content_range(cr)
+            .ok_or_else(|| StorageError::protocol(shown, "malformed content-range header"))?,
+        (None, Some(len)) => (0..len, len),
+        (None, None) => {
+            return Err(StorageError::protocol(
+                shown,
+                "response has no content-length",
+            ));
+        }
+    };
+    if length.is_some_and(|len| len != sent.end - sent.start) {
+        return Err(StorageError::protocol(
+            shown,
+            "content-length differs from content-range",
+        ));
+    }
+    Ok((sent, size))
+}
+
+/// The range an answer of `sent` bytes of a `size`-byte object gives for
+/// `requested`: the contract's clamping (which also catches a start past
+/// the end that a server ignoring `Range` answered with the whole object),
+/// then the sent span must be what was asked for — an empty range `a..a`
+/// is asked as byte `a`, and a server that ignored the range is only
+/// usable when the whole object was wanted.
+pub fn answered_range(
+    uri: &ObjectUri,
+    requested: Option<Range<u64>>,
+    size: u64,
+    sent: &Range<u64>,
+) -> Result<Range<u64>> {
+    let range = crate::clamp_range(uri, requested, size)?;
+    let wanted = if range.is_empty() {
+        range.start..(range.start + 1).min(size)
+    } else {
+        range.clone()
+    };
+    if *sent != wanted {
+        return Err(StorageError::protocol(
+            uri.to_string(),
+            format!(
+                "asked for bytes {}..{} and got {}..{}",
+                wanted.start, wanted.end, sent.start, sent.end
+            ),
+        ));
+    }
+    Ok(range)
+}
 
 /// `body` as a [`crate::ByteStream`] that must carry exactly `expected`
 /// bytes: a short body is `Protocol`, a long one too, and a transport error

@@ -18,7 +18,6 @@ use azure_storage_blob::models::{BlobClientDownloadOptions, HttpRange};
 use futures::TryStreamExt;
 
 use super::{AzureStorage, error, system_time};
-use crate::s3::get::parse_content_range;
 use crate::{GetOptions, GetResult, ObjectMeta, ObjectUri, Result, StorageError, Version};
 
 /// The partition of a read with no end: longer than any blob.
@@ -83,33 +82,23 @@ pub(super) async fn get(az: &AzureStorage, uri: &ObjectUri, opts: GetOptions) ->
         .get_optional_str(&HeaderName::from_static("content-range"))
         .map(str::to_owned);
     let length_header = res.properties.content_length;
-    let (sent, size) = match (content_range, length_header) {
-        (Some(cr), _) => match parse_content_range(&cr) {
-            Some(span) => span,
-            None => {
-                // Azurite answers a range past the end with `bytes */N` (or
-                // an inverted span) instead of 416: that is the contract's
-                // bad range when the start is at or past N.
-                let total = cr
-                    .rsplit_once('/')
+    let (sent, size) =
+        match crate::checked::sent_span(content_range.as_deref(), length_header, &shown) {
+            Ok(span) => span,
+            Err(e) => {
+                // Azurite answers a range past the end with `bytes */N` (or an
+                // inverted span) instead of 416: that is the contract's bad
+                // range when the start is at or past N.
+                let total = content_range
+                    .as_deref()
+                    .and_then(|cr| cr.rsplit_once('/'))
                     .and_then(|(_, t)| t.trim().parse::<u64>().ok());
                 if let Some(total) = total {
                     crate::clamp_range(uri, opts.range.clone(), total)?;
                 }
-                return Err(StorageError::protocol(
-                    shown,
-                    "malformed content-range header",
-                ));
+                return Err(e);
             }
-        },
-        (None, Some(len)) => (0..len, len),
-        (None, None) => {
-            return Err(StorageError::protocol(
-                shown,
-                "response has no content-length",
-            ));
-        }
-    };
+        };
     let meta = ObjectMeta {
         uri: shown.clone(),
         size,
@@ -120,21 +109,7 @@ pub(super) async fn get(az: &AzureStorage, uri: &ObjectUri, opts: GetOptions) ->
     if let Some(want) = &opts.if_match {
         want.check(&shown, &meta)?;
     }
-    let range = crate::clamp_range(uri, opts.range, size)?;
-    let wanted = if range.is_empty() {
-        range.start..(range.start + 1).min(size)
-    } else {
-        range.clone()
-    };
-    if sent != wanted {
-        return Err(StorageError::protocol(
-            shown,
-            format!(
-                "asked for bytes {}..{} and got {}..{}",
-                wanted.start, wanted.end, sent.start, sent.end
-            ),
-        ));
-    }
+    let range = crate::checked::answered_range(uri, opts.range, size, &sent)?;
     let body = if range.is_empty() {
         Box::pin(futures::stream::empty()) as crate::ByteStream
     } else {

@@ -23,7 +23,6 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, HeaderMap, LAST_MODIFIED};
 
 use super::http::{self, status_error, transport_error};
 use super::{GcsStorage, generation_of, object_url};
-use crate::s3::get::parse_content_range;
 use crate::{
     ErrorKind, GetOptions, GetResult, ObjectMeta, ObjectUri, Result, StorageError, Version,
 };
@@ -161,21 +160,7 @@ fn answer(
     if let Some(want) = if_match {
         want.check(&shown, &meta)?;
     }
-    let range = crate::clamp_range(uri, requested, size)?;
-    let wanted = if range.is_empty() {
-        range.start..(range.start + 1).min(size)
-    } else {
-        range.clone()
-    };
-    if sent != wanted {
-        return Err(StorageError::protocol(
-            shown,
-            format!(
-                "asked for bytes {}..{} and got {}..{}",
-                wanted.start, wanted.end, sent.start, sent.end
-            ),
-        ));
-    }
+    let range = crate::checked::answered_range(uri, requested, size, &sent)?;
     let body = if range.is_empty() {
         Box::pin(futures::stream::empty()) as crate::ByteStream
     } else {
@@ -197,22 +182,5 @@ fn sent_span(headers: &HeaderMap, shown: &str) -> Result<(Range<u64>, u64)> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let range = headers.get(CONTENT_RANGE).and_then(|v| v.to_str().ok());
-    let (sent, size) = match (range, length) {
-        (Some(cr), _) => parse_content_range(cr)
-            .ok_or_else(|| StorageError::protocol(shown, "malformed content-range header"))?,
-        (None, Some(len)) => (0..len, len),
-        (None, None) => {
-            return Err(StorageError::protocol(
-                shown,
-                "response has no content-length",
-            ));
-        }
-    };
-    if length.is_some_and(|len| len != sent.end - sent.start) {
-        return Err(StorageError::protocol(
-            shown,
-            "content-length differs from content-range",
-        ));
-    }
-    Ok((sent, size))
+    crate::checked::sent_span(range, length, shown)
 }

@@ -131,25 +131,7 @@ fn answer(
     if let Some(want) = if_match {
         want.check(&shown, &meta)?;
     }
-    // The contract's clamping; also catches a start past the end that a
-    // server ignoring `Range` answered with the whole object.
-    let range = crate::clamp_range(uri, requested, size)?;
-    // A server that ignored the range sends the whole object; that is only
-    // usable when the whole object is what was asked for.
-    let wanted = if range.is_empty() {
-        range.start..(range.start + 1).min(size)
-    } else {
-        range.clone()
-    };
-    if sent != wanted {
-        return Err(StorageError::protocol(
-            shown,
-            format!(
-                "asked for bytes {}..{} and got {}..{}",
-                wanted.start, wanted.end, sent.start, sent.end
-            ),
-        ));
-    }
+    let range = crate::checked::answered_range(uri, requested, size, &sent)?;
     let body = if range.is_empty() {
         Box::pin(futures::stream::empty()) as crate::ByteStream
     } else {
@@ -158,41 +140,10 @@ fn answer(
     Ok(GetResult { meta, range, body })
 }
 
-/// The bytes the response carries and the size of the whole object, from
-/// `Content-Range` or, without one, `Content-Length`; the two must agree.
+/// The bytes the response carries and the size of the whole object.
 fn sent_span(out: &GetObjectOutput, shown: &str) -> Result<(Range<u64>, u64)> {
     let length = out.content_length().and_then(|n| u64::try_from(n).ok());
-    let (sent, size) = match (out.content_range(), length) {
-        (Some(cr), _) => parse_content_range(cr)
-            .ok_or_else(|| StorageError::protocol(shown, "malformed content-range header"))?,
-        (None, Some(len)) => (0..len, len),
-        (None, None) => {
-            return Err(StorageError::protocol(
-                shown,
-                "response has no content-length",
-            ));
-        }
-    };
-    if length.is_some_and(|len| len != sent.end - sent.start) {
-        return Err(StorageError::protocol(
-            shown,
-            "content-length differs from content-range",
-        ));
-    }
-    Ok((sent, size))
-}
-
-/// `bytes a-b/total` → (`a..b+1`, `total`).
-pub(crate) fn parse_content_range(value: &str) -> Option<(Range<u64>, u64)> {
-    let rest = value.trim().strip_prefix("bytes ")?;
-    let (span, total) = rest.split_once('/')?;
-    let (first, last) = span.split_once('-')?;
-    let (first, last, total) = (
-        first.parse::<u64>().ok()?,
-        last.parse::<u64>().ok()?,
-        total.parse::<u64>().ok()?,
-    );
-    (first <= last && last < total).then_some((first..last + 1, total))
+    crate::checked::sent_span(out.content_range(), length, shown)
 }
 
 /// The SDK body as chunks, checked to carry exactly `expected` bytes.
@@ -237,6 +188,7 @@ mod tests {
 
     #[test]
     fn content_range_gives_the_span_and_the_total() {
+        use crate::checked::parse_content_range;
         assert_eq!(parse_content_range("bytes 0-0/1"), Some((0..1, 1)));
         assert_eq!(parse_content_range("bytes 5-9/20"), Some((5..10, 20)));
         for bad in [

@@ -48,7 +48,7 @@ mod config;
 pub(crate) mod endpoint;
 mod errors;
 mod gateways;
-pub(crate) mod get;
+mod get;
 mod list;
 mod upload;
 
