@@ -64,9 +64,13 @@ class Azurite:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"azurite exited: {self.log.read_text()}")
+            # Ready when it answers HTTP (any status): an accepted
+            # connection alone comes before the service is ready.
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
+                urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=5).close()
+                break
+            except urllib.error.HTTPError:
+                break
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()

@@ -166,23 +166,37 @@ fn spawn(binary: &Path, dir: &Path, port: u16) -> Child {
         .unwrap_or_else(|e| panic!("starting {}: {e}; {INSTALL_HINT}", binary.display()))
 }
 
+/// Polls until Azurite answers an HTTP request (any status: an accepted
+/// connection alone comes before the service is ready), the child exits,
+/// or the deadline passes.
 async fn wait_until_accepting(child: &mut Child, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + START_DEADLINE;
     loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             return Err(format!("exited with {status}"));
         }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if answers_http(port).await {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "not accepting connections after {START_DEADLINE:?}"
-            ));
+            return Err(format!("not answering http after {START_DEADLINE:?}"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn answers_http(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = format!(
+        "GET /{ACCOUNT}?comp=list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    if conn.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head)).await;
+    matches!(read, Ok(Ok(_))) && head.starts_with(b"HTTP/1.1 ")
 }
