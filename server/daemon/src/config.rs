@@ -320,8 +320,8 @@ impl Config {
             return Err(invalid("engine.part_size", "must be below 4GiB"));
         }
         // Above part_size it is part_size: the cap wins.
-        if self.engine.min_part_size.0 < 64 << 10 {
-            return Err(invalid("engine.min_part_size", "must be at least 64KiB"));
+        if self.engine.min_part_size.0 < 256 << 10 {
+            return Err(invalid("engine.min_part_size", "must be at least 256KiB"));
         }
         if self.engine.per_object_concurrency == 0
             || self.engine.max_concurrency == 0

@@ -27,6 +27,9 @@
 //! of at least [`MIN_RATE_SAMPLE`] only: shorter ones time the connection's
 //! start, not its speed). Both are geometric moving averages (weight 1/5 per
 //! sample, in log space: one outlier moves them little).
+//! Parts never shrink below that sample size, so each fetch's first part
+//! keeps timing the connection: a rate learned on a slow spell cannot pin
+//! the parts small after the link recovers.
 //! Until both are known — and always with `engine.adaptive_part_size` off —
 //! parts are `part_size`. A fetch that starts while `per_object_concurrency`
 //! other fetches run at its endpoint takes `part_size` too (see
@@ -68,12 +71,15 @@ struct Estimates {
 
 impl PartSizer {
     /// Parts between `min` and `cap` bytes (`cap` always, unless
-    /// `adaptive`); `gauge` shows the size last handed out.
+    /// `adaptive`); `gauge` shows the size last handed out. The floor is
+    /// never below [`MIN_RATE_SAMPLE`] (unless `cap` is): smaller first
+    /// parts could not time the connection again, and a rate learned on
+    /// a slow spell would hold the parts small after the link recovered.
     pub fn new(min: u64, cap: u64, adaptive: bool, gauge: Gauge) -> Self {
         let cap = cap.max(1);
         gauge.set(cap as i64);
         PartSizer {
-            min: min.clamp(1, cap),
+            min: min.max(MIN_RATE_SAMPLE).clamp(1, cap),
             cap,
             adaptive,
             state: Mutex::new(Estimates::default()),
@@ -188,5 +194,23 @@ mod tests {
             learned(&sizer, Duration::from_millis(100), 2e8, 40),
             16 * MIB
         );
+    }
+
+    #[test]
+    fn parts_stay_big_enough_to_time_the_connection() {
+        // A floor below the rate sample is raised to it: every first part
+        // still times the connection, so a slow spell is unlearned.
+        let sizer = PartSizer::new(64 << 10, 16 * MIB, true, Gauge::default());
+        assert_eq!(
+            learned(&sizer, Duration::from_micros(200), 1e6, 30),
+            MIN_RATE_SAMPLE
+        );
+        assert_eq!(
+            learned(&sizer, Duration::from_millis(100), 2e8, 40),
+            16 * MIB
+        );
+        // Unless the cap itself is smaller.
+        let tiny = PartSizer::new(1, 4096, true, Gauge::default());
+        assert_eq!(learned(&tiny, Duration::from_micros(200), 1e6, 5), 4096);
     }
 }
