@@ -1,5 +1,5 @@
 //! One storage conformance suite, run against every backend on a real store:
-//! `file://` in a temporary directory, `s3://` against `s3s-fs`, `gs://`
+//! `file://` and `direct://` in a temporary directory, `s3://` against `s3s-fs`, `gs://`
 //! against `fake-gcs-server` and `az://` against Azurite (signed with the
 //! account key, and with a SAS token).
 //!
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use rand::{RngCore, SeedableRng};
 use sluice_storage::s3::S3Backends;
-use sluice_storage::{ErrorKind, GetOptions, ListOptions, ObjectUri, Storage, Version};
+use sluice_storage::{ErrorKind, GetOptions, ListOptions, ObjectUri, ReadBuf, Storage, Version};
 use sluice_tests::s3server::S3Server;
 
 const MIB: usize = 1 << 20;
@@ -23,12 +23,12 @@ const MIB: usize = 1 << 20;
 
 #[path = "conformance/fixtures.rs"]
 mod fixtures;
-use fixtures::{azure_fixture, file_fixture, gcs_fixture, s3_fixture};
+use fixtures::{azure_fixture, direct_fixture, file_fixture, gcs_fixture, s3_fixture};
 
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod file {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fx = super::file_fixture(None).await;
                 super::$case(&*fx.storage, &fx.base).await;
@@ -36,42 +36,50 @@ macro_rules! conformance {
         }
         // Paths resolved without openat2, as where a seccomp filter refuses it.
         mod file_walk {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fx = super::file_fixture(Some(sluice_storage::file::Resolver::Walk)).await;
                 super::$case(&*fx.storage, &fx.base).await;
             })*
         }
+        // O_DIRECT reads through io_uring, on the same kind of roots.
+        mod direct {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fx = super::direct_fixture().await;
+                super::$case(&*fx.storage, &fx.base).await;
+            })*
+        }
         mod s3 {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fx = super::s3_fixture(sluice_storage::s3::ChecksumMode::WhenSupported).await;
                 super::$case(&*fx.storage, &fx.base).await;
             })*
         }
         mod s3_checksum_when_required {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fx = super::s3_fixture(sluice_storage::s3::ChecksumMode::WhenRequired).await;
                 super::$case(&*fx.storage, &fx.base).await;
             })*
         }
         mod gcs {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fx = super::gcs_fixture().await;
                 super::$case(&*fx.storage, &fx.base).await;
             })*
         }
         mod azure_shared_key {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fx = super::azure_fixture(false).await;
                 super::$case(&*fx.storage, &fx.base).await;
             })*
         }
         mod azure_sas {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fx = super::azure_fixture(true).await;
                 super::$case(&*fx.storage, &fx.base).await;
@@ -85,6 +93,7 @@ conformance!(
     ranged_gets_follow_the_contract,
     if_match_detects_changes,
     a_part_past_the_end_of_a_shrunk_object_is_changed,
+    read_into_is_byte_exact_and_gives_the_buffer_back,
     missing_objects_are_not_found,
     recursive_listing_pages_in_key_order,
     delimited_listing_folds_common_prefixes,
@@ -298,9 +307,7 @@ async fn a_part_past_the_end_of_a_shrunk_object_is_changed(s: &dyn Storage, base
         ..long.clone()
     };
     for version in [&long, &dated] {
-        let mut dst = vec![0; 100];
-        let e = s
-            .read_into(&uri, 2000, version, &mut dst)
+        let e = sluice_storage::read_exact_at(s, &uri, 2000, version, 100)
             .await
             .unwrap_err();
         assert_eq!(
@@ -309,6 +316,53 @@ async fn a_part_past_the_end_of_a_shrunk_object_is_changed(s: &dyn Storage, base
             "{version:?}: {e}"
         );
     }
+}
+
+/// `read_into` — what every later part of a fetch goes through — is byte
+/// exact at block edges and into buffers at any address, hands the buffer
+/// back (whole, for a retry) on success and failure, and holds the read to
+/// the version the fetch began with.
+async fn read_into_is_byte_exact_and_gives_the_buffer_back(s: &dyn Storage, base: &ObjectUri) {
+    let size = 3 * MIB + 4097;
+    let want = data(size, 9);
+    let uri = at(base, "parts");
+    s.put(&uri, want.clone()).await.unwrap();
+    let version = Version::of(&s.head(&uri).await.unwrap());
+    let align = s.alignment().max(1) as usize;
+    for (start, len) in [
+        (0, size),
+        (0, 1),
+        (1, 4095),
+        (4095, 2),
+        (4096, 4096),
+        (4097, MIB + 1),
+        (MIB - 1, MIB + 2),
+        (size - 1, 1),
+    ] {
+        for skew in [0, 1] {
+            let buf = ReadBuf::aligned(len + skew, 4096).split_at(skew).1;
+            let addr = buf.addr();
+            let (res, buf) = s.read_into(&uri, start as u64, &version, buf).await;
+            res.unwrap_or_else(|e| panic!("{start}+{len} (skew {skew}): {e}"));
+            assert_eq!((buf.addr(), buf.len()), (addr, len), "the same buffer back");
+            assert_bytes(
+                buf.as_slice(),
+                &want[start..start + len],
+                &format!("{start}+{len} (skew {skew}, alignment {align})"),
+            );
+        }
+    }
+    let buf = ReadBuf::aligned(4096, 4096);
+    let addr = buf.addr();
+    let (res, buf) = s
+        .read_into(&uri, 0, &Version::etag("\"another version\""), buf)
+        .await;
+    let e = res.unwrap_err();
+    assert_eq!(
+        (e.kind(), buf.addr(), buf.len()),
+        (ErrorKind::Changed, addr, 4096),
+        "{e}"
+    );
 }
 
 async fn missing_objects_are_not_found(s: &dyn Storage, base: &ObjectUri) {

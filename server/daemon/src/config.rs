@@ -287,6 +287,16 @@ impl Config {
         };
         self.socket_mode()?;
         crate::tls::validate(&self.server)?;
+        let direct = &self.storage.direct;
+        if !(1..=64).contains(&direct.rings) {
+            return Err(invalid("storage.direct.rings", "must be between 1 and 64"));
+        }
+        if !(1..=4096).contains(&direct.queue_depth) {
+            return Err(invalid(
+                "storage.direct.queue_depth",
+                "must be between 1 and 4096",
+            ));
+        }
         let prefetch = &self.prefetch;
         if !(1..=1024).contains(&prefetch.concurrency) {
             return Err(invalid(

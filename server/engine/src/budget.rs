@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_storage::ReadBuf;
 
 use crate::arena::{Arena, Extent};
 
@@ -110,6 +111,46 @@ impl Reservation {
     /// last clone is dropped.
     pub fn into_bytes(self) -> Bytes {
         self.extent.map_or_else(Bytes::new, Extent::into_bytes)
+    }
+
+    /// The memory as one [`ReadBuf`] for backends to read into, and what
+    /// turns it into bytes once every part of that buffer is back. The
+    /// extent returns to the arena only when both are gone: a read the
+    /// kernel still performs keeps it, however the fetch ended.
+    pub fn into_read_buf(self) -> (Filling, ReadBuf) {
+        let Some(mut extent) = self.extent else {
+            return (Filling { extent: None }, ReadBuf::empty());
+        };
+        let (ptr, len) = (extent.as_mut_ptr(), extent.len() as usize);
+        let extent = Arc::new(extent);
+        // SAFETY: the extent's `len` bytes stay mapped and unallocated to
+        // anyone else while the `Arc` lives, and the `Filling` only reads
+        // them after taking the `Arc` back as the only handle.
+        let buf = unsafe { ReadBuf::from_raw_parts(ptr, len, extent.clone()) };
+        (
+            Filling {
+                extent: Some(extent),
+            },
+            buf,
+        )
+    }
+}
+
+/// A reservation whose memory reads are filling (see
+/// [`Reservation::into_read_buf`]).
+#[derive(Debug)]
+pub struct Filling {
+    extent: Option<Arc<Extent>>,
+}
+
+impl Filling {
+    /// The bytes, once no [`ReadBuf`] into them is left; `None` while one
+    /// is (a read still in flight: the bytes are not final).
+    pub fn into_bytes(self) -> Option<Bytes> {
+        match self.extent {
+            None => Some(Bytes::new()),
+            Some(extent) => Arc::try_unwrap(extent).ok().map(Extent::into_bytes),
+        }
     }
 }
 

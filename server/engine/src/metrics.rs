@@ -17,8 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use sluice_storage::{
-    GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta, ObjectUri, Result,
-    Storage, Strength, Version,
+    BufResult, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta,
+    ObjectUri, ReadBuf, Result, Storage, Strength, Version,
 };
 
 /// Cache counters and gauges (`sluice_cache_*`).
@@ -518,16 +518,20 @@ impl Storage for Instrumented {
         uri: &ObjectUri,
         offset: u64,
         expect: &Version,
-        dst: &mut [u8],
-    ) -> Result<()> {
+        dst: ReadBuf,
+    ) -> BufResult {
         let t = Instant::now();
         let len = dst.len() as u64;
-        let res = self.inner.read_into(uri, offset, expect, dst).await;
+        let (res, dst) = self.inner.read_into(uri, offset, expect, dst).await;
         self.record(Operation::read_part, t, &res);
         if res.is_ok() {
             self.count_bytes("read").inc_by(len);
         }
-        res
+        (res, dst)
+    }
+
+    fn alignment(&self) -> u64 {
+        self.inner.alignment()
     }
 }
 

@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sluice_storage::{
-    ByteStream, ErrorKind, GetOptions, ObjectMeta, ObjectUri, Storage, StorageError, Version, drain,
+    ByteStream, ErrorKind, GetOptions, ObjectMeta, ObjectUri, ReadBuf, Storage, StorageError,
+    Version, drain,
 };
 use tokio::sync::Semaphore;
 
@@ -306,6 +307,10 @@ impl RangeEngine {
         } else {
             controller.sizer().part_size().max(1)
         };
+        // Parts cut at the backend's alignment, so an aligned fetch's every
+        // part is aligned (O_DIRECT reads them straight into the buffer).
+        let align = storage.alignment().max(1);
+        let part = (part / align * align).max(align);
         let first_req = want.start..want.start.saturating_add(part).min(want.end);
         // Room in the client's share before any request: a client over its
         // share waits here, holding no request slot.
@@ -485,41 +490,67 @@ impl Job {
         self: Arc<Self>,
         first: Option<FirstPart>,
         total: Range<u64>,
-        mut reservation: Reservation,
+        reservation: Reservation,
     ) -> Result<Bytes, ReadError> {
-        let buf = reservation.as_mut_slice();
+        let (filling, buf) = reservation.into_read_buf();
         let first_range = total.start..total.start.saturating_add(self.part_size()).min(total.end);
         let first_len = (first_range.end - first_range.start) as usize;
-        let (head, rest) = buf.split_at_mut(first_len);
+        let (head, rest) = buf.split_at(first_len);
         let job = &self;
         let rest_start = first_range.end;
-        let first_fut = async move {
-            let Some((first_range, first_body, permit)) = first else {
-                return job.part_into(first_range, head, 0).await;
-            };
-            let len = head.len() as u64;
-            let res = drain(first_body, &job.uri, head).await;
-            permit.finish(&res, len);
-            match res {
-                Err(e) if e.kind().is_transient() => {
-                    job.engine.backoff(1, &e).await;
-                    job.part_into(first_range, head, 1).await
-                }
-                other => other.map_err(ReadError::from),
-            }
-        };
         type PartFuture<'a> =
-            std::pin::Pin<Box<dyn Future<Output = Result<(), ReadError>> + Send + 'a>>;
-        let mut parts: Vec<PartFuture<'_>> = vec![Box::pin(first_fut)];
+            std::pin::Pin<Box<dyn Future<Output = Result<ReadBuf, ReadError>> + Send + 'a>>;
+        let mut parts: Vec<PartFuture<'_>> =
+            vec![Box::pin(job.first_into(first_range, first, head))];
         let part = self.part_size();
-        for (range, dst) in split(rest_start..total.end, part).zip(rest.chunks_mut(part as usize)) {
+        let ranges = split(rest_start..total.end, part);
+        for (range, dst) in ranges.zip(rest.chunks(part as usize)) {
             parts.push(Box::pin(job.part_into(range, dst, 0)));
         }
-        stream::iter(parts)
+        // Every part's buffer comes back before the bytes are frozen; a
+        // failed fetch drops the others, whose reads keep the memory until
+        // they end.
+        let bufs: Vec<ReadBuf> = stream::iter(parts)
             .buffer_unordered(self.engine.config.per_object_concurrency.max(1))
-            .try_collect::<()>()
+            .try_collect()
             .await?;
-        Ok(reservation.into_bytes())
+        drop(bufs);
+        filling.into_bytes().ok_or_else(|| self.buffer_kept())
+    }
+
+    /// A backend kept a part's buffer after answering: the bytes cannot be
+    /// trusted to be final.
+    fn buffer_kept(&self) -> ReadError {
+        StorageError::new(
+            ErrorKind::Other,
+            self.uri.to_string(),
+            "a read kept its buffer after it ended",
+        )
+        .into()
+    }
+
+    /// The first part into `dst`: the first response's body, or (when it
+    /// went back, or broke) a request of its own.
+    async fn first_into(
+        &self,
+        range: Range<u64>,
+        first: Option<FirstPart>,
+        mut dst: ReadBuf,
+    ) -> Result<ReadBuf, ReadError> {
+        let Some((_, body, slot)) = first else {
+            return self.part_into(range, dst, 0).await;
+        };
+        let len = dst.len() as u64;
+        let res = drain(body, &self.uri, dst.as_mut_slice()).await;
+        slot.finish(&res, len);
+        match res {
+            Ok(()) => Ok(dst),
+            Err(e) if e.kind().is_transient() => {
+                self.engine.backoff(1, &e).await;
+                self.part_into(range, dst, 1).await
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The first part of a streamed object, read into its buffer by a task
@@ -529,28 +560,15 @@ impl Job {
         self: Arc<Self>,
         range: Range<u64>,
         first: Option<FirstPart>,
-        mut reservation: Reservation,
+        reservation: Reservation,
         hold: Hold,
         live: Live,
     ) -> Task<Result<Bytes, ReadError>> {
         Task::spawn(async move {
-            let buf = reservation.as_mut_slice();
-            match first {
-                None => self.part_into(range, buf, 0).await?,
-                Some((_, body, slot)) => {
-                    let len = buf.len() as u64;
-                    let res = drain(body, &self.uri, buf).await;
-                    slot.finish(&res, len);
-                    match res {
-                        Err(e) if e.kind().is_transient() => {
-                            self.engine.backoff(1, &e).await;
-                            self.part_into(range, buf, 1).await?;
-                        }
-                        other => other?,
-                    }
-                }
-            }
-            Ok(hold.attach_counted(reservation.into_bytes(), live))
+            let (filling, buf) = reservation.into_read_buf();
+            drop(self.first_into(range, first, buf).await?);
+            let bytes = filling.into_bytes().ok_or_else(|| self.buffer_kept())?;
+            Ok(hold.attach_counted(bytes, live))
         })
     }
 
@@ -596,10 +614,12 @@ impl Job {
         });
         let rest = reserved.map(move |reserved| {
             let job = self.clone();
-            let task = reserved.map(|(range, mut reservation, hold, live)| {
+            let task = reserved.map(|(range, reservation, hold, live)| {
                 Task::spawn(async move {
-                    job.part_into(range, reservation.as_mut_slice(), 0).await?;
-                    Ok(hold.attach_counted(reservation.into_bytes(), live))
+                    let (filling, buf) = reservation.into_read_buf();
+                    drop(job.part_into(range, buf, 0).await?);
+                    let bytes = filling.into_bytes().ok_or_else(|| job.buffer_kept())?;
+                    Ok(hold.attach_counted(bytes, live))
                 })
             });
             async move { task?.join().await }
@@ -607,35 +627,41 @@ impl Job {
         Box::pin(head.chain(rest.buffered(ahead)))
     }
 
-    /// One part into `dst`, with retries. `failed` attempts were already spent.
+    /// One part into `dst`, with retries; gives `dst` back filled.
+    /// `failed` attempts were already spent.
     async fn part_into(
         &self,
         range: Range<u64>,
-        dst: &mut [u8],
+        mut dst: ReadBuf,
         failed: u32,
-    ) -> Result<(), ReadError> {
+    ) -> Result<ReadBuf, ReadError> {
+        debug_assert_eq!(range.end - range.start, dst.len() as u64);
         let engine = &self.engine;
+        let len = dst.len();
         let mut attempt = failed + 1;
         loop {
             let permit = engine.slot(&self.client, &self.uri).await?;
-            let res = self.try_part(range.clone(), dst).await;
-            permit.finish(&res, dst.len() as u64);
+            let (res, back) = self
+                .storage
+                .read_into(&self.uri, range.start, &self.version, dst)
+                .await;
+            dst = back;
+            permit.finish(&res, len as u64);
             match res {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind().is_transient() && attempt < engine.config.part_attempts => {
+                Ok(()) if dst.len() == len => return Ok(dst),
+                Ok(()) => return Err(self.buffer_kept()),
+                // A retry needs the buffer back whole.
+                Err(e)
+                    if e.kind().is_transient()
+                        && attempt < engine.config.part_attempts
+                        && dst.len() == len =>
+                {
                     engine.backoff(attempt, &e).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-
-    async fn try_part(&self, range: Range<u64>, dst: &mut [u8]) -> Result<(), StorageError> {
-        debug_assert_eq!(range.end - range.start, dst.len() as u64);
-        self.storage
-            .read_into(&self.uri, range.start, &self.version, dst)
-            .await
     }
 }
 

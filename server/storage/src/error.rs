@@ -33,6 +33,9 @@ pub enum ErrorKind {
     Changed,
     /// The operation is not supported by this backend.
     Unsupported,
+    /// The system is not in a state that allows the request (a filesystem
+    /// that refuses `O_DIRECT` under a `direct://` root).
+    FailedPrecondition,
     /// The backend returned something that breaks its own contract
     /// (short body, missing Content-Range, …).
     Protocol,
@@ -51,6 +54,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Changed => "object changed",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::FailedPrecondition => "failed precondition",
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Other => "error",
         }
@@ -66,6 +70,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Changed => "changed",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::FailedPrecondition => "failed_precondition",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Other => "other",
         }

@@ -91,8 +91,8 @@ pub use beneath::Resolver;
 use roots::Roots;
 
 use crate::{
-    ErrorKind, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload, ObjectMeta,
-    ObjectUri, Result, Storage, StorageError, Version, clamp_range,
+    BufResult, ErrorKind, GetOptions, GetResult, ListOptions, ListPage, MultipartUpload,
+    ObjectMeta, ObjectUri, ReadBuf, Result, Storage, StorageError, Version, clamp_range,
 };
 
 /// Bytes per `pread`: large enough to amortise the blocking-pool hop (a few
@@ -111,7 +111,7 @@ const READ_FLAGS: OFlags = OFlags::RDONLY
 const STAT_FLAGS: OFlags = OFlags::PATH.union(OFlags::CLOEXEC);
 
 /// Local files under configured roots.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileStorage {
     roots: Arc<Roots>,
 }
@@ -137,9 +137,40 @@ impl FileStorage {
     }
 
     fn open(roots: &[PathBuf], resolver: Option<Resolver>) -> Result<Self> {
+        Self::open_for("file", roots, resolver)
+    }
+
+    /// Roots of another local scheme (`direct`), named so in errors.
+    pub(crate) fn open_for(
+        scheme: &str,
+        roots: &[PathBuf],
+        resolver: Option<Resolver>,
+    ) -> Result<Self> {
         Ok(FileStorage {
-            roots: Arc::new(Roots::open(roots, resolver)?),
+            roots: Arc::new(Roots::open(roots, resolver, scheme)?),
         })
+    }
+
+    /// Opens the regular file `uri` names for `O_DIRECT` reads; `None`
+    /// when its filesystem refuses `O_DIRECT`.
+    pub(crate) fn open_direct(&self, uri: &ObjectUri) -> Result<Option<(OwnedFd, Stat)>> {
+        let at = self.roots.locate(uri)?;
+        if at.dir_syntax {
+            return Err(not_a_file(uri));
+        }
+        let fd = match at.open(READ_FLAGS | OFlags::DIRECT) {
+            Ok(fd) => fd,
+            Err(Errno::INVAL) => {
+                // Refused for what it is (a FIFO, a device) rather than for
+                // its filesystem: say so.
+                open_object(&self.roots, uri, STAT_FLAGS)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(io_error(uri, e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| io_error(uri, e))?;
+        check_regular(uri, &st)?;
+        Ok(Some((fd, st)))
     }
 
     /// How paths are resolved beneath the roots.
@@ -169,7 +200,7 @@ pub(crate) fn meta_of(uri: String, st: &Stat) -> ObjectMeta {
 /// What an `fstat` of an open file says about its content's version; two
 /// snapshots of one descriptor differ when the file was written in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     size: i64,
     mtime: (i64, i64),
     ctime: (i64, i64),
@@ -182,7 +213,7 @@ struct Snapshot {
 // are no-ops on some.
 #[allow(clippy::unnecessary_cast)]
 impl Snapshot {
-    fn of(st: &Stat) -> Snapshot {
+    pub(crate) fn of(st: &Stat) -> Snapshot {
         Snapshot {
             size: st.st_size as i64,
             mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
@@ -195,7 +226,7 @@ impl Snapshot {
 
     /// `Changed` unless `fd` still holds the version this snapshot saw
     /// (see the module comment for what is compared and why).
-    fn recheck(&self, fd: &impl std::os::fd::AsFd, uri: &str) -> Result<()> {
+    pub(crate) fn recheck(&self, fd: &impl std::os::fd::AsFd, uri: &str) -> Result<()> {
         let now = rustix::fs::fstat(fd)
             .map(|st| Snapshot::of(&st))
             .map_err(|e| StorageError::from_io(uri, e.into()))?;
@@ -393,34 +424,49 @@ impl Storage for FileStorage {
         uri: &ObjectUri,
         offset: u64,
         expect: &Version,
-        dst: &mut [u8],
-    ) -> Result<()> {
+        mut dst: ReadBuf,
+    ) -> BufResult {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if !multi_thread {
-            return crate::read_into_via_get(self, uri, offset, expect, dst).await;
+            let res = crate::read_into_via_get(self, uri, offset, expect, dst.as_mut_slice()).await;
+            return (res, dst);
         }
-        tokio::task::block_in_place(|| {
+        let res = tokio::task::block_in_place(|| {
             let (fd, st) = open_object(&self.roots, uri, READ_FLAGS)?;
-            let shown = uri.to_string();
-            expect.check(&shown, &meta_of(shown.clone(), &st))?;
-            let file = File::from(fd);
-            match file.read_exact_at(dst, offset) {
-                Ok(()) => Snapshot::of(&st).recheck(&file, &shown),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StorageError::new(
-                    ErrorKind::Changed,
-                    shown,
-                    "file shrank while being read",
-                )),
-                Err(e) => Err(StorageError::from_io(shown, e)),
-            }
-        })
+            pread_exact(uri, fd, &st, expect, offset, dst.as_mut_slice())
+        });
+        (res, dst)
     }
 
     async fn delete(&self, uri: &ObjectUri) -> Result<()> {
         let (roots, u) = (self.roots.clone(), uri.clone());
         blocking(uri, move || delete(&roots, &u)).await
     }
+}
+
+/// Reads `dst.len()` bytes at `offset` of the open file `fd` (whose `fstat`
+/// is `st`) when it is the version `expect`, and checks it again after.
+pub(crate) fn pread_exact(
+    uri: &ObjectUri,
+    fd: OwnedFd,
+    st: &Stat,
+    expect: &Version,
+    offset: u64,
+    dst: &mut [u8],
+) -> Result<()> {
+    let shown = uri.to_string();
+    expect.check(&shown, &meta_of(shown.clone(), st))?;
+    let file = File::from(fd);
+    match file.read_exact_at(dst, offset) {
+        Ok(()) => Snapshot::of(st).recheck(&file, &shown),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(shrank(shown)),
+        Err(e) => Err(StorageError::from_io(shown, e)),
+    }
+}
+
+pub(crate) fn shrank(uri: String) -> StorageError {
+    StorageError::new(ErrorKind::Changed, uri, "file shrank while being read")
 }
 
 /// The bytes of `range`, [`READ_CHUNK`] at a time; each chunk is handed on

@@ -19,7 +19,9 @@
 //! - a multipart upload is visible only after `complete`; `abort` leaves nothing.
 
 pub mod azure;
+pub mod buf;
 pub mod checked;
+pub mod direct;
 pub mod error;
 pub mod file;
 pub mod gcs;
@@ -40,6 +42,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use buf::{BufResult, ReadBuf};
 pub use error::{BoxError, ErrorKind, Result, StorageError};
 pub use registry::Backends;
 pub use uri::{MAX_URI_LEN, ObjectUri, Scheme};
@@ -145,18 +148,48 @@ pub trait Storage: Send + Sync + Debug + 'static {
 
     /// Reads exactly `dst.len()` bytes at `offset` of the object version
     /// `expect` into `dst`: a part of a ranged fetch whose first part gave
-    /// the size and version. Another version is [`ErrorKind::Changed`]. The
-    /// default is a ranged [`get`](Storage::get) drained into `dst`;
-    /// backends that can read straight into memory override it.
+    /// the size and version. Another version is [`ErrorKind::Changed`].
+    ///
+    /// `dst` is owned (see [`buf`]): a backend whose reads outlive the
+    /// future (io_uring) keeps it until the kernel is done, so dropping
+    /// this future never lets the memory be reused under a read. The
+    /// buffer comes back with the outcome, whole, once nothing writes to
+    /// it any more. The default is a ranged [`get`](Storage::get) drained
+    /// into `dst`; backends that can read straight into memory override it.
     async fn read_into(
         &self,
         uri: &ObjectUri,
         offset: u64,
         expect: &Version,
-        dst: &mut [u8],
-    ) -> Result<()> {
-        read_into_via_get(self, uri, offset, expect, dst).await
+        mut dst: ReadBuf,
+    ) -> BufResult {
+        let res = read_into_via_get(self, uri, offset, expect, dst.as_mut_slice()).await;
+        (res, dst)
     }
+
+    /// The alignment this backend's reads want, in bytes, for the file
+    /// offset, length and memory address of [`read_into`](Storage::read_into)
+    /// (`O_DIRECT`: the device's block). Unaligned reads still work; aligned
+    /// ones go straight into the buffer. The RangeEngine cuts parts at
+    /// multiples of it.
+    fn alignment(&self) -> u64 {
+        1
+    }
+}
+
+/// `len` bytes at `offset` of the object version `expect`, through
+/// [`Storage::read_into`] into a fresh page-aligned buffer.
+pub async fn read_exact_at<S: Storage + ?Sized>(
+    storage: &S,
+    uri: &ObjectUri,
+    offset: u64,
+    expect: &Version,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let (res, buf) = storage
+        .read_into(uri, offset, expect, ReadBuf::aligned(len, 4096))
+        .await;
+    res.map(|()| buf.as_slice().to_vec())
 }
 
 /// [`Storage::read_into`] through a ranged `get`: checks the version (some

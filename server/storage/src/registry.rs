@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::azure::{AzureBackends, AzureConfig};
+use crate::direct::{DirectConfig, DirectStorage};
 use crate::file::FileStorage;
 use crate::gcs::{GcsConfig, GcsStorage};
 use crate::s3::{S3Backends, S3Config};
@@ -25,6 +26,8 @@ pub struct FileConfig {
 pub struct StorageConfig {
     /// Local files.
     pub file: FileConfig,
+    /// Local files read with `O_DIRECT` through io_uring.
+    pub direct: DirectConfig,
     /// S3 and S3-compatible servers.
     pub s3: S3Config,
     /// Google Cloud Storage.
@@ -37,6 +40,7 @@ pub struct StorageConfig {
 #[derive(Debug)]
 pub struct Backends {
     file: Arc<FileStorage>,
+    direct: Arc<DirectStorage>,
     s3: S3Backends,
     gcs: Arc<GcsStorage>,
     azure: AzureBackends,
@@ -50,6 +54,7 @@ impl Backends {
     pub async fn new(config: &StorageConfig) -> Result<Self> {
         Ok(Backends {
             file: Arc::new(FileStorage::new(&config.file.roots)?),
+            direct: Arc::new(DirectStorage::new(&config.direct)?),
             s3: S3Backends::new(&config.s3).await?,
             gcs: Arc::new(GcsStorage::new(&config.gcs)?),
             azure: AzureBackends::new(&config.azure)?,
@@ -74,6 +79,7 @@ impl Backends {
     /// Registers the backends' own metrics (the S3 gateways') in `registry`.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.s3.metrics().register(registry);
+        self.direct.metrics().register(registry);
     }
 
     /// The backend serving `uri`.
@@ -84,6 +90,7 @@ impl Backends {
                 Ok(self.file_override.clone().expect("checked"))
             }
             Scheme::File => Ok(self.file.clone()),
+            Scheme::Direct => Ok(self.direct.clone()),
             Scheme::S3 => self.s3.for_uri(uri),
             Scheme::Gs => Ok(self.gcs.clone()),
             Scheme::Az => self.azure.for_uri(uri),

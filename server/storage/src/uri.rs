@@ -28,6 +28,8 @@ use crate::error::{Result, StorageError};
 pub enum Scheme {
     /// `file://`
     File,
+    /// `direct://`: a local file read with `O_DIRECT`
+    Direct,
     /// `s3://`
     S3,
     /// `gs://`
@@ -41,6 +43,7 @@ impl Scheme {
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::File => "file",
+            Scheme::Direct => "direct",
             Scheme::S3 => "s3",
             Scheme::Gs => "gs",
             Scheme::Az => "az",
@@ -93,24 +96,28 @@ impl ObjectUri {
             .split_once("://")
             .ok_or_else(|| StorageError::invalid(uri, "not a uri: expected scheme://…"))?;
         match scheme {
-            "file" => Self::parse_file(uri, rest),
+            "file" => Self::parse_file(uri, rest, Scheme::File),
+            "direct" => Self::parse_file(uri, rest, Scheme::Direct),
             "s3" => Self::parse_s3(uri, rest),
             "gs" => Self::parse_gs(uri, rest),
             "az" => Self::parse_az(uri, rest),
             "https" => Self::parse_azure_url(uri, rest),
             other => Err(StorageError::invalid(
                 uri,
-                format!("unsupported scheme {other:?}: expected file://, s3://, gs:// or az://"),
+                format!(
+                    "unsupported scheme {other:?}: expected file://, direct://, s3://, gs:// or az://"
+                ),
             )),
         }
     }
 
-    fn parse_file(uri: &str, rest: &str) -> Result<Self> {
+    fn parse_file(uri: &str, rest: &str, scheme: Scheme) -> Result<Self> {
         let path = rest.strip_prefix("localhost").unwrap_or(rest);
         if !path.starts_with('/') {
+            let name = scheme.as_str();
             return Err(StorageError::invalid(
                 uri,
-                "file uris need an absolute path: file:///abs/path",
+                format!("{name} uris need an absolute path: {name}:///abs/path"),
             ));
         }
         if path.contains('\0') {
@@ -125,7 +132,7 @@ impl ObjectUri {
             }
         }
         Ok(ObjectUri {
-            scheme: Scheme::File,
+            scheme,
             endpoint: None,
             bucket: String::new(),
             key,
@@ -319,7 +326,7 @@ fn valid_gcs_bucket(bucket: &str) -> bool {
 impl fmt::Display for ObjectUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.scheme {
-            Scheme::File => write!(f, "file://{}", self.key),
+            Scheme::File | Scheme::Direct => write!(f, "{}://{}", self.scheme.as_str(), self.key),
             Scheme::S3 => match &self.endpoint {
                 Some(ep) => write!(f, "s3://{ep}/{}/{}", self.bucket, self.key),
                 None => write!(f, "s3://{}/{}", self.bucket, self.key),

@@ -32,6 +32,24 @@ pub(crate) async fn file_fixture(resolver: Option<Resolver>) -> Fixture {
     }
 }
 
+pub(crate) async fn direct_fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let storage = Arc::new(
+        sluice_storage::direct::DirectStorage::new(&sluice_storage::direct::DirectConfig {
+            roots: vec![root.clone()],
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let base = ObjectUri::parse(&format!("direct://{}/suite/", root.display())).unwrap();
+    Fixture {
+        storage,
+        base,
+        _keep: Box::new(dir),
+    }
+}
+
 pub(crate) async fn s3_fixture(checksum: ChecksumMode) -> Fixture {
     let server = S3Server::start().await;
     let bucket = server.bucket("conformance").await;

@@ -95,7 +95,11 @@ pub(super) async fn delete(
             res.map_err(|e| storage_status(&e))?;
             return Ok(v1::DeleteResponse { deleted: 1 });
         }
-        if !req.whole_bucket && names_whole_bucket(&uri, &svc.config.storage.file.roots) {
+        let roots = match uri.scheme() {
+            Scheme::Direct => &svc.config.storage.direct.roots,
+            _ => &svc.config.storage.file.roots,
+        };
+        if !req.whole_bucket && names_whole_bucket(&uri, roots) {
             return Err(Status::failed_precondition(format!(
                 "{uri}: a recursive delete of a whole bucket or file root must be confirmed \
                  (whole_bucket in the request; `sluice rm -r --whole-bucket`)"
@@ -184,7 +188,7 @@ pub(super) async fn delete(
 fn names_whole_bucket(uri: &ObjectUri, roots: &[PathBuf]) -> bool {
     match uri.scheme() {
         Scheme::S3 | Scheme::Gs | Scheme::Az => uri.key().is_empty(),
-        Scheme::File => {
+        Scheme::File | Scheme::Direct => {
             let path = Path::new(uri.key());
             roots.iter().any(|root| {
                 root.starts_with(path)

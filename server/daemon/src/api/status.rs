@@ -18,6 +18,7 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::Throttled | ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Changed => Code::Aborted,
         ErrorKind::Unsupported => Code::Unimplemented,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::Protocol | ErrorKind::Other => Code::Internal,
     }
 }

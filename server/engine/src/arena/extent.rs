@@ -83,6 +83,14 @@ impl Extent {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len as usize) }
     }
 
+    /// The first byte, for writes through a pointer (a [`ReadBuf`] that a
+    /// read fills while the extent is shared).
+    ///
+    /// [`ReadBuf`]: sluice_storage::ReadBuf
+    pub fn as_mut_ptr(&mut self) -> NonNull<u8> {
+        self.ptr
+    }
+
     /// Freezes the extent into [`Bytes`] that free it when the last clone or
     /// slice is dropped. [`Arena::locate`] maps a slice's pointer back to its
     /// segment and offset.

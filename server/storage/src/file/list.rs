@@ -63,6 +63,7 @@ pub(super) async fn list(
     };
     let base_uri = prefix.with_key(if base.is_empty() { "/" } else { &base });
     let mut walk = Walk {
+        scheme: prefix.scheme().as_str(),
         prefix: key,
         after: opts.page_token.clone().unwrap_or_default(),
         limit: opts.page_size.max(1),
@@ -90,6 +91,8 @@ pub(super) async fn list(
 }
 
 struct Walk {
+    /// `file` or `direct`: the scheme listed URIs carry.
+    scheme: &'static str,
     prefix: String,
     after: String,
     limit: usize,
@@ -157,7 +160,7 @@ impl Walk {
                     Err(e) => return Err(e),
                 },
             };
-            let uri = format!("file://{key}");
+            let uri = format!("{}://{key}", self.scheme);
             if !self.emit(key, |p, _| p.objects.push(meta_of(uri, &st))) {
                 break;
             }
@@ -183,7 +186,7 @@ impl Walk {
         }
         if self.one_level && key.starts_with(&self.prefix) {
             if key > self.after {
-                let uri = format!("file://{key}");
+                let uri = format!("{}://{key}", self.scheme);
                 self.emit(key, |p, _| p.common_prefixes.push(uri));
             }
             return Ok(());

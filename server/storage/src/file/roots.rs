@@ -45,11 +45,16 @@ pub(super) struct Located<'a> {
 }
 
 impl Roots {
-    /// Opens every root; `resolver` `None` probes for `openat2`.
-    pub(super) fn open(paths: &[PathBuf], resolver: Option<Resolver>) -> Result<Self> {
+    /// Opens every root of the `scheme` (`file`, `direct`) it serves;
+    /// `resolver` `None` probes for `openat2`.
+    pub(super) fn open(
+        paths: &[PathBuf],
+        resolver: Option<Resolver>,
+        scheme: &str,
+    ) -> Result<Self> {
         let mut roots = Vec::new();
         for path in paths {
-            let shown = format!("file://{}", path.display());
+            let shown = format!("{scheme}://{}", path.display());
             if !path.is_absolute() {
                 return Err(StorageError::invalid(
                     shown,

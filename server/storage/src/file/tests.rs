@@ -302,10 +302,9 @@ async fn fifos_sockets_and_devices_are_refused_without_blocking() {
             assert!(head.message().contains("only regular files"), "{head}");
             let get = returns("get", s.get(&u, GetOptions::default())).await;
             assert_eq!(kind(get), ErrorKind::PermissionDenied, "{name}");
-            let mut dst = [0u8; 4];
             let read = returns(
                 "read_into",
-                s.read_into(&u, 0, &Version::default(), &mut dst),
+                crate::read_exact_at(&s, &u, 0, &Version::default(), 4),
             )
             .await;
             assert_eq!(kind(read), ErrorKind::PermissionDenied, "{name}");
@@ -377,17 +376,16 @@ async fn read_into_reads_in_place_and_checks_the_version() {
     std::fs::write(root_path.join("o"), &data).unwrap();
     let u = uri(&root_path.join("o"));
     let version = Version::of(&s.head(&u).await.unwrap());
-    let mut dst = vec![0u8; 30_000];
-    s.read_into(&u, 50_000, &version, &mut dst).await.unwrap();
+    let dst = crate::read_exact_at(&s, &u, 50_000, &version, 30_000)
+        .await
+        .unwrap();
     assert_eq!(dst, data[50_000..80_000]);
-    let err = s
-        .read_into(&u, 0, &Version::etag("another-version"), &mut dst)
+    let err = crate::read_exact_at(&s, &u, 0, &Version::etag("another-version"), 30_000)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Changed);
     // Past the end: the file is shorter than the part asked for.
-    let err = s
-        .read_into(&u, 90_000, &version, &mut dst)
+    let err = crate::read_exact_at(&s, &u, 90_000, &version, 30_000)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Changed, "{err}");
@@ -465,7 +463,7 @@ mod props {
                 return Ok(()); // a nul byte: refused by the parser
             };
             for resolver in resolvers(&t.root) {
-                let roots = Roots::open(std::slice::from_ref(&t.root), Some(resolver)).unwrap();
+                let roots = Roots::open(std::slice::from_ref(&t.root), Some(resolver), "file").unwrap();
                 let Ok(at) = roots.locate(&u) else { continue };
                 if let Ok(fd) = at.open(STAT_FLAGS) {
                     let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();

@@ -90,11 +90,9 @@ async fn round(s: &FileStorage, t: &Tree, sw: &Swapped, i: u64, seen: &mut Seen)
         Ok(())
     };
     outcome(r.await, |s| &mut s.reads);
-    let mut dst = vec![0u8; INSIDE.len()];
-    let r = s
-        .read_into(&f, 0, &Version::etag(inside_etag), &mut dst)
+    let r = crate::read_exact_at(s, &f, 0, &Version::etag(inside_etag), INSIDE.len())
         .await
-        .map(|()| {
+        .map(|dst| {
             assert_eq!(dst, INSIDE, "read_into of {f} read another file");
         });
     outcome(r, |s| &mut s.reads);

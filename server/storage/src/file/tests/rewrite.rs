@@ -130,10 +130,10 @@ async fn read_once(s: &FileStorage, u: &ObjectUri, i: u64, versions: &[Vec<u8>; 
             Ok(meta) => Version::of(&meta),
             Err(e) => panic!("head during the rewrites: {e}"),
         };
-        let mut dst = vec![0; (range.end - range.start) as usize];
-        s.read_into(u, range.start, &version, &mut dst)
+        let len = (range.end - range.start) as usize;
+        crate::read_exact_at(s, u, range.start, &version, len)
             .await
-            .map(|()| (range.clone(), dst))
+            .map(|dst| (range.clone(), dst))
     };
     match got {
         Ok((sent, bytes)) => {
