@@ -27,6 +27,9 @@ struct Cli {
     /// A directory file:// URIs may read and write (storage.file.roots); repeatable.
     #[arg(long = "file-root", global = true)]
     file_roots: Vec<PathBuf>,
+    /// A directory direct:// URIs may read (O_DIRECT) and write (storage.direct.roots); repeatable.
+    #[arg(long = "direct-root", global = true)]
+    direct_roots: Vec<PathBuf>,
     /// Payload memory budget, e.g. 8GiB (cache.memory_budget).
     #[arg(long, global = true)]
     memory_budget: Option<String>,
@@ -62,13 +65,17 @@ impl Cli {
         set("server.http", self.http.clone());
         set("cache.memory_budget", self.memory_budget.clone());
         set("log.level", self.log_level.clone());
-        if !self.file_roots.is_empty() {
-            let roots: Vec<PathBuf> = self
-                .file_roots
-                .iter()
-                .map(|r| std::path::absolute(r).unwrap_or(r.clone()))
-                .collect();
-            f = f.merge(Serialized::global("storage.file.roots", roots));
+        for (key, given) in [
+            ("storage.file.roots", &self.file_roots),
+            ("storage.direct.roots", &self.direct_roots),
+        ] {
+            if !given.is_empty() {
+                let roots: Vec<PathBuf> = given
+                    .iter()
+                    .map(|r| std::path::absolute(r).unwrap_or(r.clone()))
+                    .collect();
+                f = f.merge(Serialized::global(key, roots));
+            }
         }
         f
     }
