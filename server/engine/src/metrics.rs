@@ -533,6 +533,10 @@ impl Storage for Instrumented {
     fn alignment(&self) -> u64 {
         self.inner.alignment()
     }
+
+    fn learns_part_size(&self) -> bool {
+        self.inner.learns_part_size()
+    }
 }
 
 #[derive(Debug)]

@@ -302,11 +302,12 @@ impl RangeEngine {
         // throughput.
         let controller = self.controllers.get(&endpoint_of(uri));
         let (_fetching, others) = controller.start_fetch();
-        let part = if others >= self.config.per_object_concurrency.max(1) {
-            self.config.part_size.0.max(1)
-        } else {
-            controller.sizer().part_size().max(1)
-        };
+        let part =
+            if others >= self.config.per_object_concurrency.max(1) || !storage.learns_part_size() {
+                self.config.part_size.0.max(1)
+            } else {
+                controller.sizer().part_size().max(1)
+            };
         // Parts cut at the backend's alignment, so an aligned fetch's every
         // part is aligned (O_DIRECT reads them straight into the buffer).
         let align = storage.alignment().max(1);

@@ -205,6 +205,14 @@ impl Storage for FaultStorage {
         self.inner.min_part_size()
     }
 
+    fn alignment(&self) -> u64 {
+        self.inner.alignment()
+    }
+
+    fn learns_part_size(&self) -> bool {
+        self.inner.learns_part_size()
+    }
+
     async fn delete(&self, uri: &ObjectUri) -> Result<()> {
         self.inner.delete(uri).await
     }

@@ -175,6 +175,15 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn alignment(&self) -> u64 {
         1
     }
+
+    /// Whether the RangeEngine should learn this backend's part size from
+    /// first-byte waits and rates (`engine.adaptive_part_size`). A local
+    /// device has no first-byte wait to amortise, and reads best in parts
+    /// as large as `engine.part_size`, each read as several I/Os in flight:
+    /// `direct://` says no.
+    fn learns_part_size(&self) -> bool {
+        true
+    }
 }
 
 /// `len` bytes at `offset` of the object version `expect`, through

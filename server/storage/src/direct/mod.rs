@@ -449,4 +449,8 @@ impl Storage for DirectStorage {
     fn alignment(&self) -> u64 {
         ALIGN
     }
+
+    fn learns_part_size(&self) -> bool {
+        false
+    }
 }
