@@ -287,6 +287,16 @@ impl Config {
         };
         self.socket_mode()?;
         crate::tls::validate(&self.server)?;
+        let disk = &self.cache.disk;
+        if disk.dirs.iter().any(|d| !d.is_absolute()) {
+            return Err(invalid("cache.disk.dirs", "must be absolute paths"));
+        }
+        if disk.max_bytes.0 == 0 || disk.write_queue.0 == 0 {
+            return Err(invalid(
+                "cache.disk",
+                "max_bytes and write_queue must be above 0",
+            ));
+        }
         let direct = &self.storage.direct;
         if !(1..=64).contains(&direct.rings) {
             return Err(invalid("storage.direct.rings", "must be between 1 and 64"));

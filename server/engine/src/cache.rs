@@ -49,6 +49,16 @@ pub enum Policy {
     Plans,
 }
 
+/// Whether `current` describes the object version `cached` was taken from:
+/// size, etag, last-modified time and version id all equal (the rule of
+/// both cache tiers).
+pub fn same_version(cached: &ObjectMeta, current: &ObjectMeta) -> bool {
+    cached.size == current.size
+        && cached.etag == current.etag
+        && cached.last_modified == current.last_modified
+        && cached.version == current.version
+}
+
 /// One cached object.
 #[derive(Debug)]
 pub struct CachedObject {
@@ -91,10 +101,7 @@ impl CachedObject {
 
     /// Whether `current` metadata describes the same object version.
     pub fn same_version(&self, current: &ObjectMeta) -> bool {
-        self.meta.size == current.size
-            && self.meta.etag == current.etag
-            && self.meta.last_modified == current.last_modified
-            && self.meta.version == current.version
+        same_version(&self.meta, current)
     }
 
     /// Marks the entry validated now.

@@ -204,6 +204,8 @@ pub struct CacheConfig {
     /// Which entry eviction picks: `plans` (Belady's rule over the clients'
     /// epoch plans; least recently used while no plan is live) or `lru`.
     pub policy: crate::cache::Policy,
+    /// The disk tier below the RAM cache (`[cache.disk]`).
+    pub disk: crate::disk::DiskConfig,
 }
 
 impl Default for CacheConfig {
@@ -226,6 +228,7 @@ impl Default for CacheConfig {
             // page (`Arena::prefault`).
             prefault: true,
             policy: crate::cache::Policy::Plans,
+            disk: crate::disk::DiskConfig::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod arena;
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod disk;
 pub mod engine;
 pub mod error;
 pub mod metrics;

@@ -212,11 +212,14 @@ pub struct EngineMetrics {
     pub prefetch: PrefetchMetrics,
     /// Backends.
     pub storage: Arc<StorageMetrics>,
+    /// The disk tier.
+    pub disk: crate::disk::DiskMetrics,
 }
 
 impl EngineMetrics {
     /// Registers everything under `registry` (prefix `sluice`).
     pub fn register(&self, registry: &mut Registry) {
+        self.disk.register(registry);
         let c = &self.cache;
         let r = registry.sub_registry_with_prefix("cache");
         r.register("hits", "Reads served from the cache", c.hits.clone());

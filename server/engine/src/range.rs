@@ -129,7 +129,11 @@ impl Memory {
         Ok((reservation, hold, Live::new(live)))
     }
 
-    async fn reserve_budget(&self, uri: &ObjectUri, len: u64) -> Result<Reservation, ReadError> {
+    pub(crate) async fn reserve_budget(
+        &self,
+        uri: &ObjectUri,
+        len: u64,
+    ) -> Result<Reservation, ReadError> {
         self.budget
             .reserve(len, self.evict.as_ref())
             .await

@@ -27,8 +27,9 @@ use sluice_storage::{Backends, ObjectMeta, ObjectUri, Storage, clamp_range};
 use tokio::sync::watch;
 
 use crate::budget::MemoryBudget;
-use crate::cache::{Cache, CachedObject};
+use crate::cache::{Cache, CachedObject, same_version};
 use crate::config::{CacheConfig, EngineConfig};
+use crate::disk::DiskTier;
 use crate::error::ReadError;
 use crate::metrics::{EngineMetrics, Instrumented};
 use crate::plans::{PlanLimits, Prefetched};
@@ -54,6 +55,8 @@ pub enum Source {
     Coalesced,
     /// Fetched for this read only, not cached (ranges, large objects, no_cache).
     Uncached,
+    /// Read from the disk tier, and now cached in RAM.
+    Disk,
 }
 
 /// A read's answer.
@@ -94,6 +97,17 @@ struct Flight {
 
 type Inflight = Mutex<HashMap<String, Flight>>;
 
+/// A whole object a leader got, to cache and answer with.
+struct Got {
+    meta: ObjectMeta,
+    data: Bytes,
+    /// Its charge to the client's share.
+    hold: Hold,
+    /// Where it came from: the backend (then it goes to the disk tier
+    /// too) or the disk tier.
+    source: Source,
+}
+
 /// Whom a read is for, and whether they hold streamed objects whole.
 type For<'a> = (&'a Arc<ClientShare>, bool);
 
@@ -107,6 +121,7 @@ pub struct Reader {
     metrics: EngineMetrics,
     inflight: Arc<Inflight>,
     shares: Arc<Shares>,
+    disk: Option<Arc<DiskTier>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -176,7 +191,9 @@ impl Reader {
             },
             metrics.share.clone(),
         );
+        let disk = DiskTier::start(&cache.disk, metrics.disk.clone())?;
         Ok(Reader {
+            disk,
             shares,
             backends,
             engine: RangeEngine::new(engine, metrics.storage.clone()),
@@ -364,6 +381,16 @@ impl Reader {
         client: For<'_>,
     ) -> Result<ReadOutput, ReadError> {
         self.metrics.cache.misses.inc();
+        let leader = match &self.disk {
+            Some(disk) => match self
+                .read_from_disk(disk, leader, &storage, uri, range.clone(), client)
+                .await?
+            {
+                Ok(served) => return Ok(served),
+                Err(leader) => leader,
+            },
+            None => leader,
+        };
         match self
             .engine
             .fetch(
@@ -377,7 +404,15 @@ impl Reader {
         {
             Ok(Fetched::Buffered {
                 meta, data, hold, ..
-            }) => self.finish_lead(leader, uri, range, meta, data, hold),
+            }) => {
+                let got = Got {
+                    meta,
+                    data,
+                    hold,
+                    source: Source::Backend,
+                };
+                self.finish_lead(leader, uri, range, got)
+            }
             Ok(Fetched::Streaming { meta, range, body }) => {
                 leader.publish(Outcome::TooLarge);
                 Ok(ReadOutput {
@@ -404,18 +439,23 @@ impl Reader {
         leader: Leader,
         uri: &ObjectUri,
         range: Option<Range<u64>>,
-        meta: ObjectMeta,
-        data: Bytes,
-        hold: Hold,
+        got: Got,
     ) -> Result<ReadOutput, ReadError> {
-        match self.cache_unless_stale(&leader, &meta, &data) {
+        let Got {
+            meta,
+            data,
+            hold,
+            source,
+        } = got;
+        let admit = source == Source::Backend;
+        match self.cache_unless_stale(&leader, &meta, &data, admit) {
             Some(obj) => {
                 leader.publish(Outcome::Cached(obj.clone()));
                 // The buffer's charge becomes the entry's: no wait, the
                 // client holds these bytes already.
                 let pin = hold.client().pin_now(&obj);
                 drop(hold);
-                slice(uri, &obj, range, Source::Backend, pin)
+                slice(uri, &obj, range, source, pin)
             }
             None => {
                 self.metrics.cache.invalidations.inc();
@@ -443,14 +483,82 @@ impl Reader {
         leader: &Leader,
         meta: &ObjectMeta,
         data: &Bytes,
+        admit: bool,
     ) -> Option<Arc<CachedObject>> {
         // The same lock `invalidate` holds while it marks flights stale and
         // empties the cache: one or the other comes first, whole.
         let _flights = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         (!leader.stale.load(Ordering::SeqCst)).then(|| {
+            if admit && let Some(disk) = &self.disk {
+                disk.admit(&leader.key, meta, data);
+            }
             self.cache
                 .insert(leader.key.clone(), meta.clone(), data.clone())
         })
+    }
+
+    /// Serves a RAM miss from the disk tier: the entry revalidated as a
+    /// cached one would be, read into an arena extent, checked, cached.
+    /// Gives the leader back when the disk cannot serve it.
+    async fn read_from_disk(
+        &self,
+        disk: &DiskTier,
+        leader: Leader,
+        storage: &Arc<dyn Storage>,
+        uri: &ObjectUri,
+        range: Option<Range<u64>>,
+        client: For<'_>,
+    ) -> Result<Result<ReadOutput, Leader>, ReadError> {
+        let key = &leader.key;
+        let Some(entry) = disk.lookup(key) else {
+            disk.metrics().misses.inc();
+            return Ok(Err(leader));
+        };
+        let size = entry.meta().size;
+        if size > self.max_cached() {
+            disk.metrics().misses.inc();
+            return Ok(Err(leader));
+        }
+        if !entry.fresh(disk.now_ms(), self.config.revalidate_after) {
+            match storage.head(uri).await {
+                Ok(current) if same_version(&entry.meta(), &current) => disk.validated(key, &entry),
+                Ok(_) => {
+                    disk.stale(key, &entry);
+                    disk.metrics().misses.inc();
+                    return Ok(Err(leader));
+                }
+                Err(e) => {
+                    if e.kind() == sluice_storage::ErrorKind::NotFound {
+                        disk.stale(key, &entry);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let memory = self.memory(client.0, client.1);
+        let hold = client
+            .0
+            .acquire(size)
+            .await
+            .map_err(|e| ReadError::memory(uri, e))?;
+        let (filling, buf) = memory.reserve_budget(uri, size).await?.into_read_buf();
+        let (good, buf) = disk.read(key, &entry, buf).await;
+        drop(buf);
+        let data = match filling.into_bytes() {
+            Some(data) if good => data,
+            _ => {
+                disk.metrics().misses.inc();
+                return Ok(Err(leader));
+            }
+        };
+        disk.metrics().hits.inc();
+        let got = Got {
+            meta: entry.meta(),
+            data,
+            hold,
+            source: Source::Disk,
+        };
+        self.finish_lead(leader, uri, range, got).map(Ok)
     }
 
     async fn uncached(
@@ -579,7 +687,7 @@ impl Reader {
         {
             Ok(Fetched::Buffered { meta, data, .. }) => {
                 let size = meta.size;
-                match self.cache_unless_stale(&leader, &meta, &data) {
+                match self.cache_unless_stale(&leader, &meta, &data, true) {
                     Some(obj) => {
                         obj.mark_prefetched();
                         m.fetched.inc();
@@ -628,6 +736,9 @@ impl Reader {
             flight.stale.store(true, Ordering::SeqCst);
         }
         self.cache.remove(&key);
+        if let Some(disk) = &self.disk {
+            disk.remove(&key);
+        }
     }
 
     /// Forgets everything under `prefix`, in the cache and in flight.
@@ -641,6 +752,9 @@ impl Reader {
             }
             keep
         });
+        if let Some(disk) = &self.disk {
+            disk.remove_prefix(&prefix);
+        }
         self.cache.remove_prefix(&prefix)
     }
 }
@@ -668,119 +782,4 @@ fn slice(
 }
 
 #[cfg(test)]
-mod tests {
-    use sluice_storage::registry::{FileConfig, StorageConfig};
-
-    use super::*;
-    use crate::config::ByteSize;
-
-    async fn reader(root: &std::path::Path) -> Reader {
-        let storage = StorageConfig {
-            file: FileConfig {
-                roots: vec![root.to_path_buf()],
-            },
-            ..StorageConfig::default()
-        };
-        let backends = Backends::new(&storage).await.unwrap();
-        let cache = CacheConfig {
-            memory_budget: ByteSize::mib(16),
-            ..CacheConfig::default()
-        };
-        Reader::new(
-            backends,
-            EngineConfig::default(),
-            cache,
-            PlanLimits::default(),
-            EngineMetrics::default(),
-        )
-        .unwrap()
-    }
-
-    fn hold() -> Hold {
-        ClientShare::unlimited().try_acquire(9).unwrap()
-    }
-
-    fn leader(reader: &Reader, key: &str) -> Leader {
-        match reader.role(key) {
-            Role::Lead(l) => l,
-            Role::Follow(_) => panic!("{key}: expected to lead"),
-        }
-    }
-
-    fn follower(reader: &Reader, key: &str) -> watch::Receiver<Option<Outcome>> {
-        match reader.role(key) {
-            Role::Follow(rx) => rx,
-            Role::Lead(_) => panic!("{key}: expected to follow"),
-        }
-    }
-
-    /// A fetch that started before a write or delete, and finishes after
-    /// its invalidation, never caches what it read; whatever joined it reads
-    /// again; later reads start a fetch of their own.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn invalidation_wins_over_a_fetch_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(dir.path()).unwrap();
-        let reader = reader(&root).await;
-        std::fs::write(root.join("o"), b"old bytes").unwrap();
-        let uri = ObjectUri::parse(&format!("file://{}/o", root.display())).unwrap();
-        let key = uri.to_string();
-        let storage = reader.storage(&uri).unwrap();
-        let old_meta = storage.head(&uri).await.unwrap();
-
-        for prefix in [false, true] {
-            let lead = leader(&reader, &key);
-            let mut joined = follower(&reader, &key);
-            if prefix {
-                let dir = ObjectUri::parse(&format!("file://{}/", root.display())).unwrap();
-                reader.invalidate_prefix(&dir);
-            } else {
-                reader.invalidate(&uri);
-            }
-            // A read after the invalidation does not join the stale flight.
-            let fresh = leader(&reader, &key);
-            drop(fresh);
-            let out = reader
-                .finish_lead(
-                    lead,
-                    &uri,
-                    None,
-                    old_meta.clone(),
-                    Bytes::from_static(b"old bytes"),
-                    hold(),
-                )
-                .unwrap();
-            assert_eq!(out.source, Source::Uncached, "the stale leader's own read");
-            assert!(reader.cache.get(&key).is_none(), "stale bytes were cached");
-            joined.wait_for(Option::is_some).await.unwrap();
-            assert!(matches!(*joined.borrow(), Some(Outcome::Stale)));
-        }
-
-        // Not overtaken: cached as before.
-        let lead = leader(&reader, &key);
-        reader
-            .finish_lead(
-                lead,
-                &uri,
-                None,
-                old_meta,
-                Bytes::from_static(b"old bytes"),
-                hold(),
-            )
-            .unwrap();
-        assert!(reader.cache.get(&key).is_some());
-
-        // End to end: the new version is what a read returns.
-        std::fs::write(root.join("o"), b"new bytes!").unwrap();
-        reader.invalidate(&uri);
-        let client = ClientShare::unlimited();
-        let out = reader
-            .read(&uri, None, false, &client, false)
-            .await
-            .unwrap();
-        match out.body {
-            Body::Bytes(b) => assert_eq!(&b[..], b"new bytes!"),
-            Body::Stream(_) => panic!("a small object is buffered"),
-        }
-    }
-}
+mod tests;

@@ -152,6 +152,7 @@ impl RpcMetrics {
             sluice_engine::Source::Backend => "backend",
             sluice_engine::Source::Coalesced => "coalesced",
             sluice_engine::Source::Uncached => "uncached",
+            sluice_engine::Source::Disk => "disk",
         };
         self.served.get_or_create(&SourceLabels { source }).inc();
     }
