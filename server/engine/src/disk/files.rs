@@ -78,10 +78,12 @@ fn tmp(path: &Path) -> PathBuf {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let t = tmp(path);
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(&t)?;
     f.write_all(bytes)?;
     f.sync_all()?;

@@ -259,6 +259,10 @@ impl DiskTier {
         let mut dirs = Vec::new();
         for dir in &config.dirs {
             std::fs::create_dir_all(dir)?;
+            // Other users' objects, fetched with the daemon's credentials:
+            // only the daemon's user may look.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
             dirs.push(std::fs::canonicalize(dir)?);
         }
         let reader = DirectStorage::new(&DirectConfig {

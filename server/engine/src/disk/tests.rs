@@ -101,8 +101,13 @@ async fn entries_survive_a_restart_and_need_revalidation() {
     tier.admit(k, &meta(k, new.len(), "e2"), &new);
     written(&tier, 1).await;
     assert_eq!(read_back(&tier, k).await.as_deref(), Some(&new[..]));
-    let files = std::fs::read_dir(dir.path()).unwrap().count();
-    assert_eq!(files, 2 * 5, "two files per entry, nothing left over");
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(files.len(), 2 * 5, "two files per entry, nothing left over");
+    // Only the daemon's user can read what it fetched for everyone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o700);
+    assert!(files.iter().all(|f| mode(&f.path()) == 0o600));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
