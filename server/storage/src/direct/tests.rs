@@ -240,27 +240,32 @@ async fn reads_dropped_in_flight_never_corrupt_other_readers() {
                 } else {
                     start % 4096
                 };
-                let read = storage.read_into(u, start as u64, version, skewed(len, skew));
-                if rng.random_bool(0.4) {
+                let mut read = storage.read_into(u, start as u64, version, skewed(len, skew));
+                match rng.random_range(0..10) {
+                    // Dropped after its first poll: its file is being
+                    // opened, no read is queued yet.
+                    0..2 => {
+                        assert!(futures::poll!(&mut read).is_pending());
+                        dropped += 1;
+                    }
                     // Dropped after a random short while: maybe before the
                     // ring saw it, maybe with reads in the kernel.
-                    let wait = Duration::from_micros(rng.random_range(0..2000));
-                    match tokio::time::timeout(wait, read).await {
-                        Ok((res, buf)) => {
+                    2..4 => {
+                        let wait = Duration::from_micros(rng.random_range(0..2000));
+                        if let Ok((res, buf)) = tokio::time::timeout(wait, read).await {
                             res.unwrap();
                             assert!(buf.as_slice() == &data[start..start + len]);
-                            completed += 1;
                         }
-                        Err(_) => dropped += 1,
                     }
-                } else {
-                    let (res, buf) = read.await;
-                    res.unwrap();
-                    assert!(
-                        buf.as_slice() == &data[start..start + len],
-                        "{u} {start}+{len} skew {skew}"
-                    );
-                    completed += 1;
+                    _ => {
+                        let (res, buf) = read.await;
+                        res.unwrap();
+                        assert!(
+                            buf.as_slice() == &data[start..start + len],
+                            "{u} {start}+{len} skew {skew}"
+                        );
+                        completed += 1;
+                    }
                 }
             }
             (completed, dropped)
@@ -272,8 +277,10 @@ async fn reads_dropped_in_flight_never_corrupt_other_readers() {
         completed += c;
         dropped += d;
     }
-    assert!(completed >= 8 * 40 * 6 / 10 - 1, "completed {completed}");
-    assert!(dropped > 0, "no read was dropped in flight");
+    assert!(
+        completed > 0 && dropped > 0,
+        "{completed} read, {dropped} dropped"
+    );
     // The storage (and its ring) goes away with reads possibly still in
     // the kernel: they finish, then the ring thread ends.
     drop(storage);
