@@ -91,10 +91,16 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&t, path)
 }
 
-/// Writes an entry: data, then meta, each fsynced before its rename, then
-/// the directory.
-pub(crate) fn write(dir: &Path, id: &str, stored: &Stored, data: &[u8]) -> std::io::Result<()> {
-    write_synced(&data_path(dir, id), data)?;
+/// Where an entry's data is written before [`commit`] renames it.
+pub(crate) fn data_tmp(dir: &Path, id: &str) -> PathBuf {
+    tmp(&data_path(dir, id))
+}
+
+/// Completes an entry whose data was written (and fsynced) to
+/// [`data_tmp`]: renames it, writes the meta (fsynced, renamed), then
+/// fsyncs the directory.
+pub(crate) fn commit(dir: &Path, id: &str, stored: &Stored) -> std::io::Result<()> {
+    std::fs::rename(data_tmp(dir, id), data_path(dir, id))?;
     let meta = serde_json::to_vec(stored).map_err(std::io::Error::other)?;
     write_synced(&meta_path(dir, id), &meta)?;
     File::open(dir)?.sync_all()

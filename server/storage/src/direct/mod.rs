@@ -44,6 +44,7 @@
 mod ring;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -142,6 +143,11 @@ impl DirectStorage {
     }
 
     async fn rings(&self, uri: &ObjectUri) -> Result<Arc<Rings>> {
+        self.rings_for(&uri.to_string()).await
+    }
+
+    /// The rings, started at the first use; errors name `what`.
+    async fn rings_for(&self, what: &str) -> Result<Arc<Rings>> {
         self.rings
             .get_or_try_init(|| async {
                 Rings::new(self.config.rings, self.config.queue_depth)
@@ -149,7 +155,7 @@ impl DirectStorage {
                     .map_err(|e| {
                         StorageError::new(
                             ErrorKind::FailedPrecondition,
-                            uri.to_string(),
+                            what,
                             format!("cannot set up io_uring for direct:// reads: {e}"),
                         )
                     })

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use io_uring::{IoUring, opcode, types};
 use tokio::sync::oneshot;
 
@@ -28,12 +29,28 @@ use crate::ReadBuf;
 /// The user data of the eventfd's read.
 const WAKE: u64 = u64::MAX;
 
-/// One read for a ring thread.
+/// One read or write for a ring thread.
 struct Op {
     fd: Arc<OwnedFd>,
     offset: u64,
-    buf: ReadBuf,
-    done: oneshot::Sender<(io::Result<usize>, ReadBuf)>,
+    io: Io,
+    done: oneshot::Sender<(io::Result<usize>, Io)>,
+}
+
+/// What an op moves, and the memory it moves it through (kept by the ring
+/// thread until the kernel is done with it).
+enum Io {
+    Read(ReadBuf),
+    Write(Bytes),
+}
+
+impl Io {
+    fn into_read_buf(self) -> ReadBuf {
+        match self {
+            Io::Read(buf) => buf,
+            Io::Write(_) => ReadBuf::empty(),
+        }
+    }
 }
 
 /// The rings of a `direct://` backend.
@@ -91,13 +108,30 @@ impl Rings {
         offset: u64,
         buf: ReadBuf,
     ) -> (io::Result<usize>, ReadBuf) {
+        let (res, io) = self.submit(fd, offset, Io::Read(buf)).await;
+        (res, io.into_read_buf())
+    }
+
+    /// Writes up to `data.len()` bytes of `data` at `offset` of `fd`; the
+    /// bytes written. The alignment rules of `read_at` hold for `O_DIRECT`
+    /// descriptors.
+    pub(crate) async fn write_at(
+        &self,
+        fd: Arc<OwnedFd>,
+        offset: u64,
+        data: Bytes,
+    ) -> io::Result<usize> {
+        self.submit(fd, offset, Io::Write(data)).await.0
+    }
+
+    async fn submit(&self, fd: Arc<OwnedFd>, offset: u64, io: Io) -> (io::Result<usize>, Io) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.rings.len();
         let ring = &self.rings[i];
         let (done, answer) = oneshot::channel();
         let op = Op {
             fd,
             offset,
-            buf,
+            io,
             done,
         };
         let sent = {
@@ -108,13 +142,13 @@ impl Rings {
             }
         };
         if let Err(op) = sent {
-            return (Err(ended()), op.buf);
+            return (Err(ended()), op.io);
         }
         ring.wake();
         match answer.await {
             Ok(out) => out,
-            // The thread ended with the read in flight: it kept the buffer.
-            Err(_) => (Err(ended()), ReadBuf::empty()),
+            // The thread ended with the op in flight: it kept the buffer.
+            Err(_) => (Err(ended()), Io::Read(ReadBuf::empty())),
         }
     }
 }
@@ -189,14 +223,25 @@ fn run(mut ring: IoUring, rx: mpsc::Receiver<Op>, wake: Arc<OwnedFd>, depth: usi
         while !queued.is_empty() {
             let Some(slot) = free.pop() else { break };
             let mut op = queued.pop_front().expect("not empty");
-            let len = op.buf.len().min(u32::MAX as usize) as u32;
-            let read = opcode::Read::new(types::Fd(op.fd.as_raw_fd()), op.buf.as_mut_ptr(), len)
-                .offset(op.offset)
-                .build()
-                .user_data(slot as u64);
-            // SAFETY: the descriptor and the buffer are kept in `slots`
-            // until the completion of this read is reaped.
-            unsafe { ring.submission().push(&read) }.expect("a slot per read");
+            let fd = types::Fd(op.fd.as_raw_fd());
+            let entry = match &mut op.io {
+                Io::Read(buf) => {
+                    let len = buf.len().min(u32::MAX as usize) as u32;
+                    opcode::Read::new(fd, buf.as_mut_ptr(), len)
+                        .offset(op.offset)
+                        .build()
+                }
+                Io::Write(data) => {
+                    let len = data.len().min(u32::MAX as usize) as u32;
+                    opcode::Write::new(fd, data.as_ptr(), len)
+                        .offset(op.offset)
+                        .build()
+                }
+            };
+            // SAFETY: the descriptor and the memory are kept in `slots`
+            // until the completion of this op is reaped.
+            unsafe { ring.submission().push(&entry.user_data(slot as u64)) }
+                .expect("a slot per op");
             slots.0[slot] = Some(op);
         }
         if closed && free.len() == depth && !wake_armed {
@@ -227,8 +272,11 @@ fn run(mut ring: IoUring, rx: mpsc::Receiver<Op>, wake: Arc<OwnedFd>, depth: usi
             } else {
                 Ok(res as usize)
             };
-            // A caller that went away drops the buffer here, after the read.
-            let _ = op.done.send((out, op.buf));
+            // The descriptor is let go before the answer; a caller that
+            // went away drops the buffer here, after the kernel is done.
+            let Op { fd, io, done, .. } = op;
+            drop(fd);
+            let _ = done.send((out, io));
         }
     }
 }

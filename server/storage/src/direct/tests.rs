@@ -242,12 +242,16 @@ async fn reads_dropped_in_flight_never_corrupt_other_readers() {
                 };
                 let mut read = storage.read_into(u, start as u64, version, skewed(len, skew));
                 match rng.random_range(0..10) {
-                    // Dropped after its first poll: its file is being
-                    // opened, no read is queued yet.
-                    0..2 => {
-                        assert!(futures::poll!(&mut read).is_pending());
-                        dropped += 1;
-                    }
+                    // Dropped after its first poll, while its file is
+                    // being opened (almost always: the open is on another
+                    // thread), before any read is queued.
+                    0..2 => match futures::poll!(&mut read) {
+                        std::task::Poll::Pending => dropped += 1,
+                        std::task::Poll::Ready((res, buf)) => {
+                            res.unwrap();
+                            assert!(buf.as_slice() == &data[start..start + len]);
+                        }
+                    },
                     // Dropped after a random short while: maybe before the
                     // ring saw it, maybe with reads in the kernel.
                     2..4 => {
@@ -284,4 +288,45 @@ async fn reads_dropped_in_flight_never_corrupt_other_readers() {
     // The storage (and its ring) goes away with reads possibly still in
     // the kernel: they finish, then the ring thread ends.
     drop(storage);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_files_are_written_exact_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = fixture();
+    for (i, len) in [0usize, 1, 4095, 4096, 4097, IO_SIZE * 2 + 5]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(len, 50 + i as u64);
+        // From the heap (any address) and from aligned memory (as arena
+        // extents are).
+        let mut aligned = ReadBuf::aligned(len, ALIGN as usize);
+        aligned.as_mut_slice().copy_from_slice(&data);
+        for (what, bytes) in [
+            ("heap", Bytes::from(data.clone())),
+            ("aligned", Bytes::from_owner(aligned)),
+        ] {
+            let path = fx.root.join(format!("w{len}-{what}"));
+            // Over an older, longer file: replaced whole.
+            std::fs::write(&path, vec![7u8; len + 10_000]).unwrap();
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+            let before = mode(&path);
+            fx.storage.write_file(&path, bytes).await.unwrap();
+            assert!(
+                std::fs::read(&path).unwrap() == data,
+                "{len} bytes from {what}"
+            );
+            assert_eq!(mode(&path), before, "{path:?} keeps its mode");
+            aligned = ReadBuf::aligned(len, ALIGN as usize);
+            aligned.as_mut_slice().copy_from_slice(&data);
+        }
+    }
+    let fresh = fx.root.join("fresh");
+    fx.storage
+        .write_file(&fresh, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a new file is the daemon's alone");
 }
