@@ -193,29 +193,27 @@ async fn read_fd(
     offset: u64,
     dst: ReadBuf,
 ) -> BufResult {
-    {
-        let pieces = pieces(offset, dst);
-        let reads = futures::stream::iter(pieces)
-            .map(|(at, piece)| read_piece(rings, fd, uri, at, piece))
-            .buffered(PIECES_IN_FLIGHT);
-        let outcomes: Vec<BufResult> = reads.collect().await;
-        let mut first_error = None;
-        let mut bufs = Vec::with_capacity(outcomes.len());
-        for (res, buf) in outcomes {
-            if let Err(e) = res {
-                first_error.get_or_insert(e);
-            }
-            bufs.push(buf);
+    let pieces = pieces(offset, dst);
+    let reads = futures::stream::iter(pieces)
+        .map(|(at, piece)| read_piece(rings, fd, uri, at, piece))
+        .buffered(PIECES_IN_FLIGHT);
+    let outcomes: Vec<BufResult> = reads.collect().await;
+    let mut first_error = None;
+    let mut bufs = Vec::with_capacity(outcomes.len());
+    for (res, buf) in outcomes {
+        if let Err(e) = res {
+            first_error.get_or_insert(e);
         }
-        match ReadBuf::join_all(bufs) {
-            Some(whole) => (first_error.map_or(Ok(()), Err), whole),
-            None => (
-                Err(first_error.unwrap_or_else(|| {
-                    StorageError::new(ErrorKind::Other, uri.to_string(), "a read lost its buffer")
-                })),
-                ReadBuf::empty(),
-            ),
-        }
+        bufs.push(buf);
+    }
+    match ReadBuf::join_all(bufs) {
+        Some(whole) => (first_error.map_or(Ok(()), Err), whole),
+        None => (
+            Err(first_error.unwrap_or_else(|| {
+                StorageError::new(ErrorKind::Other, uri.to_string(), "a read lost its buffer")
+            })),
+            ReadBuf::empty(),
+        ),
     }
 }
 
@@ -231,12 +229,7 @@ fn pieces(offset: u64, dst: ReadBuf) -> Vec<(u64, ReadBuf)> {
     }
     let congruent = offset % ALIGN == dst.addr() as u64 % ALIGN;
     if !congruent {
-        let mut at = offset;
-        for piece in dst.chunks(IO_SIZE) {
-            let n = piece.len() as u64;
-            out.push((at, piece));
-            at += n;
-        }
+        push_chunks(&mut out, offset, dst);
         return out;
     }
     let head = (offset.next_multiple_of(ALIGN) - offset).min(len);
@@ -246,18 +239,22 @@ fn pieces(offset: u64, dst: ReadBuf) -> Vec<(u64, ReadBuf)> {
     if !head_buf.is_empty() {
         out.push((offset, head_buf));
     }
-    let mut at = offset + head;
     if !mid_buf.is_empty() {
-        for piece in mid_buf.chunks(IO_SIZE) {
-            let n = piece.len() as u64;
-            out.push((at, piece));
-            at += n;
-        }
+        push_chunks(&mut out, offset + head, mid_buf);
     }
     if !tail_buf.is_empty() {
         out.push((tail_start, tail_buf));
     }
     out
+}
+
+/// `buf`, for bytes from `at` on, as pieces of at most [`IO_SIZE`].
+fn push_chunks(out: &mut Vec<(u64, ReadBuf)>, mut at: u64, buf: ReadBuf) {
+    for piece in buf.chunks(IO_SIZE) {
+        let n = piece.len() as u64;
+        out.push((at, piece));
+        at += n;
+    }
 }
 
 /// Reads one piece: straight into it when aligned, else through a bounce
