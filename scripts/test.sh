@@ -90,4 +90,18 @@ if [ "$rc" -eq 5 ]; then
 fi
 [ "$rc" -eq 0 ] || exit "$rc"
 
+# The deployment files under deploy/: the systemd unit is checked by
+# systemd-analyze (Debian's systemd package, once per machine).
+if [ -z "${SYSTEMD_ANALYZE:-}" ]; then
+  if ! command -v systemd-analyze >/dev/null 2>&1; then
+    step "installing systemd (systemd-analyze)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
+  fi
+  SYSTEMD_ANALYZE="$(command -v systemd-analyze)"
+fi
+export SYSTEMD_ANALYZE
+
+step "deployment files: tests"
+SLUICED="$CARGO_TARGET_DIR/debug/sluiced" "$python" -m pytest tests/deploy -p no:cacheprovider
+
 step "all tests passed"

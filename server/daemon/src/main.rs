@@ -1,6 +1,7 @@
-//! `sluiced`: load config → bind → serve until SIGTERM/SIGINT → drain.
+//! `sluiced`: load config → bind → tell systemd → serve until SIGTERM/SIGINT → drain.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -96,12 +97,32 @@ async fn main() -> anyhow::Result<()> {
         sluiced::tls::TcpSecurity::for_server(&config.server)?;
         return Ok(());
     }
-    sluiced::telemetry::logging::init(&config.log);
-    let daemon = Daemon::bind(config).await?;
-    daemon
-        .serve(shutdown_signal())
-        .await
-        .context("sluiced failed")
+    let traces = if config.traces.enabled {
+        Some(
+            sluiced::telemetry::traces::Exporting::start(&config.traces)
+                .context("cannot set up the trace exporter (traces.endpoint)")?,
+        )
+    } else {
+        None
+    };
+    let logging = Arc::new(sluiced::telemetry::logging::init(&config.log, traces));
+    // SIGHUP reads the configuration again from the same layers.
+    let (file, overrides) = (cli.config.clone(), cli.overrides());
+    let reload = sluiced::reload::Reload {
+        loader: Some(Box::new(move || {
+            Ok(Config::load(file.as_deref(), overrides.clone())?)
+        })),
+        logging: Some(logging.clone()),
+    };
+    let daemon = Daemon::bind(config).await?.with_reload(reload);
+    // Bound and mapped: READY=1 to systemd (Type=notify), watchdog pings
+    // while serving, STOPPING=1 when the signal arrives.
+    let shutdown = sluiced::systemd::supervised(&daemon.addresses(), shutdown_signal());
+    let served = daemon.serve(shutdown).await.context("sluiced failed");
+    // The spans of the last calls: exported before exit (this blocks
+    // while the exporter's thread hands them to the runtime).
+    let _ = tokio::task::spawn_blocking(move || logging.shutdown()).await;
+    served
 }
 
 /// Payload bytes live in the shared-memory arena, not on the heap; what
