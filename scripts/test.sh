@@ -91,7 +91,10 @@ fi
 [ "$rc" -eq 0 ] || exit "$rc"
 
 # The deployment files under deploy/: the systemd unit is checked by
-# systemd-analyze (Debian's systemd package, once per machine).
+# systemd-analyze (Debian's systemd package, once per machine); the Helm
+# chart is rendered by Helm's engine as PyPI's helm-python-sdk ships it (a
+# shared library: no helm binary) and its manifests are checked against
+# the Kubernetes schemas kubernetes-validate bundles.
 if [ -z "${SYSTEMD_ANALYZE:-}" ]; then
   if ! command -v systemd-analyze >/dev/null 2>&1; then
     step "installing systemd (systemd-analyze)"
@@ -100,6 +103,9 @@ if [ -z "${SYSTEMD_ANALYZE:-}" ]; then
   SYSTEMD_ANALYZE="$(command -v systemd-analyze)"
 fi
 export SYSTEMD_ANALYZE
+
+step "deployment files: install"
+"${pip[@]}" install --quiet "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0"
 
 step "deployment files: tests"
 SLUICED="$CARGO_TARGET_DIR/debug/sluiced" "$python" -m pytest tests/deploy -p no:cacheprovider
