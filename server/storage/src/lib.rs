@@ -26,6 +26,7 @@ pub mod error;
 pub mod file;
 pub mod gcs;
 mod http_client;
+pub mod oplog;
 pub mod registry;
 pub mod s3;
 pub mod uri;

@@ -9,6 +9,7 @@ use crate::azure::{AzureBackends, AzureConfig};
 use crate::direct::{DirectConfig, DirectStorage};
 use crate::file::FileStorage;
 use crate::gcs::{GcsConfig, GcsStorage};
+use crate::oplog::{OpLog, RecordingStorage};
 use crate::s3::{S3Backends, S3Config};
 use crate::{ObjectUri, Result, Scheme, Storage};
 
@@ -47,6 +48,8 @@ pub struct Backends {
     /// Serves `file://` instead of `file` (tests of the layers above).
     #[cfg(feature = "fault-injection")]
     file_override: Option<Arc<dyn Storage>>,
+    /// Records every operation while it is on.
+    oplog: Option<OpLog>,
 }
 
 impl Backends {
@@ -60,7 +63,15 @@ impl Backends {
             azure: AzureBackends::new(&config.azure)?,
             #[cfg(feature = "fault-injection")]
             file_override: None,
+            oplog: None,
         })
+    }
+
+    /// Records the operations of every backend in `log` while it is on
+    /// (each ranged part of the RangeEngine as the GET it is).
+    pub fn with_oplog(mut self, log: OpLog) -> Self {
+        self.oplog = Some(log);
+        self
     }
 
     /// The `file://` backend, for wrapping.
@@ -82,8 +93,16 @@ impl Backends {
         self.direct.metrics().register(registry);
     }
 
-    /// The backend serving `uri`.
+    /// The backend serving `uri` (recorded while the operation log is on).
     pub fn for_uri(&self, uri: &ObjectUri) -> Result<Arc<dyn Storage>> {
+        let storage = self.backend(uri)?;
+        Ok(match &self.oplog {
+            Some(log) if log.is_enabled() => Arc::new(RecordingStorage::new(storage, log.clone())),
+            _ => storage,
+        })
+    }
+
+    fn backend(&self, uri: &ObjectUri) -> Result<Arc<dyn Storage>> {
         match uri.scheme() {
             #[cfg(feature = "fault-injection")]
             Scheme::File if self.file_override.is_some() => {
