@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
 
+use sluice_client::trace::TraceContext;
 use sluice_client::{Address, ConnectOptions, Entry, Result as SluiceResult, Token};
 
 use crate::buffer::Buffer;
@@ -34,6 +35,8 @@ pub(crate) struct Client {
     /// connecting). `Debug` never shows the token.
     options: ConnectOptions,
     conn: Mutex<Option<PidBound<Arc<Conn>>>>,
+    /// The W3C trace context sent with every call (`set_trace_context`).
+    trace: Mutex<Option<TraceContext>>,
 }
 
 impl Client {
@@ -50,6 +53,7 @@ impl Client {
         if let Some(raced) = slot.as_ref().and_then(PidBound::get) {
             return Ok(Arc::clone(raced));
         }
+        conn.client.set_trace_context(lock(&self.trace).clone());
         let conn = Arc::new(conn);
         // A parent's connection is replaced (and leaked by its PidBound).
         *slot = Some(PidBound::new(Arc::clone(&conn)));
@@ -113,7 +117,30 @@ impl Client {
                 client_key,
             },
             conn: Mutex::new(None),
+            trace: Mutex::new(None),
         })
+    }
+
+    /// Sends a W3C trace context (`traceparent`, optionally `tracestate`)
+    /// with every later call, so that a daemon exporting traces continues
+    /// the caller's trace; `None` stops. A session (which reads use) takes
+    /// the context of its opening: set it before the first read.
+    #[pyo3(signature = (traceparent, tracestate = None))]
+    fn set_trace_context(
+        &self,
+        py: Python<'_>,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> PyResult<()> {
+        let context = traceparent
+            .map(|p| TraceContext::new(p, tracestate))
+            .transpose()
+            .map_err(|e| convert::error(py, e))?;
+        if let Some(conn) = lock(&self.conn).as_ref().and_then(PidBound::get) {
+            conn.client.set_trace_context(context.clone());
+        }
+        *lock(&self.trace) = context;
+        Ok(())
     }
 
     /// The daemon address.

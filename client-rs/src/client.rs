@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 use crate::address::{Address, connect_channel, default_address};
 use crate::credentials::{BearerAuth, ConnectOptions};
+use crate::trace::{CallMetadata, TraceContext};
 use crate::error::{Error, Result};
 use crate::list::{self, Entry, ListPage};
 use crate::read::{self, ReadStream};
@@ -31,7 +32,7 @@ use crate::write::{self, Written};
 
 /// The generated client over the channel, sending the bearer token if any;
 /// failures of the connection name the daemon (see `transport`).
-pub(crate) type Grpc = SluiceClient<InterceptedService<Transport, BearerAuth>>;
+pub(crate) type Grpc = SluiceClient<InterceptedService<Transport, CallMetadata>>;
 
 /// A connection to a sluice daemon.
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct Client {
     address: String,
     /// Upload memories (`Upload`), for a daemon on this node.
     uploads: std::sync::Arc<upload_memory::Pool>,
+    /// The trace context sent with calls made outside
+    /// [`crate::trace::in_trace`]; shared by clones.
+    trace: std::sync::Arc<std::sync::RwLock<Option<TraceContext>>>,
 }
 
 impl Client {
@@ -81,14 +85,31 @@ impl Client {
     }
 
     fn with_auth(channel: Channel, address: &str, auth: BearerAuth) -> Self {
-        let inner = SluiceClient::with_interceptor(Transport::new(channel, address), auth)
+        let metadata = CallMetadata {
+            auth,
+            trace: Default::default(),
+        };
+        let trace = metadata.trace.clone();
+        let inner = SluiceClient::with_interceptor(Transport::new(channel, address), metadata)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         Client {
             inner,
             address: address.to_owned(),
             uploads: Default::default(),
+            trace,
         }
+    }
+
+    /// Sends `context` (a W3C trace context) with every later call of this
+    /// client and its clones that is not made inside
+    /// [`crate::trace::in_trace`]; `None` stops sending one. See
+    /// [`crate::trace`].
+    pub fn set_trace_context(&self, context: Option<TraceContext>) {
+        *self
+            .trace
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = context;
     }
 
     /// This client with uploads through shared memory turned on or off.

@@ -68,6 +68,7 @@ mod pool;
 mod read;
 mod read_many;
 mod session;
+pub mod trace;
 mod transport;
 mod upload_memory;
 mod write;

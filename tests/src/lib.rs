@@ -6,6 +6,8 @@ pub mod daemon;
 pub mod faultproxy;
 pub mod gcsserver;
 pub mod grpc;
+pub mod otlp;
+pub mod prometheus;
 pub mod s3server;
 pub mod shm;
 pub mod tlsproxy;

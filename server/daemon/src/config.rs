@@ -52,6 +52,10 @@ pub struct Config {
     pub session: SessionConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The operation log: every backend operation in warp's format.
+    pub oplog: sluice_storage::oplog::OpLogConfig,
+    /// OpenTelemetry traces.
+    pub traces: crate::telemetry::traces::TracesConfig,
 }
 
 /// `[server]`
@@ -287,6 +291,11 @@ impl Config {
         };
         self.socket_mode()?;
         crate::tls::validate(&self.server)?;
+        self.oplog.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
+        })?;
+        self.traces.validate()?;
         let disk = &self.cache.disk;
         if disk.dirs.iter().any(|d| !d.is_absolute()) {
             return Err(invalid("cache.disk.dirs", "must be absolute paths"));

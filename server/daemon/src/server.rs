@@ -11,7 +11,9 @@
 //! The TCP listener, when there is one, accepts through [`crate::tls`]
 //! (unless `server.tcp_insecure`), and every request on it passes the
 //! [`crate::auth`] layer first; requests on the Unix socket pass that layer
-//! unchecked. A SIGHUP reloads the TLS material.
+//! unchecked. Every request passes the RPC telemetry layer
+//! ([`crate::telemetry::rpc`]) before all of these. A SIGHUP reloads what
+//! can change safely ([`crate::reload`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ use anyhow::Context;
 use sluice_engine::Engine;
 use sluice_proto::v1::sluice_server::SluiceServer;
 use sluice_storage::Backends;
+use sluice_storage::oplog::OpLog;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +36,7 @@ use crate::config::Config;
 use crate::listen::{AcceptOptions, ListenerMetrics, PeerGuard, PeerPolicy, incoming};
 use crate::telemetry::http::{HttpState, router};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::rpc::RpcLayer;
 use crate::tls::TcpSecurity;
 
 /// A daemon with its listeners bound, not yet serving.
@@ -48,6 +52,10 @@ pub struct Daemon {
     tcp: Option<TcpListener>,
     tcp_security: Option<Arc<TcpSecurity>>,
     http: Option<TcpListener>,
+    /// The operation log (off unless `oplog.enabled`); a SIGHUP turns it
+    /// on and off with [`OpLog::set_enabled`].
+    pub(crate) oplog: OpLog,
+    reload: Option<crate::reload::Reload>,
 }
 
 /// Where a bound daemon listens.
@@ -64,11 +72,17 @@ pub struct Addresses {
 impl Daemon {
     /// Builds backends, engine and metrics, and binds every listener.
     pub async fn bind(mut config: Config) -> anyhow::Result<Daemon> {
+        let oplog = OpLog::new(&config.oplog).with_context(|| {
+            let path = config.oplog.path.display();
+            format!("cannot open the operation log {path}")
+        })?;
         let backends = Backends::new(&config.storage)
             .await
-            .context("cannot set up storage backends")?;
+            .context("cannot set up storage backends")?
+            .with_oplog(oplog.clone());
         let mut metrics = Metrics::new();
         backends.register_metrics(&mut metrics.registry);
+        oplog.register_metrics(&mut metrics.registry);
         let engine = Engine::new(
             backends,
             config.engine.clone(),
@@ -133,7 +147,17 @@ impl Daemon {
             tcp,
             tcp_security,
             http,
+            oplog,
+            reload: None,
         })
+    }
+
+    /// What a SIGHUP reloads besides the TLS material: the configuration,
+    /// read again by `reload.loader`, and the log level (see
+    /// [`crate::reload`]).
+    pub fn with_reload(mut self, reload: crate::reload::Reload) -> Self {
+        self.reload = Some(reload);
+        self
     }
 
     /// The bound addresses.
@@ -213,12 +237,17 @@ impl Daemon {
             shares: (name != "fds").then(|| self.engine.shares().clone()),
         };
         let keepalive = (!limits.keepalive_interval.is_zero()).then_some(limits.keepalive_interval);
-        // The peer guard comes first (outermost): it tells the auth layer
+        // The RPC telemetry layer is outermost, so that refused calls are
+        // counted too; the peer guard comes next: it tells the auth layer
         // which listener a request came through.
         let grpc_router = Server::builder()
             .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .layer(RpcLayer::new(
+                self.metrics.rpc.clone(),
+                self.config.traces.enabled,
+            ))
             .layer(PeerGuard::new(policy.clone()))
             .layer(AuthLayer::new(auth))
             .add_service(health_service)
@@ -258,9 +287,20 @@ impl Daemon {
             (None, _) => {}
         }
         let mut side_tasks = JoinSet::new();
-        let security = self.tcp_security.clone();
+        let live = crate::reload::Live {
+            reload: self.reload.unwrap_or(crate::reload::Reload {
+                loader: None,
+                logging: None,
+            }),
+            current: (*self.config).clone(),
+            security: self.tcp_security.clone(),
+            oplog: Some({
+                let oplog = self.oplog.clone();
+                Arc::new(move |on| oplog.set_enabled(on))
+            }),
+        };
         side_tasks.spawn(async move {
-            crate::tls::reload_on_sighup(security).await;
+            live.run().await;
             Ok::<(), std::io::Error>(())
         });
         let fd_socket = self.fds.as_ref().map(|(_, p)| p.clone());
@@ -334,6 +374,9 @@ impl Daemon {
         if let Some(p) = fd_socket {
             let _ = std::fs::remove_file(p);
         }
+        // Every operation recorded is in the file before `serve` returns.
+        let oplog = self.oplog.clone();
+        let _ = tokio::task::spawn_blocking(move || oplog.close()).await;
         tracing::info!("sluiced stopped");
         Ok(())
     }

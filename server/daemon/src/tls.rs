@@ -380,30 +380,20 @@ where
     }
 }
 
-/// Reloads `security` on every SIGHUP until the task is aborted.
-pub(crate) async fn reload_on_sighup(security: Option<Arc<TcpSecurity>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            tracing::warn!(%error, "cannot install the SIGHUP handler: TLS material is not reloaded");
-            return;
-        }
-    };
-    while hangups.recv().await.is_some() {
-        match &security {
-            None => tracing::info!("received SIGHUP: no TLS material to reload"),
-            Some(security) => match security.reload() {
-                Ok(()) => tracing::info!(
-                    "received SIGHUP: TLS certificate, client CA and tokens reloaded; new \
-                     connections use them"
-                ),
-                Err(error) => tracing::error!(
-                    %error,
-                    "received SIGHUP: reload failed; the TLS material loaded before stays in use"
-                ),
-            },
-        }
+/// Reloads the TLS material from its files (on SIGHUP, see
+/// [`crate::reload`]).
+pub(crate) fn reload(security: Option<&TcpSecurity>) {
+    match security {
+        None => tracing::debug!("SIGHUP: no TLS material to reload"),
+        Some(security) => match security.reload() {
+            Ok(()) => tracing::info!(
+                "SIGHUP: TLS certificate, client CA and tokens reloaded; new connections use them"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "SIGHUP: TLS reload failed; the TLS material loaded before stays in use"
+            ),
+        },
     }
 }
 

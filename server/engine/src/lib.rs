@@ -17,6 +17,7 @@ pub mod prefetch;
 pub mod range;
 pub mod reader;
 pub mod share;
+pub mod spans;
 pub mod split;
 
 pub use config::{ByteSize, CacheConfig, EngineConfig, PrefetchConfig};

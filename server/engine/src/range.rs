@@ -47,6 +47,7 @@ use sluice_storage::{
     Version, drain,
 };
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::adaptive::{Controllers, Outcome, PartSizes, Permit, Priority};
 use crate::budget::{BudgetError, Evict, MemoryBudget, Reservation};
@@ -231,6 +232,9 @@ struct Job {
     client: Arc<ClientShare>,
     /// Bytes per part, the endpoint's when the fetch began.
     part: u64,
+    /// The fetch's span, the parent of its parts' spans wherever their
+    /// tasks run.
+    span: tracing::Span,
 }
 
 impl RangeEngine {
@@ -276,6 +280,20 @@ impl RangeEngine {
     /// Fetches `range` (whole object if `None`) of `uri`; buffered when the
     /// wanted bytes are at most `max_buffer`, else streamed.
     pub async fn fetch(
+        &self,
+        storage: Arc<dyn Storage>,
+        uri: &ObjectUri,
+        range: Option<Range<u64>>,
+        memory: &Memory,
+        max_buffer: u64,
+    ) -> Result<Fetched, ReadError> {
+        let span = crate::spans::fetch(storage.name());
+        self.fetch_in(storage, uri, range, memory, max_buffer)
+            .instrument(span)
+            .await
+    }
+
+    async fn fetch_in(
         &self,
         storage: Arc<dyn Storage>,
         uri: &ObjectUri,
@@ -337,8 +355,14 @@ impl RangeEngine {
             version: Version::of(&first.meta),
             client: memory.client.clone(),
             part,
+            span: tracing::Span::current(),
         });
         let buffered = len <= max_buffer;
+        job.span.record("object.size", size);
+        job.span.record("bytes", len);
+        job.span.record("part.size", part);
+        job.span
+            .record("mode", if buffered { "buffered" } else { "streamed" });
         let first_len = first.range.end - first.range.start;
         let want_now = if buffered { len } else { first_len };
         let charge_now = if buffered || memory.whole {
@@ -440,7 +464,10 @@ impl RangeEngine {
                 if_match: None,
             };
             let asked = Instant::now();
-            match storage.get(uri, opts).await {
+            let request = crate::spans::request(storage.name(), "GET", attempt);
+            let res = storage.get(uri, opts).instrument(request.clone()).await;
+            crate::spans::outcome(&request, &res);
+            match res {
                 Ok(res) => {
                     let sizer = permit.endpoint.controller().sizer();
                     sizer.first_byte(asked.elapsed());
@@ -641,15 +668,21 @@ impl Job {
         failed: u32,
     ) -> Result<ReadBuf, ReadError> {
         debug_assert_eq!(range.end - range.start, dst.len() as u64);
+        let span = crate::spans::part(&self.span, &range);
         let engine = &self.engine;
         let len = dst.len();
         let mut attempt = failed + 1;
         loop {
+            span.record("attempts", attempt);
             let permit = engine.slot(&self.client, &self.uri).await?;
+            let request =
+                span.in_scope(|| crate::spans::request(self.storage.name(), "GET", attempt));
             let (res, back) = self
                 .storage
                 .read_into(&self.uri, range.start, &self.version, dst)
+                .instrument(request.clone())
                 .await;
+            crate::spans::outcome(&request, &res);
             dst = back;
             permit.finish(&res, len as u64);
             match res {

@@ -59,6 +59,19 @@ pub enum Source {
     Disk,
 }
 
+impl Source {
+    /// Its name in metric labels and spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Backend => "backend",
+            Source::Coalesced => "coalesced",
+            Source::Uncached => "uncached",
+            Source::Disk => "disk",
+        }
+    }
+}
+
 /// A read's answer.
 pub struct ReadOutput {
     /// The object.

@@ -5,12 +5,11 @@ use sluice_proto::v1;
 use std::path::{Path, PathBuf};
 
 use sluice_storage::{ErrorKind, ListOptions, ObjectUri, Scheme};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::SluiceService;
 use super::convert::meta;
 use super::status::{parse_uri, read_status, storage_status};
-use crate::telemetry::metrics::Method;
 
 /// Entries per List page when the request does not say.
 const DEFAULT_PAGE_SIZE: u32 = 1000;
@@ -19,21 +18,11 @@ const MAX_PAGE_SIZE: u32 = 1000;
 /// Objects deleted at once by a recursive Delete.
 const DELETE_CONCURRENCY: usize = 16;
 
-/// Finishes `timer` with the code of `res`.
-pub(super) fn timed<T>(
-    timer: crate::telemetry::metrics::RpcTimer,
-    res: Result<T, Status>,
-) -> Result<T, Status> {
-    timer.finish(res.as_ref().map_or_else(Status::code, |_| Code::Ok));
-    res
-}
-
 pub(super) async fn stat(
     svc: &SluiceService,
     req: v1::StatRequest,
 ) -> Result<v1::StatResponse, Status> {
-    let timer = svc.metrics.rpc.start(Method::stat);
-    let res = async {
+    async {
         let uri = parse_uri(&req.uri)?;
         let storage = svc.engine.backend(&uri).map_err(|e| read_status(&e))?;
         let m = storage.head(&uri).await.map_err(|e| storage_status(&e))?;
@@ -41,16 +30,14 @@ pub(super) async fn stat(
             meta: Some(meta(&m)),
         })
     }
-    .await;
-    timed(timer, res)
+    .await
 }
 
 pub(super) async fn list(
     svc: &SluiceService,
     req: v1::ListRequest,
 ) -> Result<v1::ListResponse, Status> {
-    let timer = svc.metrics.rpc.start(Method::list);
-    let res = async {
+    async {
         let prefix = parse_uri(&req.prefix)?;
         let storage = svc.engine.backend(&prefix).map_err(|e| read_status(&e))?;
         let page_size = match req.page_size {
@@ -72,16 +59,14 @@ pub(super) async fn list(
             next_page_token: page.next_token.unwrap_or_default(),
         })
     }
-    .await;
-    timed(timer, res)
+    .await
 }
 
 pub(super) async fn delete(
     svc: &SluiceService,
     req: v1::DeleteRequest,
 ) -> Result<v1::DeleteResponse, Status> {
-    let timer = svc.metrics.rpc.start(Method::delete);
-    let res = async {
+    async {
         let uri = parse_uri(&req.uri)?;
         let storage = svc.engine.backend(&uri).map_err(|e| read_status(&e))?;
         if !req.recursive {
@@ -179,8 +164,7 @@ pub(super) async fn delete(
         svc.engine.invalidate_prefix(&below);
         Ok(v1::DeleteResponse { deleted })
     }
-    .await;
-    timed(timer, res)
+    .await
 }
 
 /// Whether a recursive delete of `uri` would take a whole bucket, or a

@@ -7,19 +7,20 @@ use futures::stream::{self, BoxStream, StreamExt};
 use sluice_engine::{Body, ClientShare, ReadError, ReadOutput};
 use sluice_proto::v1;
 use tokio_util::task::AbortOnDropHandle;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::convert::meta;
 use super::status::{parse_range, parse_uri, read_status};
 use super::{ResponseStream, SluiceService};
-use crate::telemetry::metrics::{Method, RpcTimer};
+use tracing::Instrument;
+
+use crate::telemetry::metrics::Method;
 
 pub(super) async fn read(
     svc: &SluiceService,
     client: Arc<ClientShare>,
     req: v1::ReadRequest,
 ) -> Result<ResponseStream<v1::ReadResponse>, Status> {
-    let timer = svc.metrics.rpc.start(Method::read);
     let out = async {
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
@@ -29,13 +30,7 @@ pub(super) async fn read(
             .map_err(|e| read_status(&e))
     }
     .await;
-    let out = match out {
-        Ok(out) => out,
-        Err(status) => {
-            timer.finish(status.code());
-            return Err(status);
-        }
-    };
+    let out = out?;
     svc.metrics.rpc.served(out.source);
     let sent = svc.metrics.rpc.sent(Method::read);
     let chunk = svc.config.read.chunk_size.0 as usize;
@@ -61,7 +56,7 @@ pub(super) async fn read(
         data: Bytes::new(),
     };
     let messages = with_first_or(messages, empty);
-    Ok(watched(svc, "Read", finish_on_end(messages, timer).boxed()))
+    Ok(watched(svc, "Read", messages))
 }
 
 /// `s`, ended once its client stops reading (`read.stall_timeout`).
@@ -114,33 +109,11 @@ fn with_first_or<T: Send + 'static>(
     .boxed()
 }
 
-/// Records the call's outcome when the stream ends or fails.
-fn finish_on_end<T: Send + 'static>(
-    s: BoxStream<'static, Result<T, Status>>,
-    timer: RpcTimer,
-) -> impl futures::Stream<Item = Result<T, Status>> + Send + 'static {
-    stream::unfold(Some((s, timer)), |state| async move {
-        let (mut s, timer) = state?;
-        match s.next().await {
-            Some(Ok(m)) => Some((Ok(m), Some((s, timer)))),
-            Some(Err(status)) => {
-                timer.finish(status.code());
-                Some((Err(status), None))
-            }
-            None => {
-                timer.finish(Code::Ok);
-                None
-            }
-        }
-    })
-}
-
 pub(super) fn read_many(
     svc: &SluiceService,
     client: Arc<ClientShare>,
     req: v1::ReadManyRequest,
 ) -> Result<ResponseStream<v1::ReadManyResponse>, Status> {
-    let timer = svc.metrics.rpc.start(Method::read_many);
     let cfg = &svc.config.read;
     if req.items.len() > cfg.read_many_max_items {
         let status = Status::invalid_argument(format!(
@@ -148,7 +121,6 @@ pub(super) fn read_many(
             req.items.len(),
             cfg.read_many_max_items
         ));
-        timer.finish(status.code());
         return Err(status);
     }
     let concurrency = match req.concurrency as usize {
@@ -164,14 +136,17 @@ pub(super) fn read_many(
     // client's share.
     let fetches = stream::iter(req.items.into_iter().enumerate()).map(move |(i, item)| {
         let (engine, client) = (engine.clone(), client.clone());
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let uri = parse_uri(&item.uri)?;
-            let range = parse_range(&uri, item.range.as_ref())?;
-            engine
-                .read(&uri, range, false, &client, false)
-                .await
-                .map_err(|e| read_status(&e))
-        }));
+        let task = AbortOnDropHandle::new(tokio::spawn(
+            async move {
+                let uri = parse_uri(&item.uri)?;
+                let range = parse_range(&uri, item.range.as_ref())?;
+                engine
+                    .read(&uri, range, false, &client, false)
+                    .await
+                    .map_err(|e| read_status(&e))
+            }
+            .in_current_span(),
+        ));
         async move {
             let res = match task.await {
                 Ok(res) => res,
@@ -193,11 +168,7 @@ pub(super) fn read_many(
         }
         Err(status) => stream::once(async move { Ok(item_error(index, &status)) }).boxed(),
     });
-    Ok(watched(
-        svc,
-        "ReadMany",
-        finish_on_end(messages.boxed(), timer).boxed(),
-    ))
+    Ok(watched(svc, "ReadMany", messages.boxed()))
 }
 
 fn item_error(index: u32, status: &Status) -> v1::ReadManyResponse {

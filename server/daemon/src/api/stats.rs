@@ -11,10 +11,8 @@ use sluice_engine::plans::PlanInfo;
 use sluice_proto::v1;
 
 use super::SluiceService;
-use crate::telemetry::metrics::Method;
 
 pub(super) fn stats(svc: &SluiceService, peer: Option<&crate::listen::Peer>) -> v1::StatsResponse {
-    let timer = svc.metrics.rpc.start(Method::stats);
     let uid = peer.and_then(|p| p.cred()).map(|(uid, _, _)| uid);
     let admin = uid.is_some_and(|uid| svc.is_admin(uid));
     let sessions = svc
@@ -59,7 +57,7 @@ pub(super) fn stats(svc: &SluiceService, peer: Option<&crate::listen::Peer>) -> 
         })
         .collect();
     let m = engine.metrics();
-    let response = v1::StatsResponse {
+    v1::StatsResponse {
         sessions,
         memory_budget: engine.budget().total(),
         cache_entries: m.cache.entries.get().max(0) as u64,
@@ -72,7 +70,5 @@ pub(super) fn stats(svc: &SluiceService, peer: Option<&crate::listen::Peer>) -> 
         lookahead_items: m.prefetch.lookahead_items.get().max(0) as u64,
         lookahead_bytes: m.prefetch.lookahead_bytes.get().max(0) as u64,
         requests_in_flight: engine.requests_in_flight() as u64,
-    };
-    timer.finish(tonic::Code::Ok);
-    response
+    }
 }

@@ -1,5 +1,13 @@
 //! The one table from error categories to gRPC codes, and request parsing
 //! helpers that fail with INVALID_ARGUMENT naming the URI.
+//!
+//! Every engine or storage error that becomes a status passes through
+//! [`storage_status`] or [`read_status`], which log it — once, with its
+//! whole source chain, inside the RPC's span (see
+//! [`crate::telemetry::rpc`]): at `warn` when the server or a backend
+//! failed, at `debug` when the request was at fault (a missing object, a
+//! bad range), which a client hears about anyway. Error texts name the URI
+//! and what happened; they never carry credentials or payload.
 
 use std::ops::Range;
 
@@ -26,15 +34,52 @@ pub fn code_of(kind: ErrorKind) -> Code {
 /// A storage error as a status; the message is the error's own text
 /// (kind, URI, what happened), which never contains credentials.
 pub fn storage_status(e: &StorageError) -> Status {
-    Status::new(code_of(e.kind()), e.to_string())
+    let code = code_of(e.kind());
+    log_error(code, e);
+    Status::new(code, e.to_string())
 }
 
 /// A read error as a status.
 pub fn read_status(e: &ReadError) -> Status {
     match e {
         ReadError::Storage(s) => storage_status(s),
-        ReadError::Memory { .. } => Status::resource_exhausted(e.to_string()),
+        ReadError::Memory { .. } => {
+            log_error(Code::ResourceExhausted, e);
+            Status::resource_exhausted(e.to_string())
+        }
     }
+}
+
+/// Logs an error that becomes a status of `code` (see the module docs).
+fn log_error(code: Code, error: &(dyn std::error::Error + 'static)) {
+    let code_name = crate::telemetry::metrics::code_name(code);
+    let chain = source_chain(error);
+    match code {
+        Code::Internal
+        | Code::Unavailable
+        | Code::Unknown
+        | Code::DataLoss
+        | Code::ResourceExhausted => {
+            tracing::warn!(code = code_name, error = %chain, "request failed")
+        }
+        _ => tracing::debug!(code = code_name, error = %chain, "request failed"),
+    }
+}
+
+/// `error: its source: the source's source…`, each cause once (a wrapper
+/// whose text already ends with its source's is not repeated).
+pub fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Parses a URI from a request.

@@ -24,11 +24,10 @@ use sluice_storage::{ListOptions, ObjectUri};
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::Status;
+use tracing::Instrument;
 
-use super::meta::timed;
 use super::status::{parse_uri, read_status, storage_status};
 use super::{ResponseStream, SluiceService};
-use crate::telemetry::metrics::Method;
 
 /// Objects read at once when the request leaves it to the daemon.
 const DEFAULT_CONCURRENCY: usize = 4;
@@ -78,31 +77,29 @@ pub(super) fn warm(
     client: Arc<ClientShare>,
     req: v1::WarmRequest,
 ) -> Result<ResponseStream<v1::WarmProgress>, Status> {
-    let timer = svc.metrics.rpc.start(Method::warm);
-    let target = match target(svc, &req) {
-        Ok(t) => t,
-        Err(status) => return timed(timer, Err(status)),
-    };
+    let target = target(svc, &req)?;
     let concurrency = match req.concurrency as usize {
         0 => DEFAULT_CONCURRENCY,
         n => n.min(MAX_CONCURRENCY),
     };
     let (tx, rx) = watch::channel(v1::WarmProgress::default());
     let svc = svc.clone();
-    let task = tokio::spawn(async move {
-        let res = match &target {
-            Target::Prefix(prefix) => run(&svc, &client, prefix, concurrency, &tx).await,
-            Target::Uris(uris) => {
-                run_uris(&svc, &client, uris, concurrency, &tx).await;
-                Ok(())
+    let task = tokio::spawn(
+        async move {
+            let res = match &target {
+                Target::Prefix(prefix) => run(&svc, &client, prefix, concurrency, &tx).await,
+                Target::Uris(uris) => {
+                    run_uris(&svc, &client, uris, concurrency, &tx).await;
+                    Ok(())
+                }
+            };
+            if res.is_ok() {
+                tx.send_modify(|p| p.done = true);
             }
-        };
-        let res = timed(timer, res);
-        if res.is_ok() {
-            tx.send_modify(|p| p.done = true);
+            res
         }
-        res
-    });
+        .in_current_span(),
+    );
     let task = AbortOnDropHandle::new(task);
     // Yields each new state of the counts; after `done`, ends, or ends with
     // the warm's error.
@@ -286,8 +283,7 @@ pub(super) fn evict(
     peer: Option<&crate::listen::Peer>,
     req: v1::EvictRequest,
 ) -> Result<v1::EvictResponse, Status> {
-    let timer = svc.metrics.rpc.start(Method::evict);
-    let res = (|| {
+    (|| {
         let prefix = parse_uri(&req.prefix)?;
         let uid = peer.and_then(|p| p.cred()).map(|(uid, _, _)| uid);
         if !uid.is_some_and(|uid| svc.is_admin(uid)) {
@@ -299,6 +295,5 @@ pub(super) fn evict(
         let evicted = svc.engine.invalidate_prefix(&prefix) as u64;
         tracing::info!(%prefix, evicted, uid, "evicted from the cache");
         Ok(v1::EvictResponse { evicted })
-    })();
-    timed(timer, res)
+    })()
 }

@@ -31,9 +31,9 @@ use sluice_proto::v1::write_request::Msg;
 use sluice_storage::{MultipartUpload, ObjectUri, Storage};
 use tokio::sync::{oneshot, watch};
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use super::convert::meta;
-use super::meta::timed;
 use super::status::{parse_uri, read_status, storage_status};
 use super::{ResponseStream, SluiceService};
 use crate::telemetry::metrics::Method;
@@ -44,8 +44,7 @@ pub(super) async fn write(
     client: Arc<ClientShare>,
     stream: Streaming<v1::WriteRequest>,
 ) -> Result<v1::WriteResponse, Status> {
-    let timer = svc.metrics.rpc.start(Method::write);
-    timed(timer, run(svc, client, stream, None).await)
+    run(svc, client, stream, None).await
 }
 
 /// `Upload`: a write whose data may come from the client's registered
@@ -61,15 +60,17 @@ pub(super) fn upload(
 ) -> ResponseStream<v1::UploadResponse> {
     let (consumed_tx, consumed_rx) = watch::channel(0u64);
     let (done_tx, done_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let timer = svc.metrics.rpc.start(Method::upload);
-        let shared = Shared {
-            uid,
-            consumed: consumed_tx,
-        };
-        let res = run(&svc, client, stream, Some(shared)).await;
-        let _ = done_tx.send(timed(timer, res));
-    });
+    tokio::spawn(
+        async move {
+            let shared = Shared {
+                uid,
+                consumed: consumed_tx,
+            };
+            let res = run(&svc, client, stream, Some(shared)).await;
+            let _ = done_tx.send(res);
+        }
+        .in_current_span(),
+    );
     // Only the latest count matters: a client that does not read its
     // answers holds one value here, not one per range.
     Box::pin(stream::unfold(

@@ -15,6 +15,20 @@ use super::SessionCtx;
 use crate::api::convert::meta;
 use crate::api::status::{parse_range, parse_uri, read_status};
 
+/// The span of one fetch (traces only): its outcome and size are recorded
+/// when the read returns.
+pub(super) fn span(req: &v1::FetchRequest) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::traces::TARGET,
+        "session_fetch",
+        otel.name = "session fetch",
+        fetch.id = req.id,
+        fetch.source = tracing::field::Empty,
+        object.size = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+    )
+}
+
 /// Runs one fetch to completion (or until the client is gone).
 pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
     let started = Instant::now();
@@ -28,8 +42,15 @@ pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
     }
     .await;
     let ready = matches!(&res, Ok(out) if out.source == sluice_engine::Source::Cache);
+    if let Ok(out) = &res {
+        let span = tracing::Span::current();
+        span.record("fetch.source", out.source.as_str());
+        span.record("object.size", out.meta.size);
+        span.record("bytes", out.range.end - out.range.start);
+    }
     let waited = started.elapsed();
     ctx.metrics.session.observe_wait(waited, ready);
+    ctx.stall.observe(waited, ready);
     if let Ok(out) = &res {
         ctx.stat
             .fetched(ready, waited, out.range.end - out.range.start);

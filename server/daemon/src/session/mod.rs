@@ -19,6 +19,7 @@
 //! undelivered results dropped. Its leases are kept until its connection
 //! closes: the process still lives and may still read what it leased.
 
+pub mod clients;
 mod deliver;
 pub mod fds;
 pub(crate) mod leases;
@@ -40,6 +41,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use crate::api::status::storage_status;
 use crate::config::Config;
@@ -72,6 +74,8 @@ pub(crate) struct SessionCtx {
     pub(crate) out: mpsc::Sender<Result<v1::SessionResponse, Status>>,
     /// What `Stats` shows of the session.
     pub(crate) stat: Arc<stats::SessionStat>,
+    /// The client's data stall, by its uid.
+    pub(crate) stall: clients::ClientCounters,
 }
 
 impl SessionCtx {
@@ -171,6 +175,7 @@ pub(crate) async fn open(
     let ctx = Arc::new(SessionCtx {
         leases: leases.clone(),
         stat,
+        stall: metrics.session.clients.client(who.uid),
         client,
         engine,
         config: config.clone(),
@@ -188,9 +193,10 @@ pub(crate) async fn open(
         shm,
         "session opened"
     );
-    let driver = AbortOnDropHandle::new(tokio::spawn(drive(
-        ctx, inbound, draining, retired, id, who, listed,
-    )));
+    // The session's fetches are spans under its RPC's span.
+    let driver = AbortOnDropHandle::new(tokio::spawn(
+        drive(ctx, inbound, draining, retired, id, who, listed).in_current_span(),
+    ));
     // The response stream owns the driver and the leases: the session —
     // and every lease in it — lasts exactly as long as the call, unless it
     // is ended for its client's silence: then the connection keeps the
@@ -250,7 +256,8 @@ async fn drive(
         while fetches.len() < max
             && let Some(f) = queued.pop_front()
         {
-            fetches.spawn(deliver::fetch(ctx.clone(), f));
+            let span = deliver::span(&f);
+            fetches.spawn(deliver::fetch(ctx.clone(), f).instrument(span));
         }
         if (shutting_down || half_closed) && fetches.is_empty() {
             break;

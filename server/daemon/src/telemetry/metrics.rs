@@ -4,8 +4,6 @@
 //! Names carry units; labels come from closed sets (RPC method names, gRPC
 //! codes, backend names) — never URIs or keys. `docs/METRICS.md` lists them.
 
-use std::time::Instant;
-
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,7 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use sluice_engine::EngineMetrics;
 
-/// RPC methods, the `method` label.
+/// RPC methods, the `method` label: the service's methods, the health and
+/// reflection services, and `unknown` for any other path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types, missing_docs)]
 pub enum Method {
@@ -28,6 +27,81 @@ pub enum Method {
     evict,
     stats,
     delete,
+    session,
+    health,
+    reflection,
+    unknown,
+}
+
+impl Method {
+    /// The method a request path names.
+    pub fn of_path(path: &str) -> Method {
+        if let Some(name) = path.strip_prefix("/sluice.v1.Sluice/") {
+            return match name {
+                "Stat" => Method::stat,
+                "List" => Method::list,
+                "Read" => Method::read,
+                "ReadMany" => Method::read_many,
+                "Write" => Method::write,
+                "Upload" => Method::upload,
+                "Warm" => Method::warm,
+                "Evict" => Method::evict,
+                "Stats" => Method::stats,
+                "Delete" => Method::delete,
+                "Session" => Method::session,
+                _ => Method::unknown,
+            };
+        }
+        if path.starts_with("/grpc.health.v1.Health/") {
+            Method::health
+        } else if path.starts_with("/grpc.reflection.v1.ServerReflection/") {
+            Method::reflection
+        } else {
+            Method::unknown
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        use Method::*;
+        match self {
+            stat => "stat",
+            list => "list",
+            read => "read",
+            read_many => "read_many",
+            write => "write",
+            upload => "upload",
+            warm => "warm",
+            evict => "evict",
+            stats => "stats",
+            delete => "delete",
+            session => "session",
+            health => "health",
+            reflection => "reflection",
+            unknown => "unknown",
+        }
+    }
+
+    /// `service/Method`, the name of its span.
+    pub fn path(self) -> &'static str {
+        use Method::*;
+        match self {
+            stat => "sluice.v1.Sluice/Stat",
+            list => "sluice.v1.Sluice/List",
+            read => "sluice.v1.Sluice/Read",
+            read_many => "sluice.v1.Sluice/ReadMany",
+            write => "sluice.v1.Sluice/Write",
+            upload => "sluice.v1.Sluice/Upload",
+            warm => "sluice.v1.Sluice/Warm",
+            evict => "sluice.v1.Sluice/Evict",
+            stats => "sluice.v1.Sluice/Stats",
+            delete => "sluice.v1.Sluice/Delete",
+            session => "sluice.v1.Sluice/Session",
+            health => "grpc.health.v1.Health",
+            reflection => "grpc.reflection.v1.ServerReflection",
+            unknown => "unknown",
+        }
+    }
 }
 
 /// `method`, `code`.
@@ -85,52 +159,23 @@ impl Default for RpcMetrics {
     }
 }
 
-/// Tracks one call: in-flight gauge up now, down plus count and latency on [`finish`](RpcTimer::finish)
-/// (or on drop, as `cancelled`).
-#[derive(Debug)]
-pub struct RpcTimer {
-    metrics: RpcMetrics,
-    method: Method,
-    started: Instant,
-    done: bool,
-}
-
-impl RpcTimer {
-    /// Records the outcome.
-    pub fn finish(mut self, code: tonic::Code) {
-        self.record(code_name(code));
-    }
-
-    fn record(&mut self, code: &'static str) {
-        self.done = true;
-        let m = &self.metrics;
-        let method = self.method;
-        m.in_flight.get_or_create(&MethodLabels { method }).dec();
-        m.requests.get_or_create(&RpcLabels { method, code }).inc();
-        m.duration
-            .get_or_create(&MethodLabels { method })
-            .observe(self.started.elapsed().as_secs_f64());
-    }
-}
-
-impl Drop for RpcTimer {
-    fn drop(&mut self) {
-        if !self.done {
-            self.record("cancelled");
-        }
-    }
-}
-
 impl RpcMetrics {
-    /// Starts timing a call of `method`.
-    pub fn start(&self, method: Method) -> RpcTimer {
-        self.in_flight.get_or_create(&MethodLabels { method }).inc();
-        RpcTimer {
-            metrics: self.clone(),
-            method,
-            started: Instant::now(),
-            done: false,
-        }
+    /// The in-flight gauge of `method` (the RPC layer's).
+    pub(crate) fn in_flight(&self, method: Method) -> Gauge {
+        self.in_flight
+            .get_or_create(&MethodLabels { method })
+            .clone()
+    }
+
+    /// Records a finished call (the RPC layer's).
+    pub(crate) fn finished(&self, method: Method, code: &'static str, seconds: f64) {
+        self.in_flight.get_or_create(&MethodLabels { method }).dec();
+        self.requests
+            .get_or_create(&RpcLabels { method, code })
+            .inc();
+        self.duration
+            .get_or_create(&MethodLabels { method })
+            .observe(seconds);
     }
 
     /// Counts payload bytes sent to clients.
@@ -147,13 +192,7 @@ impl RpcMetrics {
 
     /// Counts a read by where its bytes came from.
     pub fn served(&self, source: sluice_engine::Source) {
-        let source = match source {
-            sluice_engine::Source::Cache => "cache",
-            sluice_engine::Source::Backend => "backend",
-            sluice_engine::Source::Coalesced => "coalesced",
-            sluice_engine::Source::Uncached => "uncached",
-            sluice_engine::Source::Disk => "disk",
-        };
+        let source = source.as_str();
         self.served.get_or_create(&SourceLabels { source }).inc();
     }
 
@@ -237,6 +276,8 @@ pub struct SessionMetrics {
     delivered: Family<TransportLabels, Counter>,
     wait: Histogram,
     stall: Histogram,
+    /// The data stall of each client (`sluice_session_client_*`).
+    pub clients: crate::session::clients::ClientMetrics,
 }
 
 impl Default for SessionMetrics {
@@ -247,6 +288,7 @@ impl Default for SessionMetrics {
             delivered: Family::default(),
             wait: duration_histogram(),
             stall: duration_histogram(),
+            clients: Default::default(),
         }
     }
 }
@@ -311,6 +353,7 @@ impl SessionMetrics {
             Unit::Seconds,
             self.stall.clone(),
         );
+        self.clients.register(r);
     }
 }
 
