@@ -58,6 +58,26 @@ if [ -z "${AZURITE_BLOB_BIN:-}" ]; then
 fi
 export AZURITE_BLOB_BIN
 
+# Prometheus and promtool for the dashboard test: Debian's package, once per
+# machine, without its recommends (node exporters). The package would start
+# its service: a policy-rc.d that refuses (unless one is there already)
+# keeps it from starting one, with or without an init system.
+if [ -z "${PROMETHEUS_BIN:-}" ] && ! command -v prometheus >/dev/null 2>&1; then
+  step "installing prometheus (for the dashboard test)"
+  policy=/usr/sbin/policy-rc.d
+  own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+  fi
+  rc=0
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || rc=$?
+  [ -z "$own_policy" ] || rm -f "$policy"
+  [ "$rc" -eq 0 ] || exit "$rc"
+fi
+PROMETHEUS_BIN="${PROMETHEUS_BIN:-$(command -v prometheus || true)}"
+PROMTOOL_BIN="${PROMTOOL_BIN:-$(command -v promtool || true)}"
+export PROMETHEUS_BIN PROMTOOL_BIN
+
 step "rustfmt"
 cargo fmt --all --check
 
