@@ -37,7 +37,7 @@
 
 pub mod read;
 pub mod summary;
-mod time;
+pub mod time;
 pub mod tsv;
 
 use std::borrow::Cow;

@@ -1,11 +1,12 @@
 //! `sluice`: the command-line client of the sluice daemon.
 //!
 //! This file only declares the command line and dispatches; the commands
-//! live in `commands.rs` and `bench.rs`, on top of the `sluice_client`
-//! library.
+//! live in `commands.rs`, `bench.rs` and `oplog.rs`, on top of the
+//! `sluice_client` library.
 
 mod bench;
 mod commands;
+mod oplog;
 mod progress;
 
 use std::path::PathBuf;
@@ -141,6 +142,9 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         watch: Option<f64>,
     },
+    /// Summarize or replay the daemon's operation log (warp's format).
+    #[command(subcommand)]
+    Oplog(oplog::OplogCommand),
 }
 
 #[tokio::main]
@@ -188,6 +192,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         client_cert: cli.client_cert,
         client_key: cli.client_key,
     };
+    if let Command::Oplog(command) = cli.command {
+        // `stats` reads files only: no daemon needed.
+        let client = match command.needs_daemon() {
+            true => Some(Client::connect_with(&cli.address, options).await?),
+            false => None,
+        };
+        return oplog::run(command, client.as_ref()).await;
+    }
     let client = Client::connect_with(&cli.address, options).await?;
     match cli.command {
         Command::Stat { uri } => commands::stat(&client, &uri).await,
@@ -222,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => commands::warm(&client, &prefix.unwrap_or_default(), concurrency).await,
         Command::Evict { prefix } => commands::evict(&client, &prefix).await,
         Command::Stats { watch } => commands::stats(&client, watch).await,
+        Command::Oplog(_) => unreachable!("handled above"),
     }
 }
 

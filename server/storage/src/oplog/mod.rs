@@ -56,6 +56,8 @@ use prometheus_client::registry::Registry;
 pub use config::{InvalidOpLogConfig, OnFull, OpLogConfig};
 pub use recording::{RecordingStorage, endpoint_name};
 pub use sluice_oplog::{Record, op};
+/// The file format: reading logs, summaries.
+pub use sluice_oplog as format;
 
 use queue::{Queue, Refused};
 
@@ -111,30 +113,32 @@ impl OpLogMetrics {
         .sum()
     }
 
-    /// Registers the counters in `registry`.
+    /// Registers the counters in `registry` (the daemon's, prefixed
+    /// `sluice`): `sluice_oplog_records_total` and so on.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "sluice_oplog_records",
+        let r = registry.sub_registry_with_prefix("oplog");
+        r.register(
+            "records",
             "Operation-log records handed to the compressor",
             self.records.clone(),
         );
-        registry.register(
-            "sluice_oplog_dropped",
+        r.register(
+            "dropped",
             "Operation-log records not written: queue_full (on_full policy), write_error, closed",
             self.dropped.clone(),
         );
-        registry.register(
-            "sluice_oplog_bytes_written",
+        r.register(
+            "bytes_written",
             "Compressed bytes written to operation-log files",
             self.bytes_written.clone(),
         );
-        registry.register(
-            "sluice_oplog_files_rotated",
+        r.register(
+            "files_rotated",
             "Operation-log files closed at oplog.max_file_bytes",
             self.files_rotated.clone(),
         );
-        registry.register(
-            "sluice_oplog_write_errors",
+        r.register(
+            "write_errors",
             "Failed writes, flushes, rotations and opens of operation-log files",
             self.write_errors.clone(),
         );
