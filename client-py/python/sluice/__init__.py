@@ -237,6 +237,17 @@ class Client:
         """The daemon address."""
         return self._native.address
 
+    def set_trace_context(
+        self, traceparent: Optional[str], tracestate: Optional[str] = None
+    ) -> None:
+        """Sends a W3C trace context (``traceparent``, optionally
+        ``tracestate``) with every later call, so that a daemon exporting
+        traces makes its spans children of the caller's span; ``None``
+        stops. Reads go through a session, which takes the context of its
+        opening: set it before the first read. A malformed ``traceparent``
+        raises :class:`InvalidArgumentError`."""
+        self._native.set_trace_context(traceparent, tracestate)
+
     def stat(self, uri: str) -> ObjectMeta:
         """Metadata of one object."""
         return self._native.stat(uri)

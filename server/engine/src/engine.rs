@@ -158,6 +158,8 @@ impl Engine {
         let m = &self.metrics().prefetch;
         m.plans.set(plans as i64);
         m.lookahead_items.set(items as i64);
+        let in_flight = self.requests_in_flight() as i64;
+        self.metrics().storage.in_flight.set(in_flight);
     }
 
     /// Backend requests in flight now, demand and prefetch.

@@ -182,6 +182,8 @@ pub struct StorageMetrics {
     pub concurrency: Family<EndpointLabels, Gauge>,
     /// Each endpoint's part size.
     pub part_size: Family<EndpointLabels, Gauge>,
+    /// Backend requests in flight (demand and prefetch); refreshed at scrape.
+    pub in_flight: Gauge,
 }
 
 impl Default for StorageMetrics {
@@ -195,6 +197,7 @@ impl Default for StorageMetrics {
             unversioned: Family::default(),
             concurrency: Family::default(),
             part_size: Family::default(),
+            in_flight: Gauge::default(),
         }
     }
 }
@@ -388,6 +391,11 @@ impl EngineMetrics {
             "part_retries",
             "Ranged-GET parts retried after a transient failure",
             s.part_retries.clone(),
+        );
+        r.register(
+            "requests_in_flight",
+            "Backend requests in flight now, demand and prefetch",
+            s.in_flight.clone(),
         );
         r.register(
             "unversioned_reads",

@@ -108,7 +108,7 @@ impl DirectMetrics {
     /// Registers the counters in `registry`.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
-            "sluice_direct_buffered_reads",
+            "direct_buffered_reads",
             "direct:// reads served through the page cache because the filesystem refuses O_DIRECT (storage.direct.buffered_fallback)",
             self.buffered_reads.clone(),
         );
