@@ -199,7 +199,8 @@ impl Daemon {
             self.config.clone(),
             self.metrics.clone(),
             stop.clone(),
-        );
+        )
+        .with_oplog(self.oplog.clone());
         let uploads = service.uploads();
         let upload_memory = service.upload_memory().clone();
         let grpc = SluiceServer::new(service)

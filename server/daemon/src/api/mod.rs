@@ -9,6 +9,7 @@
 //! `read.stall_timeout` ([`crate::stall`]). Every read is charged to the
 //! connection's [`ClientShare`].
 
+pub(crate) mod client_ops;
 pub(crate) mod convert;
 mod meta;
 mod read;
@@ -50,6 +51,8 @@ pub struct SluiceService {
     upload_memory: Arc<crate::upload_memory::Registry>,
     /// Live sessions, for `Stats`.
     sessions: crate::session::stats::Sessions,
+    /// The operation log, for client requests (`oplog.client_requests`).
+    oplog: Option<sluice_storage::oplog::OpLog>,
 }
 
 impl SluiceService {
@@ -70,7 +73,25 @@ impl SluiceService {
             uploads: Default::default(),
             upload_memory: Default::default(),
             sessions: Default::default(),
+            oplog: None,
         }
+    }
+
+    /// Records client requests in `oplog` when it is set to
+    /// (`oplog.client_requests`; see [`client_ops`]).
+    pub fn with_oplog(mut self, oplog: sluice_storage::oplog::OpLog) -> Self {
+        self.oplog = Some(oplog);
+        self
+    }
+
+    /// The recorder of the requests of the peer `req` came from.
+    fn ops_of<T>(&self, req: &Request<T>) -> client_ops::ClientOps {
+        let uid = req
+            .extensions()
+            .get::<crate::listen::Peer>()
+            .and_then(|p| p.cred())
+            .map(|(uid, _, _)| uid);
+        client_ops::ClientOps::new(self.oplog.as_ref(), uid)
     }
 
     /// Whether `uid` may use the admin calls: root, the daemon's own user,
@@ -124,8 +145,8 @@ impl Sluice for SluiceService {
         &self,
         req: Request<v1::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let client = self.client_of(&req);
-        read::read(self, client, req.into_inner())
+        let (client, ops) = (self.client_of(&req), self.ops_of(&req));
+        read::read(self, client, ops, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -136,8 +157,8 @@ impl Sluice for SluiceService {
         &self,
         req: Request<v1::ReadManyRequest>,
     ) -> Result<Response<Self::ReadManyStream>, Status> {
-        let client = self.client_of(&req);
-        read::read_many(self, client, req.into_inner()).map(Response::new)
+        let (client, ops) = (self.client_of(&req), self.ops_of(&req));
+        read::read_many(self, client, ops, req.into_inner()).map(Response::new)
     }
 
     async fn write(
@@ -210,6 +231,7 @@ impl Sluice for SluiceService {
         let (draining, retired) = (self.draining.clone(), self.retired.clone());
         let peer = req.extensions().get::<crate::listen::Peer>().cloned();
         let client = self.client_of(&req);
+        let ops = self.ops_of(&req);
         let connection = req
             .extensions()
             .get::<Arc<crate::listen::Retained>>()
@@ -224,6 +246,7 @@ impl Sluice for SluiceService {
                 client,
                 connection,
                 sessions: self.sessions.clone(),
+                ops,
             },
             peer,
             req.into_inner(),

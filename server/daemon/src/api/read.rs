@@ -9,6 +9,7 @@ use sluice_proto::v1;
 use tokio_util::task::AbortOnDropHandle;
 use tonic::Status;
 
+use super::client_ops::{self, ClientOps};
 use super::convert::meta;
 use super::status::{parse_range, parse_uri, read_status};
 use super::{ResponseStream, SluiceService};
@@ -19,8 +20,10 @@ use crate::telemetry::metrics::Method;
 pub(super) async fn read(
     svc: &SluiceService,
     client: Arc<ClientShare>,
+    ops: ClientOps,
     req: v1::ReadRequest,
 ) -> Result<ResponseStream<v1::ReadResponse>, Status> {
+    let op = ops.begin("Read", &req.uri, req.range.as_ref());
     let out = async {
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
@@ -30,6 +33,7 @@ pub(super) async fn read(
             .map_err(|e| read_status(&e))
     }
     .await;
+    client_ops::finish(op, &out);
     let out = out?;
     svc.metrics.rpc.served(out.source);
     let sent = svc.metrics.rpc.sent(Method::read);
@@ -112,6 +116,7 @@ fn with_first_or<T: Send + 'static>(
 pub(super) fn read_many(
     svc: &SluiceService,
     client: Arc<ClientShare>,
+    ops: ClientOps,
     req: v1::ReadManyRequest,
 ) -> Result<ResponseStream<v1::ReadManyResponse>, Status> {
     let cfg = &svc.config.read;
@@ -136,14 +141,20 @@ pub(super) fn read_many(
     // client's share.
     let fetches = stream::iter(req.items.into_iter().enumerate()).map(move |(i, item)| {
         let (engine, client) = (engine.clone(), client.clone());
+        let op = ops.begin("ReadMany", &item.uri, item.range.as_ref());
         let task = AbortOnDropHandle::new(tokio::spawn(
             async move {
-                let uri = parse_uri(&item.uri)?;
-                let range = parse_range(&uri, item.range.as_ref())?;
-                engine
-                    .read(&uri, range, false, &client, false)
-                    .await
-                    .map_err(|e| read_status(&e))
+                let res = async {
+                    let uri = parse_uri(&item.uri)?;
+                    let range = parse_range(&uri, item.range.as_ref())?;
+                    engine
+                        .read(&uri, range, false, &client, false)
+                        .await
+                        .map_err(|e| read_status(&e))
+                }
+                .await;
+                client_ops::finish(op, &res);
+                res
             }
             .in_current_span(),
         ));

@@ -32,6 +32,7 @@ pub(super) fn span(req: &v1::FetchRequest) -> tracing::Span {
 /// Runs one fetch to completion (or until the client is gone).
 pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
     let started = Instant::now();
+    let op = ctx.ops.begin("Session", &req.uri, req.range.as_ref());
     let res = async {
         let uri = parse_uri(&req.uri)?;
         let range = parse_range(&uri, req.range.as_ref())?;
@@ -41,6 +42,7 @@ pub(super) async fn fetch(ctx: Arc<SessionCtx>, req: v1::FetchRequest) {
             .map_err(|e| read_status(&e))
     }
     .await;
+    crate::api::client_ops::finish(op, &res);
     let ready = matches!(&res, Ok(out) if out.source == sluice_engine::Source::Cache);
     if let Ok(out) = &res {
         let span = tracing::Span::current();

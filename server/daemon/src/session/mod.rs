@@ -76,6 +76,8 @@ pub(crate) struct SessionCtx {
     pub(crate) stat: Arc<stats::SessionStat>,
     /// The client's data stall, by its uid.
     pub(crate) stall: clients::ClientCounters,
+    /// Records fetches in the operation log, when set to.
+    pub(crate) ops: crate::api::client_ops::ClientOps,
 }
 
 impl SessionCtx {
@@ -103,6 +105,8 @@ pub(crate) struct Deps {
     pub(crate) connection: Option<Arc<crate::listen::Retained>>,
     /// The live sessions, for `Stats`.
     pub(crate) sessions: stats::Sessions,
+    /// Records the client's fetches in the operation log, when set to.
+    pub(crate) ops: crate::api::client_ops::ClientOps,
 }
 
 /// Opens a session: answers the open message, then drives the stream.
@@ -120,6 +124,7 @@ pub(crate) async fn open(
         client,
         connection,
         sessions,
+        ops,
     } = deps;
     let open = match inbound.message().await? {
         Some(v1::SessionRequest {
@@ -176,6 +181,7 @@ pub(crate) async fn open(
         leases: leases.clone(),
         stat,
         stall: metrics.session.clients.client(who.uid),
+        ops,
         client,
         engine,
         config: config.clone(),
