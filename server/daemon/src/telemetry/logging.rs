@@ -67,8 +67,18 @@ pub fn init(config: &LogConfig, traces: Option<Exporting>) -> Logging {
     };
     let fmt = fmt.with_filter(filter).with_filter(no_trace_spans);
     let otel = traces.as_ref().map(|t| {
+        // Per span only what the spans say: no source location, thread or
+        // target attributes, no busy/idle timing on every enter and exit
+        // (the RPC span is entered at each poll of a stream), no
+        // OpenTelemetry context made current on entry (nothing in the
+        // daemon reads it; parents come from the span tree).
         tracing_opentelemetry::layer()
             .with_tracer(t.tracer())
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(daemon_spans())
     });
     let installed = tracing_subscriber::registry()
