@@ -17,7 +17,7 @@
 //! |---|---|
 //! | `idx` | sequence number, counting on across rotated files |
 //! | `thread` | the concurrency slot (0..65535) the operation held; no two operations of one slot overlap |
-//! | `op` | `GET`, `STAT`, `LIST`, `PUT`, `DELETE`, `MPU_START`, `MPU_PART`, `MPU_COMPLETE`, `MPU_ABORT`; client requests: the RPC method (`Read`) |
+//! | `op` | `GET`, `STAT`, `LIST`, `PUT`, `DELETE`, `MPU_START`, `MPU_PART`, `MPU_COMPLETE`, `MPU_ABORT`; client requests: the RPC method (`Read`, `ReadMany`, `Session`) |
 //! | `client_id` | who issued it: `sluiced` for backend operations, the peer's uid for client requests |
 //! | `n_objects` | objects the operation touched: 1, or the entries of a LIST page |
 //! | `bytes` | payload bytes moved (a GET: the bytes delivered, also when cut short) |

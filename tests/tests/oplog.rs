@@ -141,7 +141,10 @@ async fn reads_are_logged_summarized_and_replayed() {
         "4",
     ])
     .await);
-    assert!(text.contains(&format!("{recorded_prefix} -> {to}")), "{text}");
+    assert!(
+        text.contains(&format!("{recorded_prefix} -> {to}")),
+        "{text}"
+    );
     assert_eq!(summary_row(&text, "GET"), (gets, 0, total), "{text}");
     assert_eq!(summary_row(&text, "STAT"), (stats, 0, 0), "{text}");
     assert!(text.contains("lag behind schedule"), "{text}");

@@ -55,9 +55,9 @@ use prometheus_client::registry::Registry;
 
 pub use config::{InvalidOpLogConfig, OnFull, OpLogConfig};
 pub use recording::{RecordingStorage, endpoint_name};
-pub use sluice_oplog::{Record, op};
 /// The file format: reading logs, summaries.
 pub use sluice_oplog as format;
+pub use sluice_oplog::{Record, op};
 
 use queue::{Queue, Refused};
 
@@ -183,6 +183,8 @@ impl OpLog {
                 writer: Mutex::new(WriterState::NotStarted),
             }),
         };
+        // Every `reason` series exists from the start, at 0.
+        log.inner.metrics.dropped_total();
         if config.enabled {
             log.set_enabled(true)?;
         }

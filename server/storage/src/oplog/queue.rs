@@ -1,11 +1,14 @@
 //! The bounded queue between the operations and the writer thread.
 //!
 //! A mutex around a `VecDeque` with two condition variables: producers push
-//! one record at a time (a few hundred nanoseconds, uncontended), the
-//! writer takes everything queued in one swap, so the lock is held for
-//! neither formatting nor I/O. When the queue is full a producer either
-//! gives up at once or waits for room up to a deadline ([`OnFull`]); the
-//! caller counts what was refused.
+//! one record at a time, the writer takes everything queued in one swap, so
+//! the lock is held for neither formatting nor I/O. A wake-up is a system
+//! call (a futex wake, whether anyone waits or not), so producers signal
+//! only a writer that is actually waiting: one that found the queue empty.
+//! A busy writer takes batches at its own pace (the writer pauses between
+//! them), and the pushes in between cost no system call. When the queue is
+//! full a producer either gives up at once or waits for room up to a
+//! deadline ([`OnFull`]); the caller counts what was refused.
 //!
 //! [`OnFull`]: super::OnFull
 
@@ -28,6 +31,10 @@ pub enum Refused {
 struct State {
     items: VecDeque<Record>,
     closed: bool,
+    /// The writer waits for a record.
+    writer_waiting: bool,
+    /// Producers waiting for room.
+    blocked: usize,
 }
 
 /// A bounded multi-producer, single-consumer queue of records.
@@ -61,11 +68,13 @@ impl Queue {
     pub fn push(&self, record: Record, wait: Duration) -> Result<(), Refused> {
         let mut state = self.lock();
         if state.items.len() >= self.capacity && !state.closed && !wait.is_zero() {
+            state.blocked += 1;
             state = self
                 .not_full
                 .wait_timeout_while(state, wait, |s| s.items.len() >= self.capacity && !s.closed)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            state.blocked -= 1;
         }
         if state.closed {
             return Err(Refused::Closed);
@@ -74,8 +83,11 @@ impl Queue {
             return Err(Refused::Full);
         }
         state.items.push_back(record);
+        let wake = state.writer_waiting;
         drop(state);
-        self.not_empty.notify_one();
+        if wake {
+            self.not_empty.notify_one();
+        }
         Ok(())
     }
 
@@ -85,16 +97,18 @@ impl Queue {
     pub fn take(&self, into: &mut VecDeque<Record>, idle: Duration) -> bool {
         let mut state = self.lock();
         if state.items.is_empty() && !state.closed {
+            state.writer_waiting = true;
             state = self
                 .not_empty
                 .wait_timeout_while(state, idle, |s| s.items.is_empty() && !s.closed)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            state.writer_waiting = false;
         }
         std::mem::swap(&mut state.items, into);
-        let closed = state.closed;
+        let (closed, blocked) = (state.closed, state.blocked > 0);
         drop(state);
-        if !into.is_empty() {
+        if blocked && !into.is_empty() {
             self.not_full.notify_all();
         }
         closed
