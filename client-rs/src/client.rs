@@ -20,12 +20,12 @@ use tonic::transport::Channel;
 
 use crate::address::{Address, connect_channel, default_address};
 use crate::credentials::{BearerAuth, ConnectOptions};
-use crate::trace::{CallMetadata, TraceContext};
 use crate::error::{Error, Result};
 use crate::list::{self, Entry, ListPage};
 use crate::read::{self, ReadStream};
 use crate::read_many::{ReadItem, ReadManyStream};
 use crate::session::{self, Session, SessionOptions};
+use crate::trace::{CallMetadata, TraceContext};
 use crate::transport::Transport;
 use crate::upload_memory;
 use crate::write::{self, Written};
