@@ -1,0 +1,123 @@
+"""The file object of :class:`~sluice.fsspec.SluiceFileSystem`.
+
+Reading
+-------
+Bytes come through fsspec's block cache ("readahead" unless the caller picks
+another), whose misses call :meth:`SluiceFile._fetch_range`. The daemon
+caches an object only when it is read whole; a ranged read of an object not
+in its cache goes to the backend and is not kept. So the first fetch of an
+object up to ``whole_read_limit`` reads it whole — one request, which leaves
+it in the node's cache — and hands on the range asked for; every later fetch
+is a ranged read, served from the cache while the object stays there. Larger
+objects are read in ranges only (the daemon streams those past its cache
+anyway). No lease is held between fetches: each buffer is copied out and
+released at once.
+
+Writing
+-------
+Nothing is written before the first ``block_size`` bytes (or ``close``). A
+file that ends within one block goes up as one ``put``. A longer one opens a
+:class:`sluice.Writer` at the first full block and hands it each block as it
+fills, so memory stays at one block plus the writer's few MiB whatever the
+file's size; the daemon uploads in parts as the bytes come. The object
+appears when the file is closed (with ``autocommit=False``, in a
+transaction: when the transaction commits), never before. A ``with`` block
+that raises discards the upload instead: the object keeps its old content,
+or stays absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Optional
+
+from fsspec.spec import AbstractBufferedFile
+
+from .._types import SluiceError
+from ._errors import translating
+from ._paths import to_uri
+
+if TYPE_CHECKING:
+    from .. import Writer
+    from ._filesystem import SluiceFileSystem
+
+
+class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
+    """A file of a :class:`~sluice.fsspec.SluiceFileSystem`, opened for
+    reading (``rb``) or writing (``wb``, ``xb``). Obtain one from
+    ``fs.open``."""
+
+    fs: SluiceFileSystem
+
+    def __init__(self, fs: SluiceFileSystem, path: str, mode: str = "rb", **kwargs: Any) -> None:
+        self.uri = to_uri(path)
+        self._read_whole = False  # the first fetch has read the object whole
+        self._writer: Optional[Writer] = None
+        self._pending: Optional[bytes] = None  # one block, kept for commit
+        super().__init__(fs, path, mode, **kwargs)
+
+    @translating
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        client = self.fs.client
+        if not self._read_whole and self.size <= self.fs.whole_read_limit:
+            self._read_whole = True
+            with client.get(self.uri) as buf, memoryview(buf) as view:
+                return view[start:end].tobytes()
+        with client.get(self.uri, start, end - start) as buf:
+            return bytes(buf)
+
+    @translating
+    def _upload_chunk(self, final: bool = False) -> bool:
+        block = self.buffer.getbuffer()
+        try:
+            if self._writer is None and final:
+                # The whole file is this block: one put, now or on commit.
+                self._pending = block.tobytes()
+                if self.autocommit:
+                    self.commit()
+                return True
+            if self._writer is None:
+                self._writer = self.fs.client.open_writer(self.uri)
+            self._writer.write(block)
+        finally:
+            block.release()
+        if final and self.autocommit:
+            self.commit()
+        return True
+
+    @translating
+    def commit(self) -> None:
+        """Makes the object appear with what was written."""
+        if self._pending is not None:
+            self.fs.client.put(self.uri, self._pending)
+            self._pending = None
+        elif self._writer is not None:
+            self._writer.close()
+
+    def discard(self) -> None:
+        """Abandons what was written: the object is not created."""
+        self._pending = None
+        if self._writer is not None:
+            self._writer.abort()
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc_type is not None and self.writable():
+            self._abandon()
+        else:
+            self.close()
+
+    def _abandon(self) -> None:
+        """Closes a file being written without writing what it holds."""
+        # The exception that ended the block is the one to see; a writer
+        # that cannot even be aborted is dropped by the daemon with its
+        # stream.
+        with contextlib.suppress(SluiceError):
+            self.discard()
+        self.buffer = None
+        self.closed = True
