@@ -33,7 +33,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractFileSystem
 from fsspec.utils import isfilelike
 
-from .. import Buffer, Client, NotFoundError, ObjectMeta
+from .. import Buffer, Client, NotFoundError, ObjectMeta, Writer
 from . import _errors, _paths
 from ._errors import translating
 from ._file import SluiceFile
@@ -402,6 +402,10 @@ class SluiceFileSystem(AbstractFileSystem):  # type: ignore[misc]
         path = self._strip_protocol(path)
         if mode == "create" and self.exists(path):
             raise _errors.exists(path)
+        if self._intrans:
+            with self.open(path, "wb") as f:  # committed with the transaction
+                f.write(value)
+            return
         self.client.put(_paths.to_uri(path), value)
 
     @translating
@@ -422,11 +426,11 @@ class SluiceFileSystem(AbstractFileSystem):  # type: ignore[misc]
         with open(lpath, "rb") as local:
             size = os.fstat(local.fileno()).st_size
             callback.set_size(size)
-            if size <= self.blocksize:
+            if size <= self.blocksize and not self._intrans:
                 self.client.put(uri, local.read())
                 callback.relative_update(size)
                 return
-            with self.client.open_writer(uri) as writer:
+            with self._sink(rpath) as writer:
                 while chunk := local.read(self.blocksize):
                     writer.write(chunk)
                     callback.relative_update(len(chunk))
@@ -438,14 +442,20 @@ class SluiceFileSystem(AbstractFileSystem):  # type: ignore[misc]
         info = self.info(path1)
         if info["type"] == "directory":
             return
-        uri = self._uri(path2)
-        if info["size"] <= self.blocksize:
+        if info["size"] <= self.blocksize and not self._intrans:
             with self.client.get(info["uri"]) as buf:
-                self.client.put(uri, buf)
+                self.client.put(self._uri(path2), buf)
             return
-        with self.client.open_writer(uri) as writer:
+        with self._sink(path2) as writer:
             for buf in self._pieces(info["uri"], info["size"]):
                 writer.write(buf)
+
+    def _sink(self, path: str) -> Union[Writer, SluiceFile]:
+        """Where a streamed write of ``path`` goes: a writer, or in a
+        transaction a file, committed with it."""
+        if self._intrans:
+            return self.open(path, "wb")  # type: ignore[no-any-return]
+        return self.client.open_writer(self._uri(path))
 
     @translating
     def rm_file(self, path: str) -> None:
