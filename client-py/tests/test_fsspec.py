@@ -513,6 +513,8 @@ def test_pyarrow_dataset_and_parquet(frame: Any, fs: SluiceFileSystem, files: Fi
     assert sorted(dataset.files) == [f"{top}/part-{n}.parquet" for n in range(len(parts))]
     assert dataset.to_table().sort_by("i").equals(table)
     assert dataset.count_rows(filter=ds.field("i") >= 19_990) == 10
+    direct = ds.dataset(top, format="parquet", filesystem=fs)  # pyarrow wraps it itself
+    assert direct.to_table(columns=["s"]).num_rows == table.num_rows
     assert pq.read_table(f"{top}/part-1.parquet", filesystem=fs).equals(parts[1])
     with fs.open(f"{top}/part-2.parquet") as f:
         parquet = pq.ParquetFile(f)
