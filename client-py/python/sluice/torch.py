@@ -4,7 +4,9 @@ One object is one sample. :class:`SluiceMapDataset` is map-style (indexable,
 for any sampler); :class:`SluiceIterableDataset` streams an epoch in a
 shuffled order, split across DDP ranks and DataLoader workers, and can resume
 mid-epoch. Both take their objects as a list of URIs or as a prefix, listed
-once (recursively, in URI order) on first use.
+once (recursively, in URI order) on first use. :class:`SluiceTFRecordDataset`
+(in ``sluice.torch_tfrecord``) is the iterable dataset with the records of
+TFRecord files as samples.
 
 Samples
 -------
@@ -108,7 +110,7 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from . import Buffer, Client, SluiceError, UnavailableError
+from . import Buffer, Client, Item, SluiceError, UnavailableError
 
 __all__ = [
     "DEFAULT_PREFETCH",
@@ -116,6 +118,7 @@ __all__ = [
     "SluiceIterableDataset",
     "SluiceMapDataset",
     "SluicePlanSampler",
+    "SluiceTFRecordDataset",
     "as_tensor",
 ]
 
@@ -238,10 +241,14 @@ def _sample(buffer: Buffer, transform: Optional[Transform]) -> Any:
 class _Objects:
     """The URIs of a dataset: given, or listed once under a prefix, on first
     use in whichever process comes first (a fork inherits the listing, a
-    pickled copy carries it)."""
+    pickled copy carries it). A listing leaves out URIs ending in one of
+    ``exclude``."""
 
-    def __init__(self, source: Source, client: Optional[Client]) -> None:
+    def __init__(
+        self, source: Source, client: Optional[Client], exclude: tuple[str, ...] = ()
+    ) -> None:
         self.prefix: Optional[str] = None
+        self.exclude = exclude
         self._uris: Optional[list[str]] = None
         if isinstance(source, str):
             self.prefix = source
@@ -276,7 +283,7 @@ class _Objects:
                     listed = [
                         meta.uri
                         for meta in self.client.list(self.prefix, recursive=True)
-                        if not isinstance(meta, str)
+                        if not isinstance(meta, str) and not meta.uri.endswith(self.exclude)
                     ]
                     if not listed:
                         raise ValueError(f"no objects under {self.prefix!r}")
@@ -489,24 +496,20 @@ class SluiceIterableDataset(IterableDataset[Any]):
         return self._read(indices[self._position :], following, plan_id)
 
     def _read(self, indices: list[int], following: list[int], plan_id: int) -> Iterator[Any]:
-        uris = self._objects.uris()
         outage = _Outage(self.reconnect_timeout)
         done = 0
         while done < len(indices):
             if self.plan:
                 # Again after an outage: a new session holds no plan.
-                _submit_plan(
-                    self._objects.client,
-                    [uris[i] for i in indices[done:] + following],
-                    plan_id,
-                )
+                _submit_plan(self._objects.client, self._items(indices[done:] + following), plan_id)
             # The plan (this epoch and the next) was submitted above.
+            items = self._items(indices[done:])
             results = self._objects.client.get_many(
-                [uris[i] for i in indices[done:]], ordered=True, window=self.prefetch, plan=False
+                items, ordered=True, window=self.prefetch, plan=False
             )
             try:
-                for _, buffer in results:
-                    sample = _sample(buffer, self.transform)
+                for at, buffer in results:
+                    sample = self._make_sample(items[at], buffer)
                     done += 1
                     self._position += 1
                     outage.reset()
@@ -517,6 +520,27 @@ class SluiceIterableDataset(IterableDataset[Any]):
                 outage.wait(error)
             finally:
                 del results  # releases the leases read ahead and not consumed
+
+    # What a sample is: one object. A dataset of other units (the records
+    # of TFRecord files) overrides these four.
+
+    def _count(self) -> int:
+        """Samples in the dataset."""
+        return len(self._objects.uris())
+
+    def _fingerprint(self) -> str:
+        """A digest of what the samples are, to tell a state of another
+        dataset."""
+        return self._objects.fingerprint()
+
+    def _items(self, indices: list[int]) -> list[Item]:
+        """What ``get_many`` reads for samples ``indices``."""
+        uris = self._objects.uris()
+        return [uris[i] for i in indices]
+
+    def _make_sample(self, item: Item, buffer: Buffer) -> Any:
+        """The sample of ``buffer``, the read of ``item``."""
+        return _sample(buffer, self.transform)
 
     # Resume.
 
@@ -592,8 +616,8 @@ class SluiceIterableDataset(IterableDataset[Any]):
             "seed": self.seed,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
-            "num_samples": len(self._objects.uris()),
-            "fingerprint": self._objects.fingerprint(),
+            "num_samples": self._count(),
+            "fingerprint": self._fingerprint(),
             "rank": rank,
             "world_size": world_size,
             "num_workers": num_workers,
@@ -618,7 +642,7 @@ class SluiceIterableDataset(IterableDataset[Any]):
     def _epoch_length(self) -> int:
         """Objects in an epoch's order: all, or with ``drop_last`` a
         multiple of the world size."""
-        count = len(self._objects.uris())
+        count = self._count()
         if self.drop_last:
             count -= count % self._rank_and_world_size()[1]
         return count
@@ -626,7 +650,7 @@ class SluiceIterableDataset(IterableDataset[Any]):
     def _order(self, epoch: Optional[int] = None) -> list[int]:
         """An epoch's order (the current one's by default): object
         indexes, the same in every process."""
-        count = len(self._objects.uris())
+        count = self._count()
         if not self.shuffle:
             order = list(range(count))
         else:
@@ -656,11 +680,11 @@ class SluiceIterableDataset(IterableDataset[Any]):
         return state
 
 
-def _submit_plan(client: Client, uris: list[str], plan_id: int) -> None:
+def _submit_plan(client: Client, items: list[Item], plan_id: int) -> None:
     """Submits a plan; a refusal or a daemon without plans only loses the
     read-ahead, never the reads: logged, not raised."""
     try:
-        client.submit_plan(uris, plan_id=plan_id, job=f"pid {os.getpid()}")
+        client.submit_plan(items, plan_id=plan_id, job=f"pid {os.getpid()}")
     except SluiceError as error:
         _log.warning("sluice: epoch plan not taken (reads go on without it): %s", error)
 
@@ -738,3 +762,12 @@ def _checked(rank: int, world_size: Optional[int]) -> tuple[int, int]:
     if world_size is None or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not within world size {world_size}")
     return rank, world_size
+
+
+def __getattr__(name: str) -> Any:
+    # The TFRecord dataset lives in its own module, which builds on this one.
+    if name == "SluiceTFRecordDataset":
+        from .torch_tfrecord import SluiceTFRecordDataset
+
+        return SluiceTFRecordDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
