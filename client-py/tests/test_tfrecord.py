@@ -230,6 +230,19 @@ def test_build_index_reads_headers_through_bounded_windows(daemon: Daemon, files
     assert sum(client.lengths) >= path.stat().st_size
     assert len(client.lengths) <= path.stat().st_size // window + 2 * len(index)
 
+    # Small records: whole windows, one after the other.
+    path = files.dir / "small.tfrecord"
+    writer = TFRecordWriter(str(path))
+    rng = random.Random(5)
+    for _ in range(400):
+        write_raw(writer, rng.randbytes(rng.randrange(1000, 3000)))
+    writer.close()
+    size = path.stat().st_size
+    client.lengths.clear()
+    assert len(tfrecord.build_index(client, files.uri("small.tfrecord"), window=window)) == 400
+    assert len(client.lengths) <= size // (window - 3016) + 1
+    assert client.lengths[:-1] == [window] * (len(client.lengths) - 1)
+
 
 def test_pure_python_crc32c_matches_the_packages() -> None:
     assert _crc32c.python_crc32c(b"123456789") == 0xE3069283  # the check value

@@ -21,9 +21,9 @@ Building an index
 :func:`build_index` reads the object through the daemon in ranged windows
 of at most ``window`` bytes (8 MiB by default), so memory stays bounded
 whatever the size of the file. It reads each record's 12-byte header and
-skips the data by its length: after a record that ended beyond the window,
-the next read is a 64 KiB probe rather than a whole window, so files of
-records larger than a window are not read whole just to find their headers.
+skips the data by its length: after a record larger than the window, the
+next read is a 64 KiB probe rather than a whole window, so files of records
+larger than a window are not read whole just to find their headers.
 With ``verify_crc=True`` it reads everything and checks each record's data.
 
 Checks
@@ -66,8 +66,8 @@ __all__ = [
 #: enough to bound memory.
 DEFAULT_WINDOW = 8 << 20
 
-#: A read after a record that ended beyond the window: room for the next
-#: header and, when records are small again, a few of them.
+#: A read after a record larger than the window: room for the next header
+#: and, when records are small again, a few of them.
 _PROBE = 64 << 10
 
 #: Where an index is looked for, beside its file: ``<uri>.idx``.
@@ -205,7 +205,8 @@ def build_index(
                 footer = windows.read(end - 4, 4, window)
                 _check_data(data_crc, footer, uri, offset)
             index.append((offset, end - offset))
-            ahead = window if end <= windows.end else _PROBE
+            # Records as large as the last one would leave a window unread.
+            ahead = window if end - offset <= window else min(_PROBE, window)
             offset = end
     finally:
         windows.close()
