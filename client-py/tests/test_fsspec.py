@@ -210,6 +210,28 @@ def test_rm_leaves_no_directory_behind(fs: SluiceFileSystem, files: Files) -> No
     assert not fs.exists(f"{top}/new")
 
 
+def test_an_s3_bucket(s3_daemon: Daemon, s3: Any) -> None:
+    """The same model on an object store (the test's S3-compatible server):
+    a bucket is a directory without a stat, prefixes are directories."""
+    fs = SluiceFileSystem(s3_daemon.address, skip_instance_cache=True)
+    top = fs._strip_protocol(s3.bucket("fsspec-bucket"))
+    assert top == "s3/fsspec-bucket" and fs.ls(top) == []  # empty, but there
+    fs.pipe({f"{top}/a.bin": b"a", f"{top}/d/b.bin": b"bb", f"{top}/d/e/c.bin": b"ccc"})
+    assert fs.info(f"sluice://{top}") == {"name": top, "size": 0, "type": "directory"}
+    assert fs.ls(top, detail=False) == [f"{top}/a.bin", f"{top}/d"]
+    assert fs.find(top, withdirs=True) == [
+        top, f"{top}/a.bin", f"{top}/d", f"{top}/d/b.bin", f"{top}/d/e", f"{top}/d/e/c.bin"
+    ]
+    assert fs.info(f"{top}/a.bin")["uri"] == "s3://fsspec-bucket/a.bin"
+    assert fs.cat_ranges([f"{top}/a.bin", f"{top}/d/e/c.bin"], [0, 1], [None, -1]) == [b"a", b"c"]
+    fs.rm(f"{top}/d", recursive=True)
+    assert fs.ls(top, detail=False) == fs.find(top) == [f"{top}/a.bin"]
+    for missing in ("s3/no-such-bucket", f"{top}/nothing"):
+        assert not fs.exists(missing)
+    with pytest.raises(FileNotFoundError, match="no-such-bucket"):
+        fs.ls("s3/no-such-bucket")
+
+
 # Errors.
 
 
