@@ -129,6 +129,8 @@ def test_options_and_pickling(daemon: Daemon, files: Files) -> None:
     assert fs.client is client and fs.blocksize == MiB and fs.window == 4
     with pytest.raises(ValueError, match="not both"):
         SluiceFileSystem(daemon.address, client=client, skip_instance_cache=True)
+    with pytest.raises(TypeError, match="adress"):
+        SluiceFileSystem(adress=daemon.address, skip_instance_cache=True)
     tcp = SluiceFileSystem(daemon.tcp_address, skip_instance_cache=True)
     _, data = files.make("p.bin", 2000)
     again = pickle.loads(pickle.dumps(tcp))
@@ -520,12 +522,14 @@ def test_pandas_csv_text_mode(frame: Any, daemon: Daemon, files: Files) -> None:
     pd.testing.assert_frame_equal(pd.read_csv(url, storage_options=options), frame)
 
 
-def test_pyarrow_dataset_and_parquet(frame: Any, fs: SluiceFileSystem, files: Files) -> None:
+def test_pyarrow_dataset_and_parquet(frame: Any, counting: CountingClient, files: Files) -> None:
+    import fsspec.parquet
     import pyarrow as pa
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
+    fs = SluiceFileSystem(client=counting, skip_instance_cache=True)
     top = f"{fs_dir(files)}/ds"
     table = pa.Table.from_pandas(frame, preserve_index=False)
     parts = [table.slice(at, 7000) for at in range(0, table.num_rows, 7000)]
@@ -542,3 +546,11 @@ def test_pyarrow_dataset_and_parquet(frame: Any, fs: SluiceFileSystem, files: Fi
         parquet = pq.ParquetFile(f)
         assert parquet.metadata.num_row_groups == 3
         assert parquet.read_row_group(2).equals(parts[2].slice(4000))
+    # fsspec's Parquet helper fetches the footer, then the column chunks it
+    # needs, each as one batch of ranges.
+    counting.calls.clear()
+    with fsspec.parquet.open_parquet_file(
+        f"{top}/part-0.parquet", fs=fs, columns=["i"], engine="pyarrow"
+    ) as f:
+        assert pq.read_table(f, columns=["i"]).equals(parts[0].select(["i"]))
+    assert counting.calls == Counter(get_many=2)

@@ -95,6 +95,7 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
         elif self._writer is not None:
             self._writer.close()
 
+    @translating
     def discard(self) -> None:
         """Abandons what was written: the object is not created."""
         self._pending = None
