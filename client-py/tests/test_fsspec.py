@@ -127,8 +127,9 @@ def test_options_and_pickling(daemon: Daemon, files: Files) -> None:
     client = sluice.Client(daemon.address)
     fs = SluiceFileSystem(client=client, block_size=MiB, window=4, skip_instance_cache=True)
     assert fs.client is client and fs.blocksize == MiB and fs.window == 4
-    with pytest.raises(ValueError, match="not both"):
-        SluiceFileSystem(daemon.address, client=client, skip_instance_cache=True)
+    for clash in ({"address": daemon.address}, {"token_file": "/run/token"}):
+        with pytest.raises(ValueError, match="not both"):
+            SluiceFileSystem(client=client, skip_instance_cache=True, **clash)
     with pytest.raises(TypeError, match="adress"):
         SluiceFileSystem(adress=daemon.address, skip_instance_cache=True)
     tcp = SluiceFileSystem(daemon.tcp_address, skip_instance_cache=True)

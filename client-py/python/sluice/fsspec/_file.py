@@ -29,6 +29,7 @@ or stays absent.
 from __future__ import annotations
 
 import contextlib
+import io
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -54,7 +55,7 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
         self.uri = to_uri(path)
         self._read_whole = False  # the first fetch has read the object whole
         self._writer: Optional[Writer] = None
-        self._pending: Optional[bytes] = None  # one block, kept for commit
+        self._pending: Optional[io.BytesIO] = None  # the one block, until commit
         super().__init__(fs, path, mode, **kwargs)
 
     @translating
@@ -72,8 +73,9 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
         block = self.buffer.getbuffer()
         try:
             if self._writer is None and final:
-                # The whole file is this block: one put, now or on commit.
-                self._pending = block.tobytes()
+                # The whole file is this block: one put, now or on commit
+                # (flush starts a new buffer, this one stays as it is).
+                self._pending = self.buffer
                 if self.autocommit:
                     self.commit()
                 return True
@@ -90,7 +92,8 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
     def commit(self) -> None:
         """Makes the object appear with what was written."""
         if self._pending is not None:
-            self.fs.client.put(self.uri, self._pending)
+            with self._pending.getbuffer() as block:
+                self.fs.client.put(self.uri, block)
             self._pending = None
         elif self._writer is not None:
             self._writer.close()
@@ -98,6 +101,9 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
     @translating
     def discard(self) -> None:
         """Abandons what was written: the object is not created."""
+        self._drop()
+
+    def _drop(self) -> None:
         self._pending = None
         if self._writer is not None:
             self._writer.abort()
@@ -119,6 +125,6 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
         # that cannot even be aborted is dropped by the daemon with its
         # stream.
         with contextlib.suppress(SluiceError):
-            self.discard()
+            self._drop()
         self.buffer = None
         self.closed = True

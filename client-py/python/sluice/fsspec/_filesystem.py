@@ -93,8 +93,8 @@ class SluiceFileSystem(ObjectStoreListing):
                 client_cert=client_cert,
                 client_key=client_key,
             )
-        elif address is not None:
-            raise ValueError("give an address or a client, not both")
+        elif address is not None or any((ca_file, token, token_file, client_cert, client_key)):
+            raise ValueError("give an address and credentials or a client, not both")
         self.client = client
         self.blocksize = block_size
         self.cache_type = cache_type
