@@ -355,6 +355,37 @@ def test_second_read_of_a_file_is_a_cache_hit(
     assert daemon.metric("sluice_cache_hits_total") - hits == counting.calls["get"] - 2
 
 
+def test_an_object_read_whole_but_not_cached_is_kept(
+    counting: CountingClient, files: Files, daemon: Daemon
+) -> None:
+    """10 MiB is past this daemon's cache.max_object_size (8 MiB): the whole
+    read arrives in this process's memory, not as a lease, and the file
+    serves every fetch from it instead of going to the backend again."""
+    fs = SluiceFileSystem(client=counting, block_size=MiB, skip_instance_cache=True)
+    _, data = files.make("streamed.bin", 10 * MiB)
+    backend = backend_read_bytes(daemon)
+    with fs.open(f"{fs_dir(files)}/streamed.bin") as f:
+        f.seek(len(data) - 100)
+        assert f.read() == data[-100:]
+        f.seek(0)
+        assert f.read() == data
+        assert f._whole is not None and not f._whole.shared_memory
+        whole = f._whole
+    assert whole.closed and f._whole is None
+    assert counting.calls == Counter(get=1)
+    assert backend_read_bytes(daemon) - backend == len(data)
+
+
+def test_reads_over_tcp_keep_the_whole_object(daemon: Daemon, files: Files) -> None:
+    client = CountingClient(daemon.tcp_address)
+    fs = SluiceFileSystem(client=client, block_size=64 * 1024, skip_instance_cache=True)
+    _, data = files.make("tcp.bin", 300_000)
+    with fs.open(f"{fs_dir(files)}/tcp.bin") as f:
+        pieces = [f.read(100_000) for _ in range(3)]
+    assert pieces == [data[at : at + 100_000] for at in (0, 100_000, 200_000)]
+    assert client.calls == Counter(get=1)
+
+
 def test_get_file_small_and_large(
     counting: CountingClient, files: Files, tmp_path: Any
 ) -> None:

@@ -7,11 +7,19 @@ another), whose misses call :meth:`SluiceFile._fetch_range`. The daemon
 caches an object only when it is read whole; a ranged read of an object not
 in its cache goes to the backend and is not kept. So the first fetch of an
 object up to ``whole_read_limit`` reads it whole — one request, which leaves
-it in the node's cache — and hands on the range asked for; every later fetch
-is a ranged read, served from the cache while the object stays there. Larger
-objects are read in ranges only (the daemon streams those past its cache
-anyway). No lease is held between fetches: each buffer is copied out and
-released at once.
+it in the node's cache — and hands on the range asked for. What happens to
+the whole object then depends on where its bytes are:
+
+- in the daemon's shared memory (a cached object, on the node): the buffer
+  is a lease, released at once so that an open file holds none of the
+  session's lease quota; later fetches are ranged reads, served from the
+  cache while the object stays there;
+- in this process (a daemon reached over TCP, or an object too large for
+  the daemon's cache, which it streams and does not keep): nothing would
+  serve a later read but the backend, and the buffer holds no lease, so the
+  file keeps it until closed and serves every later fetch from it.
+
+Larger objects are read in ranges only.
 
 Writing
 -------
@@ -40,7 +48,7 @@ from ._errors import translating
 from ._paths import to_uri
 
 if TYPE_CHECKING:
-    from .. import Writer
+    from .. import Buffer, Writer
     from ._filesystem import SluiceFileSystem
 
 
@@ -54,19 +62,32 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
     def __init__(self, fs: SluiceFileSystem, path: str, mode: str = "rb", **kwargs: Any) -> None:
         self.uri = to_uri(path)
         self._read_whole = False  # the first fetch has read the object whole
+        self._whole: Optional[Buffer] = None  # ...and kept it (no lease)
         self._writer: Optional[Writer] = None
         self._pending: Optional[io.BytesIO] = None  # the one block, until commit
         super().__init__(fs, path, mode, **kwargs)
 
     @translating
     def _fetch_range(self, start: int, end: int) -> bytes:
+        if self._whole is not None:
+            return _slice(self._whole, start, end)
         client = self.fs.client
         if not self._read_whole and self.size <= self.fs.whole_read_limit:
             self._read_whole = True
-            with client.get(self.uri) as buf, memoryview(buf) as view:
-                return view[start:end].tobytes()
+            whole = client.get(self.uri)
+            if not whole.shared_memory:
+                self._whole = whole
+                return _slice(whole, start, end)
+            with whole:
+                return _slice(whole, start, end)
         with client.get(self.uri, start, end - start) as buf:
             return bytes(buf)
+
+    def close(self) -> None:
+        if self._whole is not None:
+            self._whole.close()
+            self._whole = None
+        super().close()
 
     @translating
     def _upload_chunk(self, final: bool = False) -> bool:
@@ -128,3 +149,8 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
             self._drop()
         self.buffer = None
         self.closed = True
+
+
+def _slice(buf: Buffer, start: int, end: int) -> bytes:
+    with memoryview(buf) as view:
+        return view[start:end].tobytes()
