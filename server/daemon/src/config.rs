@@ -56,6 +56,8 @@ pub struct Config {
     pub oplog: sluice_storage::oplog::OpLogConfig,
     /// OpenTelemetry traces.
     pub traces: crate::telemetry::traces::TracesConfig,
+    /// The S3-compatible HTTP facade (off unless a listener is set).
+    pub facade: crate::facade::FacadeConfig,
 }
 
 /// `[server]`
@@ -296,6 +298,7 @@ impl Config {
             message: e.message,
         })?;
         self.traces.validate()?;
+        self.facade.validate()?;
         let disk = &self.cache.disk;
         if disk.dirs.iter().any(|d| !d.is_absolute()) {
             return Err(invalid("cache.disk.dirs", "must be absolute paths"));

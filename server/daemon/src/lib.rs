@@ -5,6 +5,8 @@
 pub mod api;
 mod auth;
 pub mod config;
+pub mod errors;
+pub mod facade;
 pub mod listen;
 mod prefault;
 pub mod reload;

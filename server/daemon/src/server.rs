@@ -52,6 +52,8 @@ pub struct Daemon {
     tcp: Option<TcpListener>,
     tcp_security: Option<Arc<TcpSecurity>>,
     http: Option<TcpListener>,
+    /// The S3-compatible facade, when `[facade]` sets a listener.
+    facade: Option<crate::facade::Facade>,
     /// The operation log (off unless `oplog.enabled`); a SIGHUP turns it
     /// on and off with [`OpLog::set_enabled`].
     pub(crate) oplog: OpLog,
@@ -67,6 +69,8 @@ pub struct Addresses {
     pub tcp: Option<SocketAddr>,
     /// The metrics/health HTTP listener, if configured.
     pub http: Option<SocketAddr>,
+    /// The S3-compatible facade's listeners, if configured.
+    pub facade: crate::facade::FacadeAddresses,
 }
 
 impl Daemon {
@@ -105,6 +109,8 @@ impl Daemon {
             .registry
             .register("build", "sluiced version", build_info());
         let listener_metrics = ListenerMetrics::register(&mut metrics.registry);
+        let facade =
+            crate::facade::Facade::bind(&config, engine.clone(), &mut metrics.registry).await?;
         // The descriptor socket first: once the gRPC socket accepts, so
         // does it. A client that reconnects while the daemon restarts would
         // otherwise find the gRPC socket but not yet the descriptor socket,
@@ -147,6 +153,7 @@ impl Daemon {
             tcp,
             tcp_security,
             http,
+            facade,
             oplog,
             reload: None,
         })
@@ -166,6 +173,11 @@ impl Daemon {
             socket: self.socket.clone(),
             tcp: self.tcp.as_ref().and_then(|l| l.local_addr().ok()),
             http: self.http.as_ref().and_then(|l| l.local_addr().ok()),
+            facade: self
+                .facade
+                .as_ref()
+                .map(|f| f.addresses())
+                .unwrap_or_default(),
         }
     }
 
@@ -287,6 +299,11 @@ impl Daemon {
             }
             (None, _) => {}
         }
+        // The facade drains with the gRPC listeners (see `crate::facade`).
+        let mut facade = self.facade.map(|f| {
+            let serving = f.serve(stop.clone(), accept("facade", false));
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serving))
+        });
         let mut side_tasks = JoinSet::new();
         let live = crate::reload::Live {
             reload: self.reload.unwrap_or(crate::reload::Reload {
@@ -323,7 +340,14 @@ impl Daemon {
             };
             side_tasks.spawn(async move { axum::serve(http, router(state)).await });
         }
-        tracing::info!(socket = %addrs.socket.display(), tcp = ?addrs.tcp, http = ?addrs.http, "sluiced serving");
+        tracing::info!(
+            socket = %addrs.socket.display(),
+            tcp = ?addrs.tcp,
+            http = ?addrs.http,
+            facade = ?addrs.facade.tcp,
+            facade_socket = ?addrs.facade.socket,
+            "sluiced serving"
+        );
 
         tokio::select! {
             () = shutdown => {}
@@ -354,6 +378,9 @@ impl Daemon {
                 if let Ok(Err(error)) = res {
                     tracing::warn!(%error, "grpc server ended with an error");
                 }
+            }
+            if let Some(facade) = facade.as_mut() {
+                let _ = facade.await;
             }
         })
         .await;

@@ -240,6 +240,7 @@ mod tests {
             socket: PathBuf::from("/run/sluice/sluiced.sock"),
             tcp: None,
             http: Some(([127, 0, 0, 1], 7421).into()),
+            facade: Default::default(),
         }
     }
 

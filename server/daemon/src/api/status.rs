@@ -1,13 +1,12 @@
-//! The one table from error categories to gRPC codes, and request parsing
-//! helpers that fail with INVALID_ARGUMENT naming the URI.
+//! Errors as gRPC statuses, and request parsing helpers that fail with
+//! INVALID_ARGUMENT naming the URI.
 //!
 //! Every engine or storage error that becomes a status passes through
-//! [`storage_status`] or [`read_status`], which log it — once, with its
-//! whole source chain, inside the RPC's span (see
-//! [`crate::telemetry::rpc`]): at `warn` when the server or a backend
-//! failed, at `debug` when the request was at fault (a missing object, a
-//! bad range), which a client hears about anyway. Error texts name the URI
-//! and what happened; they never carry credentials or payload.
+//! [`storage_status`] or [`read_status`], which take the code from the
+//! daemon's one error table ([`crate::errors`], shared with the S3 facade)
+//! and log the error there — once, with its whole source chain, inside the
+//! RPC's span (see [`crate::telemetry::rpc`]). Error texts name the URI and
+//! what happened; they never carry credentials or payload.
 
 use std::ops::Range;
 
@@ -16,19 +15,11 @@ use sluice_proto::v1;
 use sluice_storage::{ErrorKind, ObjectUri, StorageError};
 use tonic::{Code, Status};
 
-/// gRPC code of a storage error category.
+use crate::errors::Category;
+
+/// gRPC code of a storage error category (the table's `grpc` column).
 pub fn code_of(kind: ErrorKind) -> Code {
-    match kind {
-        ErrorKind::NotFound => Code::NotFound,
-        ErrorKind::PermissionDenied => Code::PermissionDenied,
-        ErrorKind::InvalidArgument => Code::InvalidArgument,
-        // Still throttled or down after the backend's and the engine's retries.
-        ErrorKind::Throttled | ErrorKind::Unavailable => Code::Unavailable,
-        ErrorKind::Changed => Code::Aborted,
-        ErrorKind::Unsupported => Code::Unimplemented,
-        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-        ErrorKind::Protocol | ErrorKind::Other => Code::Internal,
-    }
+    Category::of_kind(kind).row().grpc
 }
 
 /// A storage error as a status; the message is the error's own text
@@ -41,45 +32,20 @@ pub fn storage_status(e: &StorageError) -> Status {
 
 /// A read error as a status.
 pub fn read_status(e: &ReadError) -> Status {
-    match e {
-        ReadError::Storage(s) => storage_status(s),
-        ReadError::Memory { .. } => {
-            log_error(Code::ResourceExhausted, e);
-            Status::resource_exhausted(e.to_string())
-        }
-    }
+    let code = Category::of_read(e).row().grpc;
+    log_error(code, e);
+    Status::new(code, e.to_string())
 }
 
-/// Logs an error that becomes a status of `code` (see the module docs).
+/// Logs an error that becomes a status of `code` (see [`crate::errors`]).
 fn log_error(code: Code, error: &(dyn std::error::Error + 'static)) {
     let code_name = crate::telemetry::metrics::code_name(code);
-    let chain = source_chain(error);
-    match code {
-        Code::Internal
-        | Code::Unavailable
-        | Code::Unknown
-        | Code::DataLoss
-        | Code::ResourceExhausted => {
-            tracing::warn!(code = code_name, error = %chain, "request failed")
-        }
-        _ => tracing::debug!(code = code_name, error = %chain, "request failed"),
-    }
+    crate::errors::log_failure(code_name, crate::errors::is_server_fault(code), error);
 }
 
-/// `error: its source: the source's source…`, each cause once (a wrapper
-/// whose text already ends with its source's is not repeated).
+/// `error: its source: the source's source…` (see [`crate::errors::source_chain`]).
 pub fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        let part = cause.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = cause.source();
-    }
-    text
+    crate::errors::source_chain(error)
 }
 
 /// Parses a URI from a request.

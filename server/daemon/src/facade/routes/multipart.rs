@@ -1,0 +1,257 @@
+//! Multipart uploads (with `facade.writes`): CreateMultipartUpload,
+//! UploadPart, CompleteMultipartUpload, AbortMultipartUpload.
+//!
+//! The backends' uploads take parts in order, one after another; S3
+//! clients send them numbered, several at once, in any order. The facade
+//! keeps each upload's parts that arrived early (in arena memory, charged
+//! to the sending connection's share) until the parts before them are
+//! stored, then stores them in order: UploadPart answers once its part is
+//! stored or queued. Completion needs parts 1..n, each uploaded, listed
+//! in order — what every S3 client sends; a part cannot be replaced once
+//! stored. Uploads still open when the daemon stops are aborted, so no
+//! backend keeps invisible parts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use sluice_storage::{MultipartUpload, ObjectUri, etag_matches};
+
+use super::{Req, Resp, empty, xml};
+use crate::facade::body;
+use crate::facade::error::S3Error;
+use crate::facade::xml::{Xml, complete_parts};
+
+/// Uploads open at once; more get SlowDown until some complete.
+const MAX_UPLOADS: usize = 1024;
+/// S3's highest part number.
+const MAX_PART_NUMBER: u32 = 10_000;
+
+/// The open uploads by id.
+#[derive(Debug, Default)]
+pub(crate) struct Uploads(std::sync::Mutex<HashMap<String, Arc<Upload>>>);
+
+#[derive(Debug)]
+pub(crate) struct Upload {
+    bucket: String,
+    key: String,
+    uri: ObjectUri,
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `None` once completed or aborted.
+    mp: Option<Box<dyn MultipartUpload>>,
+    /// The part number stored next.
+    next: u32,
+    /// Parts that arrived before the ones they follow.
+    pending: BTreeMap<u32, Bytes>,
+    /// The ETag of every part received.
+    etags: BTreeMap<u32, String>,
+    /// Why storing a part failed, if it did: the upload cannot complete.
+    failed: Option<S3Error>,
+}
+
+impl Uploads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Upload>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, req: &Req<'_>) -> Result<Arc<Upload>, S3Error> {
+        let id = req.query.get("uploadId").unwrap_or_default();
+        self.lock()
+            .get(id)
+            .filter(|u| u.bucket == req.bucket && u.key == req.key)
+            .cloned()
+            .ok_or_else(|| no_such_upload(&req.resource))
+    }
+
+    fn remove(&self, req: &Req<'_>) {
+        let id = req.query.get("uploadId").unwrap_or_default();
+        self.lock().remove(id);
+    }
+
+    /// Aborts every open upload.
+    pub(crate) async fn abort_all(&self) {
+        let open: Vec<Arc<Upload>> = self.lock().drain().map(|(_, u)| u).collect();
+        for upload in open {
+            let mp = upload.inner.lock().await.mp.take();
+            if let Some(mp) = mp
+                && let Err(error) = mp.abort().await
+            {
+                tracing::warn!(%error, uri = %upload.uri, "aborting an open facade upload at shutdown failed");
+            }
+        }
+    }
+}
+
+fn no_such_upload(resource: &str) -> S3Error {
+    S3Error::new(
+        "NoSuchUpload",
+        404,
+        "the specified multipart upload does not exist",
+    )
+    .on(resource)
+}
+
+fn upload_id() -> String {
+    let mut id = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+        .expect("the system's random source works");
+    crate::facade::sigv4::hex(&id)
+}
+
+/// CreateMultipartUpload.
+pub(super) async fn create(req: &Req<'_>) -> Result<Resp, S3Error> {
+    let uri = req.uri()?;
+    if req.state.uploads.lock().len() >= MAX_UPLOADS {
+        return Err(S3Error::new(
+            "SlowDown",
+            503,
+            "too many multipart uploads are open; retry later",
+        ));
+    }
+    let storage = req
+        .state
+        .engine
+        .backend(&uri)
+        .map_err(|e| S3Error::read(&e, &req.resource))?;
+    let mp = storage
+        .start_multipart(&uri)
+        .await
+        .map_err(|e| S3Error::storage(&e, &req.resource))?;
+    let id = upload_id();
+    let upload = Upload {
+        bucket: req.bucket.clone(),
+        key: req.key.clone(),
+        uri,
+        inner: tokio::sync::Mutex::new(Inner {
+            mp: Some(mp),
+            next: 1,
+            pending: BTreeMap::new(),
+            etags: BTreeMap::new(),
+            failed: None,
+        }),
+    };
+    req.state
+        .uploads
+        .lock()
+        .insert(id.clone(), Arc::new(upload));
+    let mut x = Xml::new();
+    x.open_s3("InitiateMultipartUploadResult");
+    x.elem("Bucket", &req.bucket);
+    x.elem("Key", &req.key);
+    x.elem("UploadId", &id);
+    x.close("InitiateMultipartUploadResult");
+    Ok(xml(StatusCode::OK, x.finish()))
+}
+
+/// UploadPart.
+pub(super) async fn upload_part(mut req: Req<'_>) -> Result<Resp, S3Error> {
+    let upload = req.state.uploads.get(&req)?;
+    let n: u32 = req
+        .query
+        .get("partNumber")
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+        .ok_or_else(|| {
+            S3Error::invalid_argument("partNumber must be an integer from 1 to 10000")
+        })?;
+    let data = body::read_data(&mut req).await?;
+    let etag = format!("\"{:08x}{:x}\"", crc32fast::hash(&data), data.len());
+    let mut inner = upload.inner.lock().await;
+    let Inner {
+        mp,
+        next,
+        pending,
+        etags,
+        failed,
+    } = &mut *inner;
+    let Some(mp) = mp else {
+        return Err(no_such_upload(&req.resource));
+    };
+    if n < *next {
+        return Err(S3Error::new(
+            "InvalidPart",
+            400,
+            format!("part {n} is already stored; this facade cannot replace a stored part"),
+        ));
+    }
+    pending.insert(n, data);
+    etags.insert(n, etag.clone());
+    while let Some(part) = pending.remove(next) {
+        if let Err(e) = mp.put_part(part).await {
+            let e = S3Error::storage(&e, &req.resource);
+            *failed = Some(e.clone());
+            return Err(e);
+        }
+        *next += 1;
+    }
+    let mut resp = empty(StatusCode::OK);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(http::header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+/// CompleteMultipartUpload.
+pub(super) async fn complete(mut req: Req<'_>) -> Result<Resp, S3Error> {
+    let upload = req.state.uploads.get(&req)?;
+    let body = body::read_small(&mut req).await?;
+    let listed =
+        complete_parts(&body).map_err(|e| S3Error::new("MalformedXML", 400, e.to_string()))?;
+    let mut inner = upload.inner.lock().await;
+    if let Some(e) = &inner.failed {
+        return Err(e.clone());
+    }
+    let in_order = listed
+        .iter()
+        .enumerate()
+        .all(|(i, (n, _))| *n as usize == i + 1);
+    let all_stored = inner.pending.is_empty() && inner.next as usize == listed.len() + 1;
+    let etags_match = listed.iter().all(|(n, etag)| {
+        inner
+            .etags
+            .get(n)
+            .is_some_and(|e| etag.is_empty() || etag_matches(e, etag))
+    });
+    if listed.is_empty() || !in_order || !all_stored || !etags_match {
+        return Err(S3Error::new(
+            "InvalidPart",
+            400,
+            "the parts must be 1..n in order, each uploaded, with the ETags UploadPart answered",
+        )
+        .on(req.resource.clone()));
+    }
+    let mp = inner
+        .mp
+        .take()
+        .ok_or_else(|| no_such_upload(&req.resource))?;
+    req.state.uploads.remove(&req);
+    let done = mp.complete().await;
+    req.state.engine.invalidate(&upload.uri);
+    let meta = done.map_err(|e| S3Error::storage(&e, &req.resource))?;
+    let mut x = Xml::new();
+    x.open_s3("CompleteMultipartUploadResult");
+    x.elem("Location", &req.resource);
+    x.elem("Bucket", &req.bucket);
+    x.elem("Key", &req.key);
+    x.elem("ETag", &super::read::quoted(meta.etag.as_deref()));
+    x.close("CompleteMultipartUploadResult");
+    Ok(xml(StatusCode::OK, x.finish()))
+}
+
+/// AbortMultipartUpload.
+pub(super) async fn abort(req: &Req<'_>) -> Result<Resp, S3Error> {
+    let upload = req.state.uploads.get(req)?;
+    req.state.uploads.remove(req);
+    let mp = upload.inner.lock().await.mp.take();
+    if let Some(mp) = mp {
+        mp.abort()
+            .await
+            .map_err(|e| S3Error::storage(&e, &req.resource))?;
+    }
+    Ok(empty(StatusCode::NO_CONTENT))
+}
