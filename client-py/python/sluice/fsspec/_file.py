@@ -79,9 +79,11 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
                 self._whole = whole
                 return _slice(whole, start, end)
             with whole:
-                return _slice(whole, start, end)
+                data = _slice(whole, start, end)
+            return data
         with client.get(self.uri, start, end - start) as buf:
-            return bytes(buf)
+            data = bytes(buf)
+        return data
 
     def close(self) -> None:
         if self._whole is not None:
@@ -147,7 +149,7 @@ class SluiceFile(AbstractBufferedFile):  # type: ignore[misc]
         # stream.
         with contextlib.suppress(SluiceError):
             self._drop()
-        self.buffer = None
+        self.buffer = io.BytesIO()  # what it held is dropped
         self.closed = True
 
 

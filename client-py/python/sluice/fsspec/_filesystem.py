@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.utils import isfilelike
 
-from .. import Buffer, Client, NotFoundError, Writer
+from .. import Client, NotFoundError, Writer
 from . import _errors, _paths
 from ._errors import translating
 from ._file import SluiceFile
@@ -185,18 +185,19 @@ class SluiceFileSystem(ObjectStoreListing):
             out[p] = value
         return out
 
-    def _pieces(self, uri: str, size: int) -> Iterator[Buffer]:
+    def _pieces(self, uri: str, size: int) -> Iterator[memoryview]:
         """The object ``uri`` of ``size`` bytes: whole when it may be
-        cached, else in ``blocksize`` ranges, ``window`` in flight."""
+        cached, else in ``blocksize`` ranges, ``window`` in flight. Each
+        piece is valid until the next is asked for."""
         if size <= self.whole_read_limit:
-            with self.client.get(uri) as buf:
-                yield buf
+            with self.client.get(uri) as buf, memoryview(buf) as view:
+                yield view
             return
         step = self.blocksize
         items = [(uri, at, min(step, size - at)) for at in range(0, size, step)]
         for _, buf in self.client.get_many(items, ordered=True, window=self.window):
-            with buf:
-                yield buf
+            with buf, memoryview(buf) as view:
+                yield view
 
     @translating
     def get_file(
@@ -223,9 +224,9 @@ class SluiceFileSystem(ObjectStoreListing):
 
     def _copy_out(self, info: Info, out: Any, callback: Callback) -> None:
         callback.set_size(info["size"])
-        for buf in self._pieces(info["uri"], info["size"]):
-            out.write(buf)
-            callback.relative_update(len(buf))
+        for piece in self._pieces(info["uri"], info["size"]):
+            out.write(piece)
+            callback.relative_update(len(piece))
 
     # Writes.
 
@@ -275,12 +276,12 @@ class SluiceFileSystem(ObjectStoreListing):
         if info["type"] == "directory":
             return
         if info["size"] <= self.blocksize and not self._intrans:
-            with self.client.get(info["uri"]) as buf:
-                self.client.put(self._uri(path2), buf)
+            with self.client.get(info["uri"]) as buf, memoryview(buf) as view:
+                self.client.put(self._uri(path2), view)
             return
         with self._sink(path2) as writer:
-            for buf in self._pieces(info["uri"], info["size"]):
-                writer.write(buf)
+            for piece in self._pieces(info["uri"], info["size"]):
+                writer.write(piece)
 
     def _sink(self, path: str) -> Union[Writer, SluiceFile]:
         """Where a streamed write of ``path`` goes: a writer, or in a

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 from fsspec.spec import AbstractFileSystem
 
@@ -131,6 +131,8 @@ class ObjectStoreListing(AbstractFileSystem):  # type: ignore[misc]
         prefix = _paths.to_prefix(path)
         out: dict[str, Info] = {}
         for meta in self.client.list(prefix, recursive=True):
+            if isinstance(meta, str):
+                continue  # recursive listings have no prefixes
             name = _paths.relative(prefix, meta.uri, path)
             out[name] = self._file_info(meta, name)
             if withdirs:
@@ -161,8 +163,7 @@ class ObjectStoreListing(AbstractFileSystem):  # type: ignore[misc]
         withdirs: bool = False,
         **kwargs: Any,
     ) -> Union[int, dict[str, int]]:
-        found = self.find(path, maxdepth=maxdepth, withdirs=withdirs, detail=True)
-        assert isinstance(found, dict)
+        found = cast(dict[str, Info], self.find(path, maxdepth, withdirs, detail=True))
         sizes = {name: int(info["size"]) for name, info in found.items()}
         return sum(sizes.values()) if total else sizes
 
@@ -178,9 +179,11 @@ class ObjectStoreListing(AbstractFileSystem):  # type: ignore[misc]
         info = self.info(path)
         if info["type"] != "file":
             raise _errors.is_a_directory(self._strip_protocol(path))
-        identity = info["etag"] or info["version"] or f"{info['size']}-{info['mtime']}"
-        key = f"{info['uri']}\0{identity}\0{info['version'] or ''}"
-        return hashlib.sha256(key.encode()).hexdigest()
+        if info["etag"] or info["version"]:
+            identity = (info["etag"], info["version"] or "")
+        else:
+            identity = (str(info["size"]), str(info["mtime"]))
+        return hashlib.sha256("\0".join((info["uri"], *identity)).encode()).hexdigest()
 
     def checksum(self, path: str) -> int:
         return int(self.ukey(path), 16)

@@ -54,7 +54,8 @@ def read_range(client: Client, what: Range) -> bytes:
             return b""
         raise
     with buf:
-        return bytes(buf)
+        data = bytes(buf)
+    return data
 
 
 def fetch_ranges(
