@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
-import threading
 from collections import Counter
-from typing import Any
 
 import pytest
 
@@ -17,35 +15,18 @@ import sluice
 from conftest import Daemon, Files
 from sluice import _crc32c, tfrecord
 from sluice.tfrecord import TFRecordError
-from tfrecords import MiB, TFRecordWriter, records_of, reference_index, write_examples, write_raw
+from tfrecords import (
+    CountingClient,
+    MiB,
+    TFRecordWriter,
+    records_of,
+    reference_index,
+    write_examples,
+    write_raw,
+)
 
 #: Smaller than most records: every header and record crosses windows.
 TINY_WINDOW = 100
-
-
-class CountingClient(sluice.Client):
-    """A client that counts its calls of ``get`` and ``get_many``, the
-    length of each ``get`` and the items of each ``get_many``."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(address)
-        self.calls: Counter[str] = Counter()
-        self.batches: list[int] = []
-        self.lengths: list[int | None] = []
-        self._lock = threading.Lock()  # indexes are built on threads
-
-    def get(self, uri: str, offset: Any = None, length: Any = None) -> sluice.Buffer:
-        with self._lock:
-            self.calls["get"] += 1
-            self.lengths.append(length)
-        return super().get(uri, offset, length)
-
-    def get_many(self, items: Any, *args: Any, **kwargs: Any) -> Any:
-        items = list(items)
-        with self._lock:
-            self.calls["get_many"] += 1
-            self.batches.append(len(items))
-        return super().get_many(items, *args, **kwargs)
 
 
 class TFRecordFiles:

@@ -17,8 +17,7 @@ import sluice  # noqa: E402
 from conftest import Daemon, Files  # noqa: E402
 from sluice import tfrecord  # noqa: E402
 from sluice.torch import SluiceTFRecordDataset  # noqa: E402
-from test_tfrecord import CountingClient  # noqa: E402
-from tfrecords import records_of, write_examples  # noqa: E402
+from tfrecords import CountingClient, records_of, write_examples  # noqa: E402
 from torch_helpers import loader  # noqa: E402
 
 START_METHODS = ["fork", "spawn"]

@@ -1,13 +1,19 @@
 """TFRecord files for the tests, written by the ``tfrecord`` package's
-writer and read back by its reader and indexer (no TensorFlow)."""
+writer and read back by its reader and indexer (no TensorFlow), and a client
+that counts its reads."""
 
 from __future__ import annotations
 
 import pathlib
 import random
 import struct
+import threading
+from collections import Counter
+from typing import Any
 
 import pytest
+
+import sluice
 
 tfrecord = pytest.importorskip("tfrecord")
 
@@ -63,3 +69,28 @@ def reference_index(path: pathlib.Path) -> bytes:
         return out.read_bytes()
     finally:
         out.unlink()
+
+
+class CountingClient(sluice.Client):
+    """A client that counts its calls of ``get`` and ``get_many``, the
+    length of each ``get`` and the items of each ``get_many``."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.calls: Counter[str] = Counter()
+        self.batches: list[int] = []
+        self.lengths: list[int | None] = []
+        self._lock = threading.Lock()  # indexes are built on threads
+
+    def get(self, uri: str, offset: Any = None, length: Any = None) -> sluice.Buffer:
+        with self._lock:
+            self.calls["get"] += 1
+            self.lengths.append(length)
+        return super().get(uri, offset, length)
+
+    def get_many(self, items: Any, *args: Any, **kwargs: Any) -> Any:
+        items = list(items)
+        with self._lock:
+            self.calls["get_many"] += 1
+            self.batches.append(len(items))
+        return super().get_many(items, *args, **kwargs)
