@@ -130,8 +130,8 @@ def test_options_and_pickling(daemon: Daemon, files: Files) -> None:
     for clash in ({"address": daemon.address}, {"token_file": "/run/token"}):
         with pytest.raises(ValueError, match="not both"):
             SluiceFileSystem(client=client, skip_instance_cache=True, **clash)
-    with pytest.raises(TypeError, match="adress"):
-        SluiceFileSystem(adress=daemon.address, skip_instance_cache=True)
+    # Options of other layers pass (Hugging Face datasets adds {"hf": ...}).
+    SluiceFileSystem(daemon.address, hf={"token": None}, skip_instance_cache=True)
     tcp = SluiceFileSystem(daemon.tcp_address, skip_instance_cache=True)
     _, data = files.make("p.bin", 2000)
     again = pickle.loads(pickle.dumps(tcp))
@@ -513,8 +513,8 @@ def test_put_cp_and_keys(
 
 @pytest.fixture
 def frame() -> Any:
-    pd = pytest.importorskip("pandas", reason="pandas is what these tests drive")
-    pytest.importorskip("pyarrow", reason="pandas reads and writes Parquet with pyarrow")
+    pd = pytest.importorskip("pandas", reason="drives pandas: pip install pandas pyarrow")
+    pytest.importorskip("pyarrow", reason="pandas reads and writes Parquet with pyarrow: pip install pyarrow")
     rows = 20_000
     return pd.DataFrame(
         {
@@ -586,3 +586,19 @@ def test_pyarrow_dataset_and_parquet(frame: Any, counting: CountingClient, files
     ) as f:
         assert pq.read_table(f, columns=["i"]).equals(parts[0].select(["i"]))
     assert counting.calls == Counter(get_many=2)
+
+
+def test_hugging_face_datasets(frame: Any, daemon: Daemon, files: Files, tmp_path: Any) -> None:
+    datasets = pytest.importorskip("datasets", reason="drives Hugging Face datasets: pip install datasets")
+    top = f"sluice://{fs_dir(files)}"
+    options = {"address": daemon.address}
+    for n in range(2):
+        frame[n::2].to_parquet(f"{top}/train-{n}.parquet", storage_options=options)
+    source = {"data_files": f"{top}/train-*.parquet", "storage_options": options}
+    loaded = datasets.load_dataset("parquet", split="train", cache_dir=str(tmp_path), **source)
+    assert sorted(loaded["i"]) == list(frame["i"])
+    streamed = datasets.load_dataset("parquet", split="train", streaming=True, **source)
+    assert sorted(row["i"] for row in streamed) == list(frame["i"])
+    loaded.to_parquet(f"{top}/out.parquet", storage_options=options)
+    written = datasets.Dataset.from_parquet(str(files.dir / "out.parquet"), cache_dir=str(tmp_path))
+    assert written["s"] == loaded["s"]

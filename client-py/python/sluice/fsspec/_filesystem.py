@@ -40,12 +40,6 @@ DEFAULT_WHOLE_READ_LIMIT = 64 * MiB
 #: Reads in flight for ``cat_ranges``, ``cat`` and large ``get_file``.
 DEFAULT_WINDOW = 16
 
-#: Options every fsspec filesystem takes; any other option that is not one
-#: of ours is a mistake (a misspelt ``address`` would otherwise be ignored).
-_FSSPEC_OPTIONS = frozenset(
-    {"use_listings_cache", "listings_expiry_time", "max_paths", "asynchronous", "loop"}
-)
-
 
 class SluiceFileSystem(ObjectStoreListing):
     """fsspec access to everything the node's sluice daemon serves, through
@@ -80,9 +74,8 @@ class SluiceFileSystem(ObjectStoreListing):
         window: int = DEFAULT_WINDOW,
         **kwargs: Any,
     ) -> None:
-        unknown = sorted(set(kwargs) - _FSSPEC_OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown option(s) of the sluice filesystem: {', '.join(unknown)}")
+        # Other options go to fsspec, which ignores what it does not know:
+        # callers add their own (Hugging Face datasets passes its "hf").
         super().__init__(**kwargs)
         if client is None:
             client = Client(
