@@ -514,7 +514,7 @@ def test_put_cp_and_keys(
 @pytest.fixture
 def frame() -> Any:
     pd = pytest.importorskip("pandas", reason="drives pandas: pip install pandas pyarrow")
-    pytest.importorskip("pyarrow", reason="pandas reads and writes Parquet with pyarrow: pip install pyarrow")
+    pytest.importorskip("pyarrow", reason="pandas reads Parquet with it: pip install pyarrow")
     rows = 20_000
     return pd.DataFrame(
         {
