@@ -589,7 +589,7 @@ def test_pyarrow_dataset_and_parquet(frame: Any, counting: CountingClient, files
 
 
 def test_hugging_face_datasets(frame: Any, daemon: Daemon, files: Files, tmp_path: Any) -> None:
-    datasets = pytest.importorskip("datasets", reason="drives Hugging Face datasets: pip install datasets")
+    datasets = pytest.importorskip("datasets", reason="drives HF datasets: pip install datasets")
     top = f"sluice://{fs_dir(files)}"
     options = {"address": daemon.address}
     for n in range(2):
