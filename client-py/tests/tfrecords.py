@@ -79,7 +79,7 @@ class CountingClient(sluice.Client):
         super().__init__(address)
         self.calls: Counter[str] = Counter()
         self.batches: list[int] = []
-        self.lengths: list[int | None] = []
+        self.lengths: list[int] = []
         self._lock = threading.Lock()  # indexes are built on threads
 
     def get(self, uri: str, offset: Any = None, length: Any = None) -> sluice.Buffer:

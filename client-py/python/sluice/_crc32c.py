@@ -20,10 +20,9 @@ checked in pieces.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from typing import Union
+from typing import Protocol, Union
 
-__all__ = ["IMPLEMENTATION", "crc32c", "masked", "python_crc32c"]
+__all__ = ["IMPLEMENTATION", "Crc32c", "crc32c", "masked", "python_crc32c"]
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
@@ -46,7 +45,7 @@ def _table() -> list[int]:
 _TABLE = _table()
 
 
-def python_crc32c(data: BytesLike, crc: int = 0) -> int:
+def python_crc32c(data: BytesLike, crc: int = 0, /) -> int:
     """CRC-32C of ``data`` following ``crc``, in pure Python."""
     table = _TABLE
     crc ^= 0xFFFFFFFF
@@ -55,7 +54,13 @@ def python_crc32c(data: BytesLike, crc: int = 0) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _native() -> tuple[str, Callable[[BytesLike, int], int]]:
+class Crc32c(Protocol):
+    """``crc32c(data, crc=0)``: the CRC-32C of ``data`` following ``crc``."""
+
+    def __call__(self, data: BytesLike, crc: int = 0, /) -> int: ...
+
+
+def _native() -> tuple[str, Crc32c]:
     with warnings.catch_warnings():
         # Either package may warn that it runs without hardware support.
         warnings.simplefilter("ignore")
@@ -64,19 +69,28 @@ def _native() -> tuple[str, Callable[[BytesLike, int], int]]:
         except ImportError:
             pass
         else:
-            return "crc32c", lambda data, crc=0: package.crc32c(data, value=crc)
+
+            def hardware(data: BytesLike, crc: int = 0, /) -> int:
+                return int(package.crc32c(data, value=crc))
+
+            return "crc32c", hardware
         try:
-            from google_crc32c import cext  # type: ignore[import-not-found]
+            import google_crc32c
         except ImportError:
             pass
         else:
-            return "google-crc32c", lambda data, crc=0: cext.extend(crc, bytes(data))
+            if google_crc32c.implementation == "c":
+
+                def google(data: BytesLike, crc: int = 0, /) -> int:
+                    return int(google_crc32c.extend(crc, bytes(data)))
+
+                return "google-crc32c", google
     return "python", python_crc32c
 
 
 #: The implementation in use: ``"crc32c"``, ``"google-crc32c"`` or ``"python"``.
 IMPLEMENTATION: str
-crc32c: Callable[..., int]
+crc32c: Crc32c
 IMPLEMENTATION, crc32c = _native()
 
 

@@ -103,8 +103,9 @@ TFRecordError.__module__ = "sluice.tfrecord"
 
 def _check_header(header: bytes, uri: str, offset: int) -> int:
     """The record length of the header at ``offset``, its CRC checked."""
-    (length,) = struct.unpack_from("<Q", header)
-    (stored,) = struct.unpack_from("<I", header, 8)
+    length: int
+    stored: int
+    length, stored = struct.unpack_from("<QI", header)
     if masked(crc32c(header[:8])) != stored:
         raise TFRecordError(
             f"{uri}: corrupt record header at offset {offset} (length CRC mismatch)", uri, offset
@@ -246,7 +247,8 @@ def parse_index(text: bytes, uri: str = "<index>") -> Index:
 def load_index(client: Client, idx_uri: str) -> Index:
     """Reads and parses the index object ``idx_uri``."""
     with client.get(idx_uri) as buffer:
-        return parse_index(bytes(buffer), idx_uri)
+        text = bytes(buffer)
+    return parse_index(text, idx_uri)
 
 
 def write_index(
@@ -294,9 +296,10 @@ def record_data(
     """The data of the record read as ``buffer`` (``size`` bytes at
     ``offset`` of ``uri``): a view without its framing, checked against the
     index and, with ``verify_crc``, its CRC."""
+    view = memoryview(buffer)
     # Released on the way out (the slice returned keeps the bytes mapped),
     # so that an error leaves nothing that keeps the buffer from closing.
-    with memoryview(buffer) as view:
+    try:
         if len(view) != size:
             raise TFRecordError(
                 f"{uri}: the index has a record of {size} bytes at offset {offset}, "
@@ -316,6 +319,8 @@ def record_data(
             with view[_HEADER : _HEADER + length] as data:
                 _check_data(crc32c(data), bytes(view[size - 4 :]), uri, offset)
         return view[_HEADER : _HEADER + length]
+    finally:
+        view.release()
 
 
 def read_records(

@@ -39,8 +39,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 from array import array
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, cast
 
 from . import Buffer, Client, Item
 from .tfrecord import INDEX_SUFFIX, Index, load_indexes, record_data
@@ -54,7 +54,10 @@ from .torch import (
     _sample,
 )
 
-__all__ = ["SluiceTFRecordDataset"]
+__all__ = ["RecordTransform", "SluiceTFRecordDataset"]
+
+#: A transform of a record's data, a memoryview over the daemon's shared memory.
+RecordTransform = Callable[[memoryview], Any]
 
 
 class _Records:
@@ -131,7 +134,7 @@ class SluiceTFRecordDataset(SluiceIterableDataset):
         source: Source,
         shuffle: bool = True,
         seed: int = 0,
-        transform: Optional[Any] = None,
+        transform: Optional[RecordTransform] = None,
         client: Optional[Client] = None,
         prefetch: int = DEFAULT_PREFETCH,
         *,
@@ -149,7 +152,7 @@ class SluiceTFRecordDataset(SluiceIterableDataset):
             source,
             shuffle,
             seed,
-            transform,
+            cast(Any, transform),  # called with a memoryview: see _make_sample
             client,
             prefetch,
             rank=rank,
@@ -182,6 +185,7 @@ class SluiceTFRecordDataset(SluiceIterableDataset):
         return self._objects.records().items(indices, self._objects.uris())
 
     def _make_sample(self, item: Item, buffer: Buffer) -> Any:
+        assert isinstance(item, tuple)  # from _items: (uri, offset, size)
         uri, offset, size = item
         assert offset is not None and size is not None
         verify = self.verify_crc
@@ -191,5 +195,5 @@ class SluiceTFRecordDataset(SluiceIterableDataset):
                     return bytes(data)
             finally:
                 _release(buffer)
-        transform = self.transform
+        transform = cast(RecordTransform, self.transform)
         return _sample(buffer, lambda b: transform(record_data(b, uri, offset, size, verify)))
