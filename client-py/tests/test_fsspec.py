@@ -407,6 +407,14 @@ def test_get_file_small_and_large(
     assert (tmp_path / "s.bin").read_bytes() == small
     assert (tmp_path / "sub" / "l.bin").read_bytes() == large and sizes == [len(large)]
 
+    class Failing(fsspec.callbacks.Callback):
+        def relative_update(self, inc: int = 1) -> None:
+            raise KeyboardInterrupt  # stopped after the first block
+
+    with pytest.raises(KeyboardInterrupt):
+        fs.get_file(f"{fs_dir(files)}/l.bin", str(tmp_path / "half.bin"), callback=Failing())
+    assert not (tmp_path / "half.bin").exists()
+
 
 # Writes.
 

@@ -208,12 +208,16 @@ class SluiceFileSystem(ObjectStoreListing):
             if outfile is None:
                 os.makedirs(lpath, exist_ok=True)
             return
-        if outfile is None:
-            os.makedirs(os.path.dirname(os.path.abspath(lpath)), exist_ok=True)
+        if outfile is not None:
+            self._copy_out(info, outfile, callback)
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(lpath)), exist_ok=True)
+        try:
             with open(lpath, "wb") as local:
                 self._copy_out(info, local, callback)
-        else:
-            self._copy_out(info, outfile, callback)
+        except BaseException:
+            os.unlink(lpath)  # no half-copied file
+            raise
 
     def _copy_out(self, info: Info, out: Any, callback: Callback) -> None:
         callback.set_size(info["size"])
