@@ -127,7 +127,8 @@ def test_options_and_pickling(daemon: Daemon, files: Files) -> None:
     client = sluice.Client(daemon.address)
     fs = SluiceFileSystem(client=client, block_size=MiB, window=4, skip_instance_cache=True)
     assert fs.client is client and fs.blocksize == MiB and fs.window == 4
-    for clash in ({"address": daemon.address}, {"token_file": "/run/token"}):
+    clashes: list[dict[str, Any]] = [{"address": daemon.address}, {"token_file": "/run/x"}]
+    for clash in clashes:
         with pytest.raises(ValueError, match="not both"):
             SluiceFileSystem(client=client, skip_instance_cache=True, **clash)
     # Options of other layers pass (Hugging Face datasets adds {"hf": ...}).
@@ -247,9 +248,9 @@ def test_errors_name_what_failed(fs: SluiceFileSystem, files: Files, tmp_path: A
         fs.open(f"{top}/none.bin")
     with pytest.raises(FileNotFoundError, match="none.bin"):
         fs.cat_file(f"{top}/none.bin")
-    with pytest.raises(IsADirectoryError) as caught:
+    with pytest.raises(IsADirectoryError) as directory:
         fs.open(f"{top}/d")
-    assert caught.value.filename == f"sluice://{top}/d"
+    assert directory.value.filename == f"sluice://{top}/d"
     with pytest.raises(NotImplementedError, match="appended"):
         fs.open(f"{top}/a.txt", "ab")
     with pytest.raises(PermissionError, match="outside"):
@@ -266,11 +267,11 @@ def test_errors_name_what_failed(fs: SluiceFileSystem, files: Files, tmp_path: A
 
 
 def test_errors_without_a_builtin_base_become_os_errors() -> None:
-    limit = sluice.ResourceExhaustedError("piece larger than the lease quota")
-    assert isinstance(as_os_error(limit), OSError)
-    assert as_os_error(limit).errno == errno.EAGAIN
+    limit = as_os_error(sluice.ResourceExhaustedError("piece larger than the lease quota"))
+    assert isinstance(limit, OSError) and limit.errno == errno.EAGAIN
     changed = as_os_error(sluice.AbortedError("file:///x changed"))
-    assert changed.errno == errno.ESTALE and "file:///x changed" in str(changed)
+    assert isinstance(changed, OSError) and changed.errno == errno.ESTALE
+    assert "file:///x changed" in str(changed)
     missing = sluice.NotFoundError("file:///x")
     assert as_os_error(missing) is missing  # already a FileNotFoundError
 
@@ -398,7 +399,7 @@ def test_get_file_small_and_large(
     assert counting.calls == Counter(get=1)  # whole: the daemon caches it
     sizes = []
 
-    class Progress(fsspec.callbacks.Callback):
+    class Progress(fsspec.callbacks.Callback):  # type: ignore[misc]
         def set_size(self, size: int) -> None:
             sizes.append(size)
 
@@ -407,7 +408,7 @@ def test_get_file_small_and_large(
     assert (tmp_path / "s.bin").read_bytes() == small
     assert (tmp_path / "sub" / "l.bin").read_bytes() == large and sizes == [len(large)]
 
-    class Failing(fsspec.callbacks.Callback):
+    class Failing(fsspec.callbacks.Callback):  # type: ignore[misc]
         def relative_update(self, inc: int = 1) -> None:
             raise KeyboardInterrupt  # stopped after the first block
 

@@ -17,7 +17,7 @@ import errno
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 from .._types import SluiceError
 from . import _paths
@@ -32,7 +32,7 @@ _ERRNO = {
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def as_os_error(error: SluiceError) -> BaseException:
+def as_os_error(error: SluiceError) -> Union[OSError, ValueError]:
     """``error`` itself when it is already an ``OSError`` or ``ValueError``,
     else an ``OSError`` carrying its message."""
     if isinstance(error, (OSError, ValueError)):
@@ -49,10 +49,9 @@ def translating(method: F) -> F:
         try:
             return method(*args, **kwargs)
         except SluiceError as error:
-            converted = as_os_error(error)
-            if converted is error:
+            if isinstance(error, (OSError, ValueError)):
                 raise
-            raise converted from error
+            raise as_os_error(error) from error
 
     return wrapper  # type: ignore[return-value]
 

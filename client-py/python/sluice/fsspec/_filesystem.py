@@ -16,7 +16,7 @@ Files opened for reading and writing: see :mod:`sluice.fsspec._file`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
@@ -124,8 +124,8 @@ class SluiceFileSystem(ObjectStoreListing):
     def cat_ranges(
         self,
         paths: list[str],
-        starts: Union[int, None, list[Optional[int]]],
-        ends: Union[int, None, list[Optional[int]]],
+        starts: Union[Optional[int], Sequence[Optional[int]]],
+        ends: Union[Optional[int], Sequence[Optional[int]]],
         max_gap: Optional[int] = None,
         on_error: str = "return",
         **kwargs: Any,
@@ -134,12 +134,10 @@ class SluiceFileSystem(ObjectStoreListing):
         and not needed: nothing is merged, the daemon reads each range."""
         if not isinstance(paths, list):
             raise TypeError("paths must be a list")
-        count = len(paths)
-        starts = starts if isinstance(starts, list) else [starts] * count
-        ends = ends if isinstance(ends, list) else [ends] * count
-        if len(starts) != count or len(ends) != count:
+        firsts, lasts = _per_path(starts, len(paths)), _per_path(ends, len(paths))
+        if len(firsts) != len(paths) or len(lasts) != len(paths):
             raise ValueError("paths, starts and ends differ in length")
-        ranges = [self._range(p, s, e) for p, s, e in zip(paths, starts, ends, strict=True)]
+        ranges = [self._range(p, s, e) for p, s, e in zip(paths, firsts, lasts, strict=True)]
         out = fetch_ranges(self.client, ranges, self.window)
         if on_error != "return":
             for data in out:
@@ -351,3 +349,12 @@ class SluiceFileSystem(ObjectStoreListing):
         if details is not None:
             file.details = details
         return file
+
+
+def _per_path(
+    value: Union[Optional[int], Sequence[Optional[int]]], count: int
+) -> list[Optional[int]]:
+    """One offset for every path, or the list given."""
+    if value is None or isinstance(value, int):
+        return [value] * count
+    return list(value)
