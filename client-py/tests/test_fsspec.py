@@ -8,6 +8,7 @@ import errno
 import math
 import os
 import pickle
+import threading
 from collections import Counter
 from typing import Any
 
@@ -121,6 +122,18 @@ def test_address_from_the_environment(
     assert fs.client.address == daemon.address
     files.make("e.bin", 3)
     assert fs.size(f"{fs_dir(files)}/e.bin") == 3
+
+
+def test_filesystems_of_one_daemon_share_a_client(daemon: Daemon) -> None:
+    """fsspec keeps a filesystem per thread; one client (one session) serves
+    them all."""
+    made: list[SluiceFileSystem] = []
+    thread = threading.Thread(target=lambda: made.append(SluiceFileSystem(daemon.address)))
+    thread.start()
+    thread.join()
+    here = SluiceFileSystem(daemon.address)
+    assert made[0] is not here and made[0].client is here.client
+    assert SluiceFileSystem(daemon.tcp_address).client is not here.client
 
 
 def test_options_and_pickling(daemon: Daemon, files: Files) -> None:

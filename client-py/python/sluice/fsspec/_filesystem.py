@@ -16,13 +16,14 @@ Files opened for reading and writing: see :mod:`sluice.fsspec._file`.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.utils import isfilelike
 
-from .. import Client, NotFoundError, Writer
+from .. import Client, NotFoundError, Writer, default_address
 from . import _errors, _paths
 from ._errors import translating
 from ._file import SluiceFile
@@ -78,7 +79,7 @@ class SluiceFileSystem(ObjectStoreListing):
         # callers add their own (Hugging Face datasets passes its "hf").
         super().__init__(**kwargs)
         if client is None:
-            client = Client(
+            client = _shared_client(
                 address,
                 ca_file=ca_file,
                 token=token,
@@ -349,6 +350,23 @@ class SluiceFileSystem(ObjectStoreListing):
         if details is not None:
             file.details = details
         return file
+
+
+_clients: dict[tuple[Optional[str], ...], Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _shared_client(address: Optional[str], **credentials: Any) -> Client:
+    """One client per daemon address and credentials in a process. fsspec
+    keeps a filesystem per thread, and each client would open a session of
+    its own (a connection, and a lease quota) on its first read."""
+    address = address or default_address()
+    key = (address, *(None if v is None else os.fspath(v) for v in credentials.values()))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = Client(address, **credentials)
+    return client
 
 
 def _per_path(
