@@ -22,6 +22,7 @@ pub struct TestDaemon {
     socket: PathBuf,
     http: Option<SocketAddr>,
     tcp: Option<SocketAddr>,
+    facade: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -66,6 +67,7 @@ impl TestDaemon {
             socket: addrs.socket,
             http: addrs.http,
             tcp: addrs.tcp,
+            facade: addrs.facade.tcp,
             stop: Some(tx),
             task: Some(task),
         }
@@ -99,6 +101,11 @@ impl TestDaemon {
     /// The gRPC TCP address, if configured.
     pub fn tcp(&self) -> Option<SocketAddr> {
         self.tcp
+    }
+
+    /// The S3 facade's TCP address, if configured.
+    pub fn facade(&self) -> SocketAddr {
+        self.facade.expect("facade.listen configured")
     }
 
     /// Bytes leased to clients now (`sluice_session_leased_bytes`).

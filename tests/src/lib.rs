@@ -3,6 +3,7 @@
 pub mod azurite;
 pub mod certs;
 pub mod daemon;
+pub mod facade;
 pub mod faultproxy;
 pub mod gcsserver;
 pub mod grpc;

@@ -45,7 +45,7 @@ enum State {
 pub struct Decoder {
     state: State,
     line: Vec<u8>,
-    signer: Option<ChunkSigner>,
+    signer: Option<Box<ChunkSigner>>,
     /// The signature the current chunk's header announced.
     chunk_signature: String,
     chunk_hash: Option<digest::Context>,
@@ -77,7 +77,7 @@ fn bad_signature() -> S3Error {
 
 impl Decoder {
     /// A decoder that checks chunk signatures with `signer`, when given.
-    pub fn new(signer: Option<ChunkSigner>) -> Self {
+    pub fn new(signer: Option<Box<ChunkSigner>>) -> Self {
         Decoder {
             state: State::Header,
             line: Vec::new(),
@@ -267,7 +267,7 @@ pub enum Checksum {
     /// `x-amz-checksum-crc32`.
     Crc32(crc32fast::Hasher, Option<String>),
     /// `x-amz-checksum-sha256`.
-    Sha256(digest::Context, Option<String>),
+    Sha256(Box<digest::Context>, Option<String>),
 }
 
 impl std::fmt::Debug for Checksum {
@@ -301,7 +301,7 @@ impl Checksum {
         }
         wants("x-amz-checksum-sha256").map(|v| {
             Checksum::Sha256(
-                digest::Context::new(&digest::SHA256),
+                Box::new(digest::Context::new(&digest::SHA256)),
                 Some(v).filter(|v| !v.is_empty()),
             )
         })

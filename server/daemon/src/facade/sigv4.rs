@@ -115,7 +115,7 @@ pub enum PayloadCheck {
     /// set (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]`).
     Chunked {
         /// Chains the chunk signatures, from the request's own.
-        signer: Option<ChunkSigner>,
+        signer: Option<Box<ChunkSigner>>,
     },
 }
 
@@ -272,12 +272,12 @@ impl Verifier {
             "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => PayloadCheck::Chunked { signer: None },
             "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" | "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" => {
                 PayloadCheck::Chunked {
-                    signer: Some(ChunkSigner {
+                    signer: Some(Box::new(ChunkSigner {
                         key: signing,
                         amz_date: auth.amz_date.clone(),
                         scope,
                         previous: want,
-                    }),
+                    })),
                 }
             }
             h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {

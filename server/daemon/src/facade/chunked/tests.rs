@@ -17,7 +17,7 @@ const CHUNK2: &str = "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503
 const LAST: &str = "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9";
 
 /// The example request's signer, from its seed signature.
-fn signer() -> ChunkSigner {
+fn signer() -> Box<ChunkSigner> {
     let keys = Keys::new(vec![FacadeKey {
         access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
         secret_access_key: sluice_storage::s3::Secret::new(
