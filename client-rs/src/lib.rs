@@ -45,6 +45,8 @@
 //! chunked uploads, `list` the paged listings, `session` the pipelined
 //! [`Session`] with shared-memory [`Lease`]s, `transport` the channel whose
 //! connection failures name the daemon, and `error` the one [`Error`] type.
+//! [`tfrecord`] frames TFRecord files and indexes them in bounded memory
+//! (`sluice tfrecord index`, `sluice gen --format tfrecord`).
 //!
 //! # When the daemon stops or restarts
 //!
@@ -68,6 +70,7 @@ mod pool;
 mod read;
 mod read_many;
 mod session;
+pub mod tfrecord;
 pub mod trace;
 mod transport;
 mod upload_memory;
