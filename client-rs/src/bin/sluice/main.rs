@@ -1,13 +1,15 @@
 //! `sluice`: the command-line client of the sluice daemon.
 //!
 //! This file only declares the command line and dispatches; the commands
-//! live in `commands.rs`, `bench.rs` and `oplog.rs`, on top of the
-//! `sluice_client` library.
+//! live in `commands.rs`, `bench.rs`, `generate.rs`, `oplog.rs` and
+//! `tfrecord.rs`, on top of the `sluice_client` library.
 
 mod bench;
 mod commands;
+mod generate;
 mod oplog;
 mod progress;
+mod tfrecord;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -145,6 +147,11 @@ enum Command {
     /// Summarize or replay the daemon's operation log (warp's format).
     #[command(subcommand)]
     Oplog(oplog::OplogCommand),
+    /// Write a synthetic dataset (raw, npy, npz or tfrecord) under a prefix.
+    Gen(generate::GenArgs),
+    /// TFRecord files: build DALI-style indexes.
+    #[command(subcommand)]
+    Tfrecord(tfrecord::TfrecordCommand),
 }
 
 #[tokio::main]
@@ -234,6 +241,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => commands::warm(&client, &prefix.unwrap_or_default(), concurrency).await,
         Command::Evict { prefix } => commands::evict(&client, &prefix).await,
         Command::Stats { watch } => commands::stats(&client, watch).await,
+        Command::Gen(args) => generate::run(&client, &args).await,
+        Command::Tfrecord(command) => tfrecord::run(&client, &command).await,
         Command::Oplog(_) => unreachable!("handled above"),
     }
 }
