@@ -99,6 +99,24 @@ step "python client: install"
 "${pip[@]}" install --quiet "maturin==1.16.0" "pytest==8.4.2" "pytest-timeout==2.4.0" "numpy==2.2.6"
 # For sluice.torch: PyPI's torch is the CUDA build (~0.5 GB, once per machine), fine on CPU.
 "${pip[@]}" install --quiet "torch==2.15.0" "torchdata==0.11.0"
+# sluice.fsspec and what reads through it; sluice.tfrecord against the
+# tfrecord package's writer, reader and indexer (no TensorFlow).
+"${pip[@]}" install --quiet "fsspec==2026.9.0" "pandas==3.1.1" "pyarrow==26.0.1" \
+  "tfrecord==1.14.6" "crc32c==2.9.post0" "protobuf==7.36.2"
+# S3 clients pointed at the daemon's S3-compatible facade. The aws cli pins
+# a botocore that s3fs's aiobotocore does not accept: it gets a venv of its
+# own, once per machine.
+"${pip[@]}" install --quiet "boto3==1.43.11" "botocore==1.43.117" "aiobotocore==3.10.0" \
+  "s3fs==2026.9.0" "obstore==0.12.1" "s3torchconnector==1.5.0"
+if [ -z "${AWS_CLI_BIN:-}" ]; then
+  AWS_CLI_BIN="$tools/awscli/bin/aws"
+  if [ ! -x "$AWS_CLI_BIN" ]; then
+    step "installing the aws cli 1.46.3 (in its own venv)"
+    "$python" -m venv "$tools/awscli"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$tools/awscli/bin/pip" install --quiet "awscli==1.46.3"
+  fi
+fi
+export AWS_CLI_BIN
 MATURIN_PEP517_ARGS="--profile dev --locked" "${pip[@]}" install --quiet --force-reinstall --no-deps ./client-py
 
 step "python client: tests"
