@@ -322,6 +322,14 @@ fn authenticate(
     if Verifier::is_signed(parts) {
         return state.verifier.verify(parts, SystemTime::now());
     }
+    if parts.query.split('&').any(|p| p.starts_with("AWSAccessKeyId=")) {
+        // boto3 presigns with SigV2 unless told `signature_version="s3v4"`.
+        return Err(S3Error::new(
+            "AccessDenied",
+            403,
+            "only AWS Signature Version 4 is accepted (presign with signature_version s3v4)",
+        ));
+    }
     if state.config.anonymous && local {
         let chunked = parts
             .headers
