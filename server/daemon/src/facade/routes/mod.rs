@@ -322,7 +322,11 @@ fn authenticate(
     if Verifier::is_signed(parts) {
         return state.verifier.verify(parts, SystemTime::now());
     }
-    if parts.query.split('&').any(|p| p.starts_with("AWSAccessKeyId=")) {
+    if parts
+        .query
+        .split('&')
+        .any(|p| p.starts_with("AWSAccessKeyId="))
+    {
         // boto3 presigns with SigV2 unless told `signature_version="s3v4"`.
         return Err(S3Error::new(
             "AccessDenied",

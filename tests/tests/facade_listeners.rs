@@ -1,0 +1,80 @@
+//! The S3 facade's other listeners on a real daemon: HTTPS with the
+//! operator's certificate (what any non-loopback address needs), and the
+//! Unix socket, where anonymous reads may be allowed.
+
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use sluice_tests::certs::Pki;
+use sluice_tests::daemon::TestDaemon;
+use sluice_tests::facade::facade_config;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Sends one unsigned request over `io`; the whole answer.
+async fn exchange<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    io.write_all(req.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    // A TLS peer may close without close_notify once it answered.
+    let _ = io.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_with_the_configured_certificate() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server = pki.server(&ca, "facade");
+    let d = TestDaemon::start_with(|c| {
+        facade_config(c, false);
+        c.facade.tls.cert = Some(server.cert.clone());
+        c.facade.tls.key = Some(server.key.clone());
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&ca.cert).unwrap();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(d.facade()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the handshake succeeds with the operator's CA");
+    let answer = exchange(tls, "/local/x").await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("<Code>AccessDenied</Code>"), "{answer}");
+    // Plaintext on the TLS port gets no S3 answer.
+    let plain = tokio::net::TcpStream::connect(d.facade()).await.unwrap();
+    let answer = exchange(plain, "/local/x").await;
+    assert!(!answer.contains("HTTP/1.1"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_serves_anonymous_reads_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s3.sock");
+    let path = socket.clone();
+    let d = TestDaemon::start_with(move |c| {
+        facade_config(c, false);
+        c.facade.listen = None;
+        c.facade.socket = Some(path);
+        c.facade.anonymous = true;
+    })
+    .await;
+    std::fs::write(d.root().join("x"), b"over the socket").unwrap();
+    let io = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let answer = exchange(io, "/local/x").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nover the socket"), "{answer}");
+    d.stop().await.unwrap();
+    assert!(!socket.exists(), "the socket is removed at shutdown");
+}
