@@ -529,3 +529,34 @@ async fn puts_multipart_uploads_and_deletes_when_on() {
         assert_eq!(left, ["w/big"], "{bucket}");
     }
 }
+
+/// Objects above `cache.max_object_size` stream part by part: the body is
+/// whole and exact, and a range of one is too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_too_large_to_cache_stream_whole() {
+    let d = TestDaemon::start_with(|c| {
+        facade_config(c, false);
+        c.cache.max_object_size = Some(sluice_engine::ByteSize::mib(1));
+    })
+    .await;
+    let data = pattern((5 << 20) + 123, 9);
+    std::fs::write(d.root().join("large"), &data).unwrap();
+    let c = client(d.facade(), KEY_ALL);
+    let out = c
+        .get_object()
+        .bucket("local")
+        .key("large")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.content_length(), Some(data.len() as i64));
+    assert_eq!(out.body.collect().await.unwrap().into_bytes(), data);
+    let mid = get(&c, "local", "large", Some("bytes=1000000-3999999")).await;
+    assert_eq!(mid, &data[1_000_000..4_000_000]);
+    let body = http_get(d.http(), "/metrics").await.1;
+    assert_eq!(
+        metric(&body, "sluice_facade_reads_total{source=\"uncached\"}"),
+        2.0,
+        "{body}"
+    );
+}
