@@ -78,3 +78,60 @@ async fn the_unix_socket_serves_anonymous_reads_when_allowed() {
     d.stop().await.unwrap();
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }
+
+/// A `sluiced` process reads its facade keys file again on SIGHUP: a key
+/// added works, a key removed is unknown from then on; SIGTERM stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_keys_file() {
+    use sluice_tests::daemon::{DaemonProcess, START_TIMEOUT};
+    use sluice_tests::facade::client;
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::fs::canonicalize(dir.path()).unwrap().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("obj"), b"reloaded").unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "OLDKEY old-secret\n").unwrap();
+    let buckets = format!("{{data=\"file://{}/\"}}", data.display());
+    let mut d = DaemonProcess::spawn_with_env(
+        &["--file-root", data.to_str().unwrap()],
+        &[
+            ("SLUICE_FACADE__LISTEN", "127.0.0.1:0"),
+            ("SLUICE_FACADE__BUCKETS", &buckets),
+            ("SLUICE_FACADE__KEYS_FILE", keys.to_str().unwrap()),
+        ],
+    );
+    let log = d.wait_log("sluiced serving", START_TIMEOUT);
+    let at = log.find("facade=Some(").expect("a facade listener") + "facade=Some(".len();
+    let end = at + log[at..].find(')').unwrap();
+    let addr: std::net::SocketAddr = log[at..end].parse().unwrap();
+    let read = |key: (&'static str, &'static str)| async move {
+        let out = client(addr, key)
+            .get_object()
+            .bucket("data")
+            .key("obj")
+            .send()
+            .await;
+        out.map(|_| ()).map_err(|e| {
+            e.into_service_error()
+                .meta()
+                .code()
+                .unwrap_or_default()
+                .to_owned()
+        })
+    };
+    assert_eq!(read(("OLDKEY", "old-secret")).await, Ok(()));
+    assert_eq!(
+        read(("NEWKEY", "new-secret")).await,
+        Err("InvalidAccessKeyId".into())
+    );
+    std::fs::write(&keys, "NEWKEY new-secret data\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log("facade access keys reloaded", START_TIMEOUT);
+    assert_eq!(read(("NEWKEY", "new-secret")).await, Ok(()));
+    assert_eq!(
+        read(("OLDKEY", "old-secret")).await,
+        Err("InvalidAccessKeyId".into())
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(START_TIMEOUT).success());
+}
