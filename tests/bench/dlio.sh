@@ -15,22 +15,32 @@
 # - resnet50: jpeg with the PyTorch data loader (DLIO's tfrecord needs
 #   TensorFlow and its own tf.data loader, which takes no reader class; the
 #   PyTorch pipelines read ImageNet as JPEG files), RESNET50_FILES=8192
-#   images of DLIO's 112 KiB record (0.9 GiB), batch 400, computation 0.224 s
-#   a step (h100).
+#   images of 338 x 338 pixels (DLIO's 112 KiB record; 63 KB as JPEG, 0.5
+#   GiB in all), batch 400, computation 0.224 s a step (h100).
 # Both with 2 read threads (the cores), EPOCHS=3, DLIO's tracer off.
 #
-# Needs DLIO and the client installed (docs/BENCHMARKS.md, DLIO) and a
-# release sluiced (SLUICED_BIN=... for another build).
+# Needs DLIO installed (docs/BENCHMARKS.md, DLIO) and a release sluiced
+# (built if missing; SLUICED_BIN=... for another). The client goes into
+# WORKDIR/venv (system site packages: DLIO and torch), built in the release
+# profile; DLIO_SKIP_SLUICE_INSTALL=1 keeps the one there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 work=$(realpath -m "${1:-/tmp/sluice-bench/dlio}")
 mkdir -p "$work"
-python="${PYTHON:-python3}"
 sluiced="${SLUICED_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/sluiced}"
-[ -x "$sluiced" ] || { echo "no $sluiced: cargo build --release -p sluiced, or set SLUICED_BIN" >&2; exit 1; }
+if [ -z "${SLUICED_BIN:-}" ] && [ ! -x "$sluiced" ]; then
+  cargo build --release --locked -p sluiced
+fi
+venv="$work/venv"
+[ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
+python="$venv/bin/python"
+if [ "${DLIO_SKIP_SLUICE_INSTALL:-0}" != 1 ]; then
+  MATURIN_PEP517_ARGS="--profile release --locked" "$python" -m pip install --quiet \
+    --disable-pip-version-check --force-reinstall --no-deps ./client-py
+fi
 "$python" -c 'import dlio_benchmark, sluice.dlio' \
-  || { echo "install dlio-benchmark and the client first (docs/BENCHMARKS.md, DLIO)" >&2; exit 1; }
+  || { echo "install dlio-benchmark first (docs/BENCHMARKS.md, DLIO)" >&2; exit 1; }
 epochs="${EPOCHS:-3}"
 budget="${DLIO_BENCH_BUDGET:-4GiB}"
 export DFTRACER_ENABLE=0
