@@ -114,10 +114,10 @@ impl Measure {
 
     /// The ratios (1.0 where the sample is empty).
     pub fn ratios(&self) -> std::io::Result<Ratios> {
-        let blocks: Vec<&Vec<u8>> = self.to_compress.values().collect();
+        let blocks: Vec<&[u8]> = self.to_compress.values().map(Vec::as_slice).collect();
         let (mut raw, mut packed) = (0usize, 0usize);
         for frame in blocks.chunks(FRAME_BLOCKS) {
-            let data: Vec<u8> = frame.iter().flat_map(|b| b.iter().copied()).collect();
+            let data = frame.concat();
             raw += data.len();
             packed += zstd::bulk::compress(&data, ZSTD_LEVEL)?.len();
         }
@@ -167,20 +167,20 @@ mod tests {
         let sampling = Sampling::for_blocks(4 * DEDUP_SAMPLE);
         assert_eq!(sampling.dedup_below, 1 << 30);
         assert_eq!(sampling.compress_below, (1 << 32) / 512);
-        let source = Source::new(2, 1.0, 2.0, 40_000);
+        let source = Source::new(2, 1.0, 2.0, 16_000);
         let small = Sampling {
             dedup_below: 1 << 30,
             compress_below: 1 << 28,
         };
         let (mut sample, mut block) = (Sample::default(), [0u8; BLOCK]);
-        for g in 0..40_000 {
+        for g in 0..16_000 {
             source.fill_block(g, &mut block);
             sample.observe(&small, &block);
         }
         let mut measure = Measure::default();
         measure.merge(sample);
         let ratios = measure.ratios().unwrap();
-        assert!((8_000..12_000).contains(&ratios.sampled), "{ratios:?}");
-        assert!((ratios.dedup - 2.0).abs() < 0.02, "{ratios:?}");
+        assert!((3_200..4_800).contains(&ratios.sampled), "{ratios:?}");
+        assert!((ratios.dedup - 2.0).abs() < 0.03, "{ratios:?}");
     }
 }
