@@ -157,7 +157,16 @@ pub(super) async fn list_objects(req: &Req<'_>, v2: bool) -> Result<Resp, S3Erro
         if let Some(t) = o.last_modified {
             x.elem("LastModified", &time::iso8601(t));
         }
-        x.elem("ETag", &super::read::quoted(o.etag.as_deref()));
+        // None rather than `""`: clients send a listed ETag back in
+        // If-Match (the aws cli's and s3fs's ranged reads), which `""`
+        // would fail; without one they ask HeadObject.
+        if let Some(etag) = o
+            .etag
+            .as_deref()
+            .filter(|e| !e.trim_matches('"').is_empty())
+        {
+            x.elem("ETag", &super::read::quoted(Some(etag)));
+        }
         x.elem("Size", &o.size.to_string());
         x.elem("StorageClass", "STANDARD");
         x.close("Contents");
