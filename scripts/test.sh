@@ -101,7 +101,7 @@ step "python client: install"
 "${pip[@]}" install --quiet "torch==2.15.0" "torchdata==0.11.0"
 # sluice.fsspec and what reads through it; sluice.tfrecord against the
 # tfrecord package's writer, reader and indexer (no TensorFlow).
-"${pip[@]}" install --quiet "fsspec==2026.9.0" "pandas==3.1.1" "pyarrow==26.0.1" \
+"${pip[@]}" install --quiet "fsspec==2026.9.0" "pandas==2.3.3" "pyarrow==26.0.1" \
   "tfrecord==1.14.6" "crc32c==2.9.post0" "protobuf==7.36.2"
 # S3 clients pointed at the daemon's S3-compatible facade. The aws cli pins
 # a botocore that s3fs's aiobotocore does not accept: it gets a venv of its
@@ -117,6 +117,17 @@ if [ -z "${AWS_CLI_BIN:-}" ]; then
   fi
 fi
 export AWS_CLI_BIN
+# DLIO (MLPerf Storage's engine) for sluice.dlio: Open MPI for mpi4py from
+# Debian; dlio-benchmark without its declared TensorFlow, DALI and
+# torchvision/torchaudio (the PyTorch workloads need none of them), then
+# what it imports (pandas stays below 3 for it).
+if ! command -v mpirun >/dev/null 2>&1; then
+  step "installing Open MPI (for mpi4py, DLIO)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev
+fi
+"${pip[@]}" install --quiet --no-deps "dlio-benchmark==2.0.0"
+"${pip[@]}" install --quiet "hydra-core==1.3.2" "omegaconf==2.3.0" "mpi4py==4.1.2" \
+  "psutil==7.0.0" "pydftracer==1.0.2" "Pillow==11.3.0"
 MATURIN_PEP517_ARGS="--profile dev --locked" "${pip[@]}" install --quiet --force-reinstall --no-deps ./client-py
 
 step "python client: tests"
