@@ -207,4 +207,21 @@ async fn tfrecord_index_of_generated_shards() {
     ok(sluice(&daemon, &["tfrecord", "index", &shard, "--out", &out]).await);
     let written = std::fs::read_to_string(daemon.root().join("tf/shard_000001.idx")).unwrap();
     assert_eq!(written, index);
+
+    // A whole prefix: `<object>.idx` beside each shard, nothing else indexed.
+    ok(sluice(&daemon, &["tfrecord", "index", "--prefix", &prefix]).await);
+    let mut names: Vec<String> = files(&daemon.root().join("tf")).into_keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "shard_000000.tfrecord",
+            "shard_000000.tfrecord.idx",
+            "shard_000001.idx",
+            "shard_000001.tfrecord",
+            "shard_000001.tfrecord.idx"
+        ]
+    );
+    let beside = daemon.root().join("tf/shard_000001.tfrecord.idx");
+    assert_eq!(std::fs::read_to_string(beside).unwrap(), index);
 }

@@ -13,14 +13,16 @@
 //! it) goes to stdout or, with `--out`, to an object through the daemon's
 //! writer as it is made. A failure aborts that upload (its stream ends in
 //! an error, so the daemon discards it): no partial index is left behind.
+//! With `--prefix`, every object below the prefix whose name ends in
+//! `--suffix` gets its index beside it, `<object>.idx`, one after another.
 
 use std::io::Write;
 
 use anyhow::Context;
 use bytes::Bytes;
-use futures::StreamExt;
-use sluice_client::Client;
-use sluice_client::tfrecord::{self, Entry, Indexer};
+use futures::{StreamExt, TryStreamExt};
+use sluice_client::tfrecord::{self, Indexer};
+use sluice_client::{Client, Entry as ListEntry};
 use tokio::sync::mpsc;
 
 use crate::commands::UriContext;
@@ -39,7 +41,7 @@ pub enum TfrecordCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct IndexArgs {
-    /// The TFRecord object.
+    /// The TFRecord object (with --prefix: the prefix).
     pub uri: String,
     /// Write the index to this object instead of stdout.
     #[arg(long, value_name = "URI")]
@@ -47,18 +49,60 @@ pub struct IndexArgs {
     /// Check every record's length and data CRC (reads every byte).
     #[arg(long)]
     pub verify_crc: bool,
+    /// URI is a prefix: index every object below it whose name ends in
+    /// --suffix, writing `<object>.idx` beside each.
+    #[arg(long, conflicts_with = "out")]
+    pub prefix: bool,
+    /// With --prefix: the objects to index ("" for all).
+    #[arg(long, default_value = ".tfrecord", requires = "prefix")]
+    pub suffix: String,
 }
 
 pub async fn run(client: &Client, command: &TfrecordCommand) -> anyhow::Result<()> {
     match command {
-        TfrecordCommand::Index(args) => index(client, args).await,
+        TfrecordCommand::Index(args) if args.prefix => index_prefix(client, args).await,
+        TfrecordCommand::Index(args) => {
+            index(client, &args.uri, args.out.as_deref(), args.verify_crc).await
+        }
     }
 }
 
-async fn index(client: &Client, args: &IndexArgs) -> anyhow::Result<()> {
-    let uri = args.uri.as_str();
-    let mut windows = Windows::open(client, uri, args.verify_crc).await?;
-    match &args.out {
+/// Indexes each object under the prefix that ends in the suffix (never
+/// an index itself), one after the other; the first failure stops.
+async fn index_prefix(client: &Client, args: &IndexArgs) -> anyhow::Result<()> {
+    let objects: Vec<String> = client
+        .list(&args.uri, true)
+        .try_filter_map(|entry| async move {
+            Ok(match entry {
+                ListEntry::Object(meta) => Some(meta.uri),
+                ListEntry::Prefix(_) => None,
+            })
+        })
+        .try_collect()
+        .await
+        .uri_context(&args.uri)?;
+    let chosen = objects
+        .iter()
+        .filter(|uri| uri.ends_with(&args.suffix) && !uri.ends_with(".idx"));
+    let mut indexed = 0;
+    for uri in chosen {
+        index(client, uri, Some(&format!("{uri}.idx")), args.verify_crc).await?;
+        indexed += 1;
+    }
+    if indexed == 0 {
+        anyhow::bail!("{}: no objects ending in {:?}", args.uri, args.suffix);
+    }
+    Ok(())
+}
+
+async fn index(
+    client: &Client,
+    uri: &str,
+    out: Option<&str>,
+    verify_crc: bool,
+) -> anyhow::Result<()> {
+    let mut windows = Windows::open(client, uri, verify_crc).await?;
+    match out {
         None => {
             let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
             while let Some(entries) = windows.next().await? {
@@ -71,12 +115,8 @@ async fn index(client: &Client, args: &IndexArgs) -> anyhow::Result<()> {
         Some(out) => index_to_object(client, &mut windows, out).await?,
     }
     let (records, bytes) = windows.totals;
-    let checked = if args.verify_crc {
-        ", CRCs checked"
-    } else {
-        ""
-    };
-    let to = args.out.as_deref().unwrap_or("stdout");
+    let checked = if verify_crc { ", CRCs checked" } else { "" };
+    let to = out.unwrap_or("stdout");
     eprintln!("{uri}: {records} records, {bytes} bytes{checked}; index written to {to}");
     Ok(())
 }
@@ -158,7 +198,7 @@ impl<'c> Windows<'c> {
 
     /// The records completed by reading the next window (or by the end of
     /// the object); `None` once all were given.
-    async fn next(&mut self) -> anyhow::Result<Option<Vec<Entry>>> {
+    async fn next(&mut self) -> anyhow::Result<Option<Vec<tfrecord::Entry>>> {
         let uri = self.uri;
         if self.done {
             return Ok(None);
