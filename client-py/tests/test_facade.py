@@ -167,6 +167,32 @@ def test_boto3_uploads_in_parts_downloads_and_deletes(
             assert not (facade.root / key).exists()
 
 
+def test_boto3_ranged_transfers_are_cached_after_one_pass(
+    facade: FacadeDaemon, tmp_path: pathlib.Path
+) -> None:
+    """boto3's transfer manager reads a large object as concurrent ranges:
+    the first range of the uncached object fetches and caches it whole, the
+    others join that fetch or hit the cache, and the next pass is all hits."""
+    objects = Objects(facade, "transfers/", {"big.bin": 12 * MiB + 3})
+    (key,) = objects.keys()
+    ranged = TransferConfig(
+        multipart_threshold=4 * MiB, multipart_chunksize=4 * MiB, max_concurrency=3
+    )
+    c = boto3_client(facade.endpoint)
+    for bucket in BUCKETS:
+        dst = tmp_path / f"{bucket}.bin"
+        passes = []
+        for _ in range(2):
+            before = facade.reads()
+            c.download_file(bucket, key, str(dst), Config=ranged)
+            passes.append(reads_between(before, facade.reads()))
+            assert dst.read_bytes() == objects.data[key]
+        first, second = passes
+        assert first.get("backend") == 1 and "uncached" not in first, first
+        assert sum(first.values()) == 4, f"four ranges: {first}"
+        assert second == {"cache": 4}, second
+
+
 def test_boto3_errors_are_s3_codes(
     facade: FacadeDaemon, objects: Objects, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -351,11 +377,6 @@ def test_s3torchconnector_datasets_and_ranged_reader(
         assert reader.read(4) == data[3:7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CRT reads every object as ranges (bytes=0-8388607 first); the facade "
-    "answers a range of an uncached object from the backend and caches nothing",
-)
 def test_s3torchconnector_second_read_is_a_cache_hit(
     facade: FacadeDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -193,6 +193,14 @@ pub struct CacheConfig {
     /// stays for the cache and for clients holding nothing. Unset: three
     /// quarters of the budget.
     pub clients_share: Option<ByteSize>,
+    /// Largest object a ranged read of it fetches (and caches) whole when it
+    /// is not cached: later reads of any range of it are then cache hits,
+    /// as for clients that read objects in ranges (s3torchconnector, boto3's
+    /// transfers, fsspec). Larger objects give just the range, uncached. The
+    /// first request is the range's own, so nothing is fetched twice; what
+    /// it costs is the first read's wait for the whole object. `0`: ranges
+    /// are never widened. Capped by `max_object_size`.
+    pub widen_range_max: ByteSize,
     /// Size of one shared-memory arena segment; the budget is split into
     /// segments of this size. No object is buffered (and cached) in more
     /// than one segment, so this also caps `max_object_size`.
@@ -220,6 +228,10 @@ impl Default for CacheConfig {
             memory_wait: Duration::from_secs(30),
             client_share: None,
             clients_share: None,
+            // 64 MiB: samples and shards read in 8 MiB ranges are cached
+            // whole, while a small read of a large object waits for at most
+            // a few tens of milliseconds of extra transfer.
+            widen_range_max: ByteSize::mib(64),
             // 256 MiB: few descriptors to hand out and map per client, and
             // large enough for typical samples and shards to be cached whole.
             segment_size: ByteSize::mib(256),

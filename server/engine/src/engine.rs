@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use sluice_storage::{Backends, ObjectUri, Storage};
+use sluice_storage::{Backends, ObjectMeta, ObjectUri, Storage};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::budget::MemoryBudget;
@@ -106,6 +106,12 @@ impl Engine {
     /// writes; an error for a URI no backend serves.
     pub fn backend(&self, uri: &ObjectUri) -> Result<Arc<dyn Storage>, ReadError> {
         self.reader.storage(uri)
+    }
+
+    /// The metadata of `uri`, from the cache while its entry is fresh (see
+    /// [`Reader::head`]).
+    pub async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta, ReadError> {
+        self.reader.head(uri).await
     }
 
     /// The shared-memory arena every payload byte lives in.

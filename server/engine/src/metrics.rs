@@ -30,6 +30,9 @@ pub struct CacheMetrics {
     pub misses: Counter,
     /// Reads that joined another read's fetch of the same object.
     pub coalesced: Counter,
+    /// Ranged reads of uncached objects that fetched and cached the whole
+    /// object (`cache.widen_range_max`).
+    pub widened: Counter,
     /// Entries evicted to make room.
     pub evictions: Counter,
     /// Bytes of evicted entries.
@@ -231,6 +234,11 @@ impl EngineMetrics {
             "coalesced",
             "Reads that joined a fetch of the same object in flight",
             c.coalesced.clone(),
+        );
+        r.register(
+            "widened",
+            "Ranged reads of uncached objects that fetched and cached the whole object",
+            c.widened.clone(),
         );
         r.register(
             "evictions",

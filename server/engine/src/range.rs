@@ -287,8 +287,26 @@ impl RangeEngine {
         memory: &Memory,
         max_buffer: u64,
     ) -> Result<Fetched, ReadError> {
+        self.fetch_widening(storage, uri, range, memory, max_buffer, 0)
+            .await
+    }
+
+    /// As [`RangeEngine::fetch`], except that the whole object is fetched,
+    /// buffered, when it turns out to be at most `widen` bytes (and at most
+    /// `max_buffer`): the result's range is then `0..size`. The first
+    /// request is the range's own first part, which tells the object's
+    /// size, so finding an object too large to widen costs nothing.
+    pub async fn fetch_widening(
+        &self,
+        storage: Arc<dyn Storage>,
+        uri: &ObjectUri,
+        range: Option<Range<u64>>,
+        memory: &Memory,
+        max_buffer: u64,
+        widen: u64,
+    ) -> Result<Fetched, ReadError> {
         let span = crate::spans::fetch(storage.name());
-        self.fetch_in(storage, uri, range, memory, max_buffer)
+        self.fetch_in(storage, uri, range, memory, max_buffer, widen)
             .instrument(span)
             .await
     }
@@ -300,6 +318,7 @@ impl RangeEngine {
         range: Option<Range<u64>>,
         memory: &Memory,
         max_buffer: u64,
+        widen: u64,
     ) -> Result<Fetched, ReadError> {
         let want = range.unwrap_or(0..u64::MAX);
         if want.start > want.end {
@@ -346,7 +365,11 @@ impl RangeEngine {
             .first_part(&storage, uri, first_req, &memory.client)
             .await?;
         let size = first.meta.size;
-        let total = first.range.start..want.end.min(size);
+        let total = if widen > 0 && size <= widen.min(max_buffer) {
+            0..size
+        } else {
+            first.range.start..want.end.min(size)
+        };
         let len = total.end - total.start;
         let job = Arc::new(Job {
             engine: self.clone(),
@@ -393,7 +416,7 @@ impl RangeEngine {
         if buffered {
             let data = job
                 .clone()
-                .buffered(first_part, total.clone(), reservation)
+                .buffered(first_part, first.range.clone(), total.clone(), reservation)
                 .await?;
             Ok(Fetched::Buffered {
                 meta: first.meta,
@@ -516,28 +539,34 @@ impl Job {
     }
 
     /// Buffered mode: one reservation, every part into its own slice.
-    /// `first`: the first response, or `None` when it went back and its
-    /// part is fetched again.
+    /// `first`: the first response (for `first_range`, which lies within
+    /// `total`: at its start, or anywhere in a widened fetch), or `None`
+    /// when it went back and its part is fetched again.
     async fn buffered(
         self: Arc<Self>,
         first: Option<FirstPart>,
+        first_range: Range<u64>,
         total: Range<u64>,
         reservation: Reservation,
     ) -> Result<Bytes, ReadError> {
+        debug_assert!(total.start <= first_range.start && first_range.end <= total.end);
         let (filling, buf) = reservation.into_read_buf();
-        let first_range = total.start..total.start.saturating_add(self.part_size()).min(total.end);
-        let first_len = (first_range.end - first_range.start) as usize;
-        let (head, rest) = buf.split_at(first_len);
+        let (before, rest) = buf.split_at((first_range.start - total.start) as usize);
+        let (head, after) = rest.split_at((first_range.end - first_range.start) as usize);
         let job = &self;
-        let rest_start = first_range.end;
         type PartFuture<'a> =
             std::pin::Pin<Box<dyn Future<Output = Result<ReadBuf, ReadError>> + Send + 'a>>;
         let mut parts: Vec<PartFuture<'_>> =
-            vec![Box::pin(job.first_into(first_range, first, head))];
+            vec![Box::pin(job.first_into(first_range.clone(), first, head))];
         let part = self.part_size();
-        let ranges = split(rest_start..total.end, part);
-        for (range, dst) in ranges.zip(rest.chunks(part as usize)) {
-            parts.push(Box::pin(job.part_into(range, dst, 0)));
+        let others = [
+            (total.start..first_range.start, before),
+            (first_range.end..total.end, after),
+        ];
+        for (span, buf) in others {
+            for (range, dst) in split(span, part).zip(buf.chunks(part as usize)) {
+                parts.push(Box::pin(job.part_into(range, dst, 0)));
+            }
         }
         // Every part's buffer comes back before the bytes are frozen; a
         // failed fetch drops the others, whose reads keep the memory until

@@ -6,8 +6,16 @@
 //! object is fetched once however many readers ask (DESIGN §7). If the leader
 //! is cancelled (its client went away) the channel closes and a follower
 //! takes over. Objects too large to cache are streamed to each reader by its
-//! own fetch. Ranged reads of uncached objects fetch just the range and are
-//! not cached; ranged reads of cached objects are slices of the entry.
+//! own fetch. Ranged reads of cached objects are slices of the entry.
+//!
+//! A ranged read of an uncached object leads like a whole one, with a fetch
+//! that starts with the range's own first part and *widens* to the whole
+//! object when that part shows the object is at most
+//! `cache.widen_range_max`: the object is cached and the range sliced from
+//! it, and concurrent reads of other ranges of it join. A larger object
+//! gives just the range, uncached, and is remembered as too large for a
+//! while, so that later ranges of it are fetched side by side instead of
+//! each waiting to learn the size again.
 //!
 //! Invalidation wins over fetches in flight: [`Reader::invalidate`] marks
 //! the key's flight *stale* and takes it out of the in-flight map under the
@@ -27,12 +35,12 @@ use sluice_storage::{Backends, ObjectMeta, ObjectUri, Storage, clamp_range};
 use tokio::sync::watch;
 
 use crate::budget::MemoryBudget;
-use crate::cache::{Cache, CachedObject, same_version};
+use crate::cache::{Cache, CachedObject};
 use crate::config::{CacheConfig, EngineConfig};
 use crate::disk::DiskTier;
 use crate::error::ReadError;
 use crate::metrics::{EngineMetrics, Instrumented};
-use crate::plans::{PlanLimits, Prefetched};
+use crate::plans::PlanLimits;
 use crate::range::{Fetched, Memory, RangeEngine};
 use crate::share::{ClientShare, Hold, ShareLimits, Shares};
 
@@ -135,6 +143,7 @@ pub struct Reader {
     inflight: Arc<Inflight>,
     shares: Arc<Shares>,
     disk: Option<Arc<DiskTier>>,
+    too_large: TooLarge,
 }
 
 impl std::fmt::Debug for Reader {
@@ -215,6 +224,7 @@ impl Reader {
             config: cache,
             metrics,
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            too_large: TooLarge::default(),
         })
     }
 
@@ -289,6 +299,18 @@ impl Reader {
             .min(self.budget.max_reservation())
     }
 
+    /// The largest object a ranged read widens to (0: none).
+    fn widen_max(&self) -> u64 {
+        self.config.widen_range_max.0.min(self.max_cached())
+    }
+
+    /// How long an object stays noted as too large to widen.
+    fn note_ttl(&self) -> std::time::Duration {
+        self.config
+            .revalidate_after
+            .max(std::time::Duration::from_secs(1))
+    }
+
     /// Reads `range` of `uri` (the whole object if `None`) for `client`:
     /// what the output's bytes pin is charged to the client's share for as
     /// long as any clone of them lives. `whole`: the client will hold every
@@ -328,10 +350,16 @@ impl Reader {
                 let pin = self.pin(uri, client.0, &obj).await?;
                 return slice(uri, &obj, range, Source::Cache, pin);
             }
-            let whole = range
-                .as_ref()
-                .is_none_or(|r| r.start == 0 && r.end == u64::MAX);
-            if !whole {
+            // A range leads (and widens) unless widening is off, the object
+            // is known to be too large, or the range is empty (no bytes:
+            // nothing to learn or cache).
+            let on_its_own = range.as_ref().is_some_and(|r| {
+                !(r.start == 0 && r.end == u64::MAX)
+                    && (r.is_empty()
+                        || self.widen_max() == 0
+                        || self.too_large.noted(&key, self.note_ttl()))
+            });
+            if on_its_own {
                 self.metrics.cache.misses.inc();
                 return self.uncached(storage, uri, range, client).await;
             }
@@ -404,20 +432,33 @@ impl Reader {
             },
             None => leader,
         };
+        // A whole read fetches the object; a ranged one its range, widened
+        // to the object if that is small enough.
+        let ranged = range
+            .clone()
+            .filter(|r| !(r.start == 0 && r.end == u64::MAX));
+        let widened = ranged.is_some();
         match self
             .engine
-            .fetch(
+            .fetch_widening(
                 storage,
                 uri,
-                None,
+                ranged,
                 &self.memory(client.0, client.1),
                 self.max_cached(),
+                self.widen_max(),
             )
             .await
         {
             Ok(Fetched::Buffered {
-                meta, data, hold, ..
-            }) => {
+                meta,
+                range: got,
+                data,
+                hold,
+            }) if got == (0..meta.size) => {
+                if widened {
+                    self.metrics.cache.widened.inc();
+                }
                 let got = Got {
                     meta,
                     data,
@@ -426,8 +467,32 @@ impl Reader {
                 };
                 self.finish_lead(leader, uri, range, got)
             }
+            Ok(Fetched::Buffered {
+                meta,
+                range,
+                data,
+                hold,
+            }) => {
+                // Just the range of an object too large to widen: whoever
+                // joined reads on its own (a whole read may still cache it).
+                self.too_large.note(&leader.key, self.note_ttl());
+                leader.publish(Outcome::Stale);
+                Ok(ReadOutput {
+                    meta,
+                    range,
+                    pinned: data.len() as u64,
+                    body: Body::Bytes(hold.attach(data)),
+                    source: Source::Uncached,
+                    pin: None,
+                })
+            }
             Ok(Fetched::Streaming { meta, range, body }) => {
-                leader.publish(Outcome::TooLarge);
+                if widened {
+                    self.too_large.note(&leader.key, self.note_ttl());
+                    leader.publish(Outcome::Stale);
+                } else {
+                    leader.publish(Outcome::TooLarge);
+                }
                 Ok(ReadOutput {
                     meta,
                     range,
@@ -510,70 +575,6 @@ impl Reader {
         })
     }
 
-    /// Serves a RAM miss from the disk tier: the entry revalidated as a
-    /// cached one would be, read into an arena extent, checked, cached.
-    /// Gives the leader back when the disk cannot serve it.
-    async fn read_from_disk(
-        &self,
-        disk: &DiskTier,
-        leader: Leader,
-        storage: &Arc<dyn Storage>,
-        uri: &ObjectUri,
-        range: Option<Range<u64>>,
-        client: For<'_>,
-    ) -> Result<Result<ReadOutput, Leader>, ReadError> {
-        let key = &leader.key;
-        let Some(entry) = disk.lookup(key) else {
-            disk.metrics().misses.inc();
-            return Ok(Err(leader));
-        };
-        let size = entry.meta().size;
-        if size > self.max_cached() {
-            disk.metrics().misses.inc();
-            return Ok(Err(leader));
-        }
-        if !entry.fresh(disk.now_ms(), self.config.revalidate_after) {
-            match storage.head(uri).await {
-                Ok(current) if same_version(&entry.meta(), &current) => disk.validated(key, &entry),
-                Ok(_) => {
-                    disk.stale(key, &entry);
-                    disk.metrics().misses.inc();
-                    return Ok(Err(leader));
-                }
-                Err(e) => {
-                    if e.kind() == sluice_storage::ErrorKind::NotFound {
-                        disk.stale(key, &entry);
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-        let memory = self.memory(client.0, client.1);
-        let hold = client
-            .0
-            .acquire(size)
-            .await
-            .map_err(|e| ReadError::memory(uri, e))?;
-        let (filling, buf) = memory.reserve_budget(uri, size).await?.into_read_buf();
-        let (good, buf) = disk.read(key, &entry, buf).await;
-        drop(buf);
-        let data = match filling.into_bytes() {
-            Some(data) if good => data,
-            _ => {
-                disk.metrics().misses.inc();
-                return Ok(Err(leader));
-            }
-        };
-        disk.metrics().hits.inc();
-        let got = Got {
-            meta: entry.meta(),
-            data,
-            hold,
-            source: Source::Disk,
-        };
-        self.finish_lead(leader, uri, range, got).map(Ok)
-    }
-
     async fn uncached(
         &self,
         storage: Arc<dyn Storage>,
@@ -637,6 +638,33 @@ impl Reader {
         }
     }
 
+    /// The metadata of `uri`: a cached entry's while it is fresh (as a read
+    /// of it would be served), else the backend's, which also revalidates
+    /// or drops the entry. Not a use of the entry for eviction.
+    pub async fn head(&self, uri: &ObjectUri) -> Result<ObjectMeta, ReadError> {
+        let storage = self.storage(uri)?;
+        let cached = self.cache.peek(&uri.to_string());
+        if let Some(obj) = &cached
+            && obj.is_fresh(&self.cache, self.config.revalidate_after)
+        {
+            return Ok(obj.meta.clone());
+        }
+        let current = storage.head(uri).await;
+        if let Some(obj) = cached {
+            let changed = match &current {
+                Ok(meta) => !obj.same_version(meta),
+                Err(e) => e.kind() == sluice_storage::ErrorKind::NotFound,
+            };
+            if changed {
+                self.metrics.cache.invalidations.inc();
+                self.cache.remove(&uri.to_string());
+            } else if current.is_ok() {
+                obj.touch(&self.cache);
+            }
+        }
+        Ok(current?)
+    }
+
     /// Fresh, or revalidated against the backend; drops a changed entry.
     async fn still_valid(
         &self,
@@ -673,66 +701,6 @@ impl Reader {
         &self.metrics
     }
 
-    /// Reads `key` (a canonical URI) into the cache ahead of its use, with
-    /// `memory` (prefetch's: its own request slots, no wait for memory,
-    /// evicting only what no plan needs within its look-ahead). A demand
-    /// read of the object meanwhile joins this fetch; if the prefetch gives
-    /// up, that read fetches on its own.
-    pub(crate) async fn prefetch(&self, key: &str, memory: Memory) -> Prefetched {
-        let Ok(uri) = ObjectUri::parse(key) else {
-            return Prefetched::Skipped;
-        };
-        let Ok(storage) = self.storage(&uri) else {
-            return Prefetched::Skipped;
-        };
-        if let Some(obj) = self.cache.peek(key) {
-            return Prefetched::Cached(obj.meta.size);
-        }
-        // Being fetched already: it will be cached by that fetch.
-        let Role::Lead(leader) = self.role(key) else {
-            return Prefetched::Skipped;
-        };
-        let m = &self.metrics.prefetch;
-        match self
-            .engine
-            .fetch(storage, &uri, None, &memory, self.max_cached())
-            .await
-        {
-            Ok(Fetched::Buffered { meta, data, .. }) => {
-                let size = meta.size;
-                match self.cache_unless_stale(&leader, &meta, &data, true) {
-                    Some(obj) => {
-                        obj.mark_prefetched();
-                        m.fetched.inc();
-                        m.fetched_bytes.inc_by(size);
-                        leader.publish(Outcome::Cached(obj));
-                        Prefetched::Cached(size)
-                    }
-                    None => {
-                        leader.publish(Outcome::Stale);
-                        Prefetched::Skipped
-                    }
-                }
-            }
-            Ok(Fetched::Streaming { .. }) => {
-                leader.publish(Outcome::TooLarge);
-                Prefetched::Skipped
-            }
-            Err(e) => {
-                // Whoever joined fetches on its own, with its own waits.
-                leader.publish(Outcome::Stale);
-                if matches!(e, ReadError::Memory { .. }) {
-                    m.no_room.inc();
-                    Prefetched::NoRoom
-                } else {
-                    tracing::debug!(uri = key, error = %e, "prefetch failed");
-                    m.failed.inc();
-                    Prefetched::Skipped
-                }
-            }
-        }
-    }
-
     /// How many reads joined the fetch of `key` in flight now (0 when none
     /// is): what a test waits on to know a read is following.
     pub fn joined(&self, key: &str) -> usize {
@@ -752,6 +720,7 @@ impl Reader {
         if let Some(disk) = &self.disk {
             disk.remove(&key);
         }
+        self.too_large.forget(|k| k != key);
     }
 
     /// Forgets everything under `prefix`, in the cache and in flight.
@@ -768,6 +737,7 @@ impl Reader {
         if let Some(disk) = &self.disk {
             disk.remove_prefix(&prefix);
         }
+        self.too_large.forget(|k| !k.starts_with(&prefix));
         self.cache.remove_prefix(&prefix)
     }
 }
@@ -794,5 +764,10 @@ fn slice(
     })
 }
 
+mod disk;
+mod prefetch;
 #[cfg(test)]
 mod tests;
+mod too_large;
+
+use too_large::TooLarge;

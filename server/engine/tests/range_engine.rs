@@ -391,6 +391,59 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// A widened fetch of a range gives the whole object when it is at most
+    /// `widen` bytes, asking for every byte exactly once, starting with the
+    /// range's own first part; a larger object gives just the range.
+    #[test]
+    fn a_widened_range_is_the_whole_object_fetched_once(
+        len in 1usize..40_000,
+        start_frac in 0.0f64..1.0,
+        want_len in 1u64..20_000,
+        part in 512u64..8192,
+        widen_more: bool,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let fx = fixture();
+            let (uri, data) = fx.object("o", len);
+            let e = engine(part, 3, 64);
+            let start = ((len as f64 * start_frac) as u64).min(len as u64 - 1);
+            let want = start..start + want_len;
+            let widen = if widen_more { len as u64 } else { len as u64 - 1 };
+            let fetched = e
+                .fetch_widening(fx.fault.clone(), &uri, Some(want.clone()), &memory(1 << 30), u64::MAX, widen)
+                .await
+                .unwrap();
+            let Fetched::Buffered { range, data: got, .. } = fetched else {
+                panic!("a fetch within max_buffer is buffered");
+            };
+            let mut ranges = fx.fault.ranges();
+            prop_assert_eq!(ranges[0].start, start, "the first request is the range's own");
+            if !widen_more {
+                let end = want.end.min(len as u64);
+                prop_assert_eq!(range.clone(), start..end);
+                prop_assert_eq!(&got[..], &data[start as usize..end as usize]);
+                return Ok(());
+            }
+            prop_assert_eq!(range, 0..len as u64);
+            prop_assert_eq!(&got[..], &data[..]);
+            ranges[0].end = ranges[0].end.min(len as u64);
+            ranges.sort_by_key(|r| r.start);
+            let mut at = 0;
+            for r in &ranges {
+                prop_assert_eq!(r.start, at, "gap or overlap at {}", at);
+                prop_assert!(r.end - r.start <= part);
+                at = r.end;
+            }
+            prop_assert_eq!(at, len as u64);
+            Ok(())
+        })?;
+    }
+}
+
 /// Waits for `cond`, failing after a generous deadline (the condition is
 /// what the test is about, not the time it takes).
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {

@@ -4,10 +4,11 @@ Reading
 -------
 Bytes come through fsspec's block cache ("readahead" unless the caller picks
 another), whose misses call :meth:`SluiceFile._fetch_range`. The daemon
-caches an object only when it is read whole; a ranged read of an object not
-in its cache goes to the backend and is not kept. So the first fetch of an
-object up to ``whole_read_limit`` reads it whole — one request, which leaves
-it in the node's cache — and hands on the range asked for. What happens to
+caches a ranged read's object whole only up to its ``cache.widen_range_max``
+(a larger one's ranges go to the backend and are not kept). So the first
+fetch of an object up to ``whole_read_limit`` reads it whole — one request,
+which leaves it in the node's cache whatever that setting — and hands on the
+range asked for. What happens to
 the whole object then depends on where its bytes are:
 
 - in the daemon's shared memory (a cached object, on the node): the buffer

@@ -24,8 +24,7 @@ pub(super) async fn stat(
 ) -> Result<v1::StatResponse, Status> {
     async {
         let uri = parse_uri(&req.uri)?;
-        let storage = svc.engine.backend(&uri).map_err(|e| read_status(&e))?;
-        let m = storage.head(&uri).await.map_err(|e| storage_status(&e))?;
+        let m = svc.engine.head(&uri).await.map_err(|e| read_status(&e))?;
         Ok(v1::StatResponse {
             meta: Some(meta(&m)),
         })

@@ -47,6 +47,14 @@ pub struct FacadeConfig {
     /// The largest PutObject or UploadPart body, held in memory while it
     /// is stored (larger objects go up as multipart uploads).
     pub max_part_size: ByteSize,
+    /// A multipart upload with no request for this long is aborted: its
+    /// parts held in memory are let go and the backend drops what it
+    /// stored.
+    #[serde(with = "humantime_serde")]
+    pub upload_idle_timeout: Duration,
+    /// Multipart uploads one access key (or all anonymous clients
+    /// together) keeps open at once; the facade's limit is 1024.
+    pub max_uploads_per_key: usize,
 }
 
 impl Default for FacadeConfig {
@@ -67,6 +75,10 @@ impl Default for FacadeConfig {
             // 16 MiB of s3torchconnector; below S3's 5 GiB so that one
             // request cannot take a large share of the memory budget.
             max_part_size: ByteSize::mib(256),
+            // Clients send a part every few seconds at most; one that went
+            // quiet for this long has crashed or given up.
+            upload_idle_timeout: Duration::from_secs(15 * 60),
+            max_uploads_per_key: 64,
         }
     }
 }
@@ -137,6 +149,12 @@ impl FacadeConfig {
         }
         if self.max_clock_skew.is_zero() {
             return Err(invalid("facade.max_clock_skew", "must be above 0s"));
+        }
+        if self.upload_idle_timeout.is_zero() {
+            return Err(invalid("facade.upload_idle_timeout", "must be above 0s"));
+        }
+        if self.max_uploads_per_key == 0 {
+            return Err(invalid("facade.max_uploads_per_key", "must be at least 1"));
         }
         if self.max_part_size.0 < 5 << 20 {
             return Err(invalid("facade.max_part_size", "must be at least 5MiB"));

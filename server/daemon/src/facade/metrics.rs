@@ -67,6 +67,8 @@ pub struct FacadeMetrics {
     reads: Family<SourceLabels, Counter>,
     /// Responses ended because their client stopped reading.
     pub stalled: Counter,
+    /// Multipart uploads aborted after `facade.upload_idle_timeout` unused.
+    pub uploads_expired: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -84,6 +86,7 @@ impl FacadeMetrics {
             received: Counter::default(),
             reads: Family::default(),
             stalled: Counter::default(),
+            uploads_expired: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("facade");
         r.register(
@@ -118,6 +121,11 @@ impl FacadeMetrics {
             "stalled_responses_ended",
             "S3 facade responses ended because their client read nothing for read.stall_timeout",
             m.stalled.clone(),
+        );
+        r.register(
+            "uploads_expired",
+            "S3 facade multipart uploads aborted after facade.upload_idle_timeout without a request",
+            m.uploads_expired.clone(),
         );
         m
     }

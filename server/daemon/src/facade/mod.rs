@@ -164,6 +164,12 @@ impl Facade {
             self.state.clone(),
             self.tls.clone(),
         )));
+        let expiry = {
+            let state = self.state.clone();
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                state.expire_uploads().await;
+            }))
+        };
         let mut tcp = self.tcp.map(|l| incoming(l, opts("facade_tcp")).boxed());
         let socket = self.unix.as_ref().map(|(_, p)| p.clone());
         let mut unix = self
@@ -205,7 +211,7 @@ impl Facade {
                 }
             }
         }
-        drop((tcp, unix, reload));
+        drop((tcp, unix, reload, expiry));
         graceful.shutdown().await;
         self.state.abort_uploads().await;
         if let Some(path) = socket {

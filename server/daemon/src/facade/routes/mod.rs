@@ -91,7 +91,7 @@ impl State {
             keys,
             verifier,
             metrics: FacadeMetrics::register(registry),
-            uploads: multipart::Uploads::default(),
+            uploads: multipart::Uploads::new(fc.upload_idle_timeout, fc.max_uploads_per_key),
             stall_timeout: config.read.stall_timeout,
             max_body,
             started: SystemTime::now(),
@@ -113,6 +113,18 @@ impl State {
         self.uploads.abort_all().await;
     }
 
+    /// Aborts the multipart uploads left unused for
+    /// `facade.upload_idle_timeout`, every so often, for good.
+    pub async fn expire_uploads(&self) {
+        let mut tick = tokio::time::interval(self.uploads.expiry_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let n = self.uploads.expire().await;
+            self.metrics.uploads_expired.inc_by(n);
+        }
+    }
+
     fn request_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let t = self
@@ -127,6 +139,8 @@ impl State {
 pub(super) struct Req<'a> {
     pub state: &'a State,
     pub client: Arc<ClientShare>,
+    /// The access key that signed it (`None`: anonymous).
+    pub owner: Option<String>,
     pub bucket: String,
     pub key: String,
     /// `/bucket/key` as the client named it.
@@ -300,6 +314,7 @@ async fn dispatch(
         let req = Req {
             state,
             client,
+            owner: principal.access_key.clone(),
             bucket,
             key,
             resource,

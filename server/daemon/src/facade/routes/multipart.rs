@@ -9,10 +9,16 @@
 //! stored or queued. Completion needs parts 1..n, each uploaded, listed
 //! in order — what every S3 client sends; a part cannot be replaced once
 //! stored. Uploads still open when the daemon stops are aborted, so no
-//! backend keeps invisible parts.
+//! backend keeps invisible parts; so are uploads left without a request for
+//! `facade.upload_idle_timeout`, whose early parts would otherwise hold
+//! memory for good. One access key keeps at most
+//! `facade.max_uploads_per_key` uploads open, so no client can take every
+//! upload the facade allows.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -29,14 +35,26 @@ const MAX_UPLOADS: usize = 1024;
 const MAX_PART_NUMBER: u32 = 10_000;
 
 /// The open uploads by id.
-#[derive(Debug, Default)]
-pub(crate) struct Uploads(std::sync::Mutex<HashMap<String, Arc<Upload>>>);
+#[derive(Debug)]
+pub(crate) struct Uploads {
+    open: std::sync::Mutex<HashMap<String, Arc<Upload>>>,
+    /// What `Upload::touched` counts from.
+    epoch: Instant,
+    /// `facade.upload_idle_timeout`.
+    idle: Duration,
+    /// `facade.max_uploads_per_key`.
+    per_key: usize,
+}
 
 #[derive(Debug)]
 pub(crate) struct Upload {
     bucket: String,
     key: String,
     uri: ObjectUri,
+    /// The access key that started it (`None`: anonymous).
+    owner: Option<String>,
+    /// Milliseconds from `Uploads::epoch` to its last request.
+    touched: AtomicU64,
     inner: tokio::sync::Mutex<Inner>,
 }
 
@@ -55,17 +73,96 @@ struct Inner {
 }
 
 impl Uploads {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Upload>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    /// No uploads yet; they expire after `idle` without a request, and one
+    /// access key keeps at most `per_key` open.
+    pub(crate) fn new(idle: Duration, per_key: usize) -> Self {
+        Uploads {
+            open: std::sync::Mutex::default(),
+            epoch: Instant::now(),
+            idle,
+            per_key,
+        }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Upload>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The upload the request names, marked used now.
     fn get(&self, req: &Req<'_>) -> Result<Arc<Upload>, S3Error> {
         let id = req.query.get("uploadId").unwrap_or_default();
-        self.lock()
+        let upload = self
+            .lock()
             .get(id)
             .filter(|u| u.bucket == req.bucket && u.key == req.key)
             .cloned()
-            .ok_or_else(|| no_such_upload(&req.resource))
+            .ok_or_else(|| no_such_upload(&req.resource))?;
+        upload.touched.store(self.now_ms(), Ordering::Relaxed);
+        Ok(upload)
+    }
+
+    /// Whether `owner` may open another upload now.
+    fn room(
+        &self,
+        open: &HashMap<String, Arc<Upload>>,
+        owner: &Option<String>,
+    ) -> Result<(), S3Error> {
+        let owned = open.values().filter(|u| &u.owner == owner).count();
+        let whose = if owned >= self.per_key {
+            "this access key has facade.max_uploads_per_key"
+        } else if open.len() >= MAX_UPLOADS {
+            "the facade has its most"
+        } else {
+            return Ok(());
+        };
+        Err(S3Error::new(
+            "SlowDown",
+            503,
+            format!("{whose} multipart uploads open; complete or abort some, or retry later"),
+        ))
+    }
+
+    /// Registers `upload` under a new id, unless the facade or its owner
+    /// has as many open as allowed (then the upload comes back).
+    fn insert(&self, upload: Upload) -> Result<String, Box<(S3Error, Upload)>> {
+        let mut open = self.lock();
+        if let Err(e) = self.room(&open, &upload.owner) {
+            return Err(Box::new((e, upload)));
+        }
+        upload.touched.store(self.now_ms(), Ordering::Relaxed);
+        let id = upload_id();
+        open.insert(id.clone(), Arc::new(upload));
+        Ok(id)
+    }
+
+    /// Aborts the uploads with no request for `facade.upload_idle_timeout`;
+    /// how many.
+    pub(crate) async fn expire(&self) -> u64 {
+        let cutoff = self.now_ms().saturating_sub(self.idle.as_millis() as u64);
+        let expired: Vec<Arc<Upload>> = {
+            let mut open = self.lock();
+            let ids: Vec<String> = open
+                .iter()
+                .filter(|(_, u)| u.touched.load(Ordering::Relaxed) < cutoff)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| open.remove(id)).collect()
+        };
+        let n = expired.len() as u64;
+        for upload in expired {
+            tracing::info!(uri = %upload.uri, "a facade multipart upload expired unused; aborting it");
+            upload.abort("expired").await;
+        }
+        n
+    }
+
+    /// How often [`Uploads::expire`] should run.
+    pub(crate) fn expiry_interval(&self) -> Duration {
+        (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
     }
 
     fn remove(&self, req: &Req<'_>) {
@@ -77,12 +174,20 @@ impl Uploads {
     pub(crate) async fn abort_all(&self) {
         let open: Vec<Arc<Upload>> = self.lock().drain().map(|(_, u)| u).collect();
         for upload in open {
-            let mp = upload.inner.lock().await.mp.take();
-            if let Some(mp) = mp
-                && let Err(error) = mp.abort().await
-            {
-                tracing::warn!(%error, uri = %upload.uri, "aborting an open facade upload at shutdown failed");
-            }
+            upload.abort("at shutdown").await;
+        }
+    }
+}
+
+impl Upload {
+    /// Aborts it at the backend and lets its early parts go.
+    async fn abort(&self, when: &str) {
+        let mut inner = self.inner.lock().await;
+        inner.pending.clear();
+        if let Some(mp) = inner.mp.take()
+            && let Err(error) = mp.abort().await
+        {
+            tracing::warn!(%error, uri = %self.uri, "aborting an open facade upload {when} failed");
         }
     }
 }
@@ -106,12 +211,11 @@ fn upload_id() -> String {
 /// CreateMultipartUpload.
 pub(super) async fn create(req: &Req<'_>) -> Result<Resp, S3Error> {
     let uri = req.uri()?;
-    if req.state.uploads.lock().len() >= MAX_UPLOADS {
-        return Err(S3Error::new(
-            "SlowDown",
-            503,
-            "too many multipart uploads are open; retry later",
-        ));
+    {
+        let uploads = &req.state.uploads;
+        uploads
+            .room(&uploads.lock(), &req.owner)
+            .map_err(|e| e.on(req.resource.clone()))?;
     }
     let storage = req
         .state
@@ -122,11 +226,12 @@ pub(super) async fn create(req: &Req<'_>) -> Result<Resp, S3Error> {
         .start_multipart(&uri)
         .await
         .map_err(|e| S3Error::storage(&e, &req.resource))?;
-    let id = upload_id();
     let upload = Upload {
         bucket: req.bucket.clone(),
         key: req.key.clone(),
-        uri,
+        uri: uri.clone(),
+        owner: req.owner.clone(),
+        touched: AtomicU64::new(0),
         inner: tokio::sync::Mutex::new(Inner {
             mp: Some(mp),
             next: 1,
@@ -135,10 +240,16 @@ pub(super) async fn create(req: &Req<'_>) -> Result<Resp, S3Error> {
             failed: None,
         }),
     };
-    req.state
-        .uploads
-        .lock()
-        .insert(id.clone(), Arc::new(upload));
+    let id = match req.state.uploads.insert(upload) {
+        Ok(id) => id,
+        Err(refused) => {
+            let (e, upload) = *refused;
+            // Others were opened meanwhile; this one is open at the
+            // backend already, and nothing may stay there.
+            upload.abort("refused").await;
+            return Err(e.on(req.resource.clone()));
+        }
+    };
     let mut x = Xml::new();
     x.open_s3("InitiateMultipartUploadResult");
     x.elem("Bucket", &req.bucket);

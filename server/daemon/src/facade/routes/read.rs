@@ -187,17 +187,14 @@ pub(super) async fn head(req: &Req<'_>) -> Result<Resp, S3Error> {
     Ok(resp)
 }
 
+/// The object's metadata: the cache's while its entry is fresh.
 async fn head_meta(req: &Req<'_>) -> Result<ObjectMeta, S3Error> {
     let uri = req.uri()?;
-    let storage = req
-        .state
+    req.state
         .engine
-        .backend(&uri)
-        .map_err(|e| S3Error::read(&e, &req.resource))?;
-    storage
         .head(&uri)
         .await
-        .map_err(|e| S3Error::storage(&e, &req.resource))
+        .map_err(|e| S3Error::read(&e, &req.resource))
 }
 
 /// The answer the conditional headers ask for instead of the object, if
