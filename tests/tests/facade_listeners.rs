@@ -135,3 +135,49 @@ async fn sighup_reloads_the_keys_file() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(START_TIMEOUT).success());
 }
+
+/// `sluiced check-config` reads the facade's files as the daemon would: a
+/// keys file with a bad line, or a TLS key that is not one, is refused
+/// naming the key; the good files pass.
+#[test]
+fn check_config_reads_the_keys_file_and_the_tls_files() {
+    use sluice_tests::daemon::bin;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let pki = Pki::new();
+    let ca = pki.ca("facade test CA");
+    let server = pki.server(&ca, "facade");
+    let keys = root.join("keys");
+    let check = |keys_text: &str, key: &std::path::Path| {
+        std::fs::write(&keys, keys_text).unwrap();
+        let buckets = format!("{{data=\"file://{}/\"}}", root.display());
+        let mut cmd = std::process::Command::new(bin("sluiced"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SLUICE_") {
+                cmd.env_remove(name);
+            }
+        }
+        let out = cmd
+            .args(["--file-root", root.to_str().unwrap(), "check-config"])
+            .env("SLUICE_FACADE__LISTEN", "10.1.2.3:9443")
+            .env("SLUICE_FACADE__BUCKETS", &buckets)
+            .env("SLUICE_FACADE__KEYS_FILE", &keys)
+            .env("SLUICE_FACADE__TLS__CERT", &server.cert)
+            .env("SLUICE_FACADE__TLS__KEY", key)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stderr)
+    };
+    let (ok, stderr) = check("GOODKEY a-secret data\n", &server.key);
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = check("GOODKEY a-secret nosuchbucket\n", &server.key);
+    assert!(!ok && stderr.contains("facade.keys_file"), "{stderr}");
+    assert!(
+        !stderr.contains("a-secret"),
+        "no secret in the error: {stderr}"
+    );
+    let (ok, stderr) = check("GOODKEY a-secret data\n", &server.cert);
+    assert!(!ok && stderr.contains("facade.tls"), "{stderr}");
+}

@@ -39,11 +39,17 @@ struct Probe {
     read: String,
     session: String,
     fds: String,
+    /// `facade …`, when the daemon serves a facade socket.
+    facade: Option<String>,
 }
 
 fn probe_as(uid: u32, gid: u32, socket: &Path, uri: &str) -> Probe {
     let mut cmd = Command::new(bin("peer-probe"));
     cmd.arg(socket).arg(uri).stdin(Stdio::null());
+    let facade = facade_socket(socket);
+    if facade.exists() {
+        cmd.arg(&facade).arg("/local/obj");
+    }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -81,6 +87,10 @@ fn probe_as(uid: u32, gid: u32, socket: &Path, uri: &str) -> Probe {
         read: line("read "),
         session: line("session "),
         fds: line("fds "),
+        facade: stdout
+            .lines()
+            .find(|l| l.starts_with("facade "))
+            .map(str::to_owned),
     }
 }
 
@@ -88,9 +98,21 @@ async fn metrics(addr: SocketAddr) -> String {
     http_get(addr, "/metrics").await.1
 }
 
+/// Where [`daemon`]'s facade listens: beside the gRPC socket.
+fn facade_socket(grpc: &Path) -> std::path::PathBuf {
+    grpc.with_file_name("s3.sock")
+}
+
+/// A daemon whose sockets anyone may connect to, and whose facade serves
+/// unsigned reads of bucket `local` on a Unix socket beside the gRPC one
+/// (the same peer policy applies to both).
 async fn daemon(configure: impl FnOnce(&mut sluiced::Config)) -> (TestDaemon, String) {
     let d = TestDaemon::start_with(|c| {
         c.server.socket_mode = "0666".into();
+        sluice_tests::facade::facade_config(c, false);
+        c.facade.listen = None;
+        c.facade.socket = Some(facade_socket(&c.server.socket));
+        c.facade.anonymous = true;
         configure(c);
     })
     .await;
@@ -123,6 +145,7 @@ async fn peer_outside_allowed_uids_gets_permission_denied_and_no_descriptors() {
         "{p:?}"
     );
     assert!(p.fds.starts_with("fds err"), "no descriptors: {p:?}");
+    assert_eq!(p.facade.as_deref(), Some("facade closed"), "{p:?}");
     // Root (the daemon's own uid here) is allowed implicitly.
     let mut me = connect(d.socket()).await;
     let (_, data) = read(&mut me, &uri, None).await.expect("root is served");
@@ -159,6 +182,7 @@ async fn listed_uid_or_primary_gid_is_served_others_are_not() {
     let neither = run(4000, 4000).await.unwrap();
     for p in [&by_uid, &by_gid] {
         assert_eq!(p.read, "read ok 10000", "{p:?}");
+        assert_eq!(p.facade.as_deref(), Some("facade HTTP/1.1 200 OK"), "{p:?}");
         assert!(p.session.starts_with("session ok"), "{p:?}");
         assert!(p.fds.starts_with("fds ok"), "{p:?}");
         assert_ne!(p.fds, "fds ok 0", "segments handed out: {p:?}");
@@ -168,6 +192,11 @@ async fn listed_uid_or_primary_gid_is_served_others_are_not() {
         "{neither:?}"
     );
     assert!(neither.fds.starts_with("fds err"), "{neither:?}");
+    assert_eq!(
+        neither.facade.as_deref(),
+        Some("facade closed"),
+        "the facade's socket has the same policy: {neither:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,6 +214,7 @@ async fn empty_lists_serve_every_uid_the_socket_mode_lets_in() {
     assert!(p.session.starts_with("session ok"), "{p:?}");
     assert!(p.fds.starts_with("fds ok"), "{p:?}");
     assert_ne!(p.fds, "fds ok 0", "{p:?}");
+    assert_eq!(p.facade.as_deref(), Some("facade HTTP/1.1 200 OK"), "{p:?}");
 }
 
 /// The daemon process's log so far.

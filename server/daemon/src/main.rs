@@ -95,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("invalid storage configuration")?;
         sluiced::tls::TcpSecurity::for_server(&config.server)?;
+        sluiced::facade::check_files(&config.facade)?;
         return Ok(());
     }
     let traces = if config.traces.enabled {

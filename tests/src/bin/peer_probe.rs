@@ -2,8 +2,11 @@
 //! SOCKET, one line each on stdout: a Read of URI (`read ok <bytes>` or
 //! `read err <code> <message>`), a Session open (`session ok <id>` or
 //! `session err <code> <message>`), and the descriptor socket
-//! `SOCKET.fds` (`fds ok <segments>` or `fds err <error>`). The peer
-//! credential tests run it under other uids.
+//! `SOCKET.fds` (`fds ok <segments>` or `fds err <error>`); with
+//! `FACADE_SOCKET PATH` too, an unsigned S3 GET of PATH on the facade's
+//! Unix socket (`facade <status line>`, or `facade closed` when the
+//! connection ends unanswered). The peer credential tests run it under
+//! other uids.
 
 use std::io::Write;
 
@@ -17,8 +20,9 @@ use sluice_proto::v1::session_response::Msg as Out;
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(socket), Some(uri)) = (args.next(), args.next()) else {
-        anyhow::bail!("usage: peer-probe SOCKET URI");
+        anyhow::bail!("usage: peer-probe SOCKET URI [FACADE_SOCKET PATH]");
     };
+    let facade = args.next().zip(args.next());
     let mut out = std::io::stdout();
     let mut client = sluice_tests::grpc::connect(&socket).await;
     match sluice_tests::grpc::read(&mut client, &uri, None).await {
@@ -52,6 +56,38 @@ async fn main() -> anyhow::Result<()> {
         Ok(segments) => writeln!(out, "fds ok {}", segments.len())?,
         Err(e) => writeln!(out, "fds err {e}")?,
     }
+    if let Some((socket, path)) = facade {
+        writeln!(out, "facade {}", facade_get(&socket, &path))?;
+    }
     out.flush()?;
     Ok(())
+}
+
+/// The status line of an unsigned GET of `path` on the facade at `socket`;
+/// `closed` when the facade closed the connection unanswered, `connect err
+/// …` when the socket refused the connection.
+fn facade_get(socket: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut s = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => return format!("connect err {e}"),
+    };
+    let answer = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n"
+    )
+    .and_then(|()| {
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)?;
+        Ok(answer)
+    });
+    match answer {
+        Ok(a) if !a.is_empty() => String::from_utf8_lossy(&a)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        // Closed before, while or after the request was written, or reset.
+        _ => "closed".to_owned(),
+    }
 }

@@ -72,6 +72,19 @@ use tonic::transport::server::Connected;
 
 pub use config::FacadeConfig;
 
+/// What only reading the facade's files checks: the keys file parses, and
+/// the TLS certificate and key load and match (for `check-config`).
+pub fn check_files(config: &FacadeConfig) -> Result<(), crate::config::ConfigError> {
+    if !config.enabled() {
+        return Ok(());
+    }
+    config.load_keys()?;
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        tls::FacadeTls::load(cert, key)?;
+    }
+    Ok(())
+}
+
 use crate::config::Config;
 use crate::listen::{AcceptOptions, incoming};
 
