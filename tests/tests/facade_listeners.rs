@@ -181,3 +181,94 @@ fn check_config_reads_the_keys_file_and_the_tls_files() {
     let (ok, stderr) = check("GOODKEY a-secret data\n", &server.cert);
     assert!(!ok && stderr.contains("facade.tls"), "{stderr}");
 }
+
+/// The certificate a TLS handshake with the facade at `addr` presents.
+async fn served_certificate(addr: std::net::SocketAddr, ca: &std::path::Path) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the handshake succeeds with the operator's CA");
+    let (_, session) = tls.get_ref();
+    session.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+/// The first certificate of a PEM file, DER.
+fn first_certificate(path: &std::path::Path) -> Vec<u8> {
+    let pem = std::fs::read(path).unwrap();
+    CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// A `sluiced` process reads the facade's certificate and key again on
+/// SIGHUP: new handshakes present the new certificate; files that do not
+/// load change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_certificate() {
+    use sluice_tests::daemon::{DaemonProcess, START_TIMEOUT};
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::fs::canonicalize(dir.path()).unwrap().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let pki = Pki::new();
+    let ca = pki.ca("facade test CA");
+    let (old, new) = (pki.server(&ca, "old"), pki.server(&ca, "new"));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(&old.cert, &cert).unwrap();
+    std::fs::copy(&old.key, &key).unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "SOMEKEY some-secret\n").unwrap();
+    let buckets = format!("{{data=\"file://{}/\"}}", data.display());
+    let mut d = DaemonProcess::spawn_with_env(
+        &["--file-root", data.to_str().unwrap()],
+        &[
+            ("SLUICE_FACADE__LISTEN", "127.0.0.1:0"),
+            ("SLUICE_FACADE__BUCKETS", &buckets),
+            ("SLUICE_FACADE__KEYS_FILE", keys.to_str().unwrap()),
+            ("SLUICE_FACADE__TLS__CERT", cert.to_str().unwrap()),
+            ("SLUICE_FACADE__TLS__KEY", key.to_str().unwrap()),
+        ],
+    );
+    let log = d.wait_log("sluiced serving", START_TIMEOUT);
+    let at = log.find("facade=Some(").expect("a facade listener") + "facade=Some(".len();
+    let end = at + log[at..].find(')').unwrap();
+    let addr: std::net::SocketAddr = log[at..end].parse().unwrap();
+    assert_eq!(
+        served_certificate(addr, &ca.cert).await,
+        first_certificate(&old.cert)
+    );
+
+    std::fs::copy(&new.cert, &cert).unwrap();
+    std::fs::copy(&new.key, &key).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log("facade TLS certificate reloaded", START_TIMEOUT);
+    assert_eq!(
+        served_certificate(addr, &ca.cert).await,
+        first_certificate(&new.cert)
+    );
+
+    // A key file that holds no key: refused, the new pair stays in use.
+    std::fs::copy(&old.cert, &key).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log("facade TLS reload failed", START_TIMEOUT);
+    assert_eq!(
+        served_certificate(addr, &ca.cert).await,
+        first_certificate(&new.cert)
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(START_TIMEOUT).success());
+}
