@@ -487,12 +487,13 @@ impl Reader {
                 })
             }
             Ok(Fetched::Streaming { meta, range, body }) => {
-                if widened {
-                    self.too_large.note(&leader.key, self.note_ttl());
-                    leader.publish(Outcome::Stale);
+                // Too large to cache, so to widen to: ranges of it go alone.
+                self.too_large.note(&leader.key, self.note_ttl());
+                leader.publish(if widened {
+                    Outcome::Stale
                 } else {
-                    leader.publish(Outcome::TooLarge);
-                }
+                    Outcome::TooLarge
+                });
                 Ok(ReadOutput {
                     meta,
                     range,
@@ -720,7 +721,7 @@ impl Reader {
         if let Some(disk) = &self.disk {
             disk.remove(&key);
         }
-        self.too_large.forget(|k| k != key);
+        self.too_large.forget_key(&key);
     }
 
     /// Forgets everything under `prefix`, in the cache and in flight.

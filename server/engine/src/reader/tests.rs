@@ -277,3 +277,27 @@ async fn head_answers_from_a_fresh_entry() {
         }
     }
 }
+
+/// A whole read that finds the object too large to cache notes it too:
+/// ranges of it are then read side by side, none leading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_read_of_an_object_too_large_to_cache_notes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let reader = reader_with(&root, |c| c.max_object_size = Some(ByteSize::mib(1))).await;
+    let (uri, data) = object(&root, "o", 3 << 20);
+    let key = uri.to_string();
+    let client = ClientShare::unlimited();
+    let out = reader
+        .read(&uri, None, false, &client, false)
+        .await
+        .unwrap();
+    assert_eq!(out.source, Source::Uncached);
+    drop(out);
+    assert!(reader.too_large.noted(&key, reader.note_ttl()));
+    let lead = leader(&reader, &key);
+    let (source, got) = read_range(&reader, &uri, 100..200).await;
+    assert_eq!((source, &got[..]), (Source::Uncached, &data[100..200]));
+    assert_eq!(reader.joined(&key), 0, "the range did not wait on a leader");
+    drop(lead);
+}
