@@ -32,23 +32,7 @@ async fn https_serves_with_the_configured_certificate() {
         c.facade.tls.key = Some(server.key.clone());
     })
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&ca.cert).unwrap();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(d.facade()).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("the handshake succeeds with the operator's CA");
+    let tls = handshake(d.facade(), &ca.cert).await;
     let answer = exchange(tls, "/local/x").await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(answer.contains("<Code>AccessDenied</Code>"), "{answer}");
@@ -79,11 +63,33 @@ async fn the_unix_socket_serves_anonymous_reads_when_allowed() {
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }
 
+/// A `sluiced` process whose facade (loopback, port 0, with `env`) serves
+/// bucket `data` = `file://DATA/` to the keys of `keys`; and its address.
+fn facade_process(
+    data: &std::path::Path,
+    keys: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (sluice_tests::daemon::DaemonProcess, std::net::SocketAddr) {
+    use sluice_tests::daemon::{DaemonProcess, START_TIMEOUT};
+    let buckets = format!("{{data=\"file://{}/\"}}", data.display());
+    let mut all = vec![
+        ("SLUICE_FACADE__LISTEN", "127.0.0.1:0"),
+        ("SLUICE_FACADE__BUCKETS", buckets.as_str()),
+        ("SLUICE_FACADE__KEYS_FILE", keys.to_str().unwrap()),
+    ];
+    all.extend_from_slice(env);
+    let d = DaemonProcess::spawn_with_env(&["--file-root", data.to_str().unwrap()], &all);
+    let log = d.wait_log("sluiced serving", START_TIMEOUT);
+    let at = log.find("facade=Some(").expect("a facade listener") + "facade=Some(".len();
+    let end = at + log[at..].find(')').unwrap();
+    (d, log[at..end].parse().unwrap())
+}
+
 /// A `sluiced` process reads its facade keys file again on SIGHUP: a key
 /// added works, a key removed is unknown from then on; SIGTERM stops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_keys_file() {
-    use sluice_tests::daemon::{DaemonProcess, START_TIMEOUT};
+    use sluice_tests::daemon::START_TIMEOUT;
     use sluice_tests::facade::client;
     let dir = tempfile::tempdir().unwrap();
     let data = std::fs::canonicalize(dir.path()).unwrap().join("data");
@@ -91,19 +97,7 @@ async fn sighup_reloads_the_keys_file() {
     std::fs::write(data.join("obj"), b"reloaded").unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, "OLDKEY old-secret\n").unwrap();
-    let buckets = format!("{{data=\"file://{}/\"}}", data.display());
-    let mut d = DaemonProcess::spawn_with_env(
-        &["--file-root", data.to_str().unwrap()],
-        &[
-            ("SLUICE_FACADE__LISTEN", "127.0.0.1:0"),
-            ("SLUICE_FACADE__BUCKETS", &buckets),
-            ("SLUICE_FACADE__KEYS_FILE", keys.to_str().unwrap()),
-        ],
-    );
-    let log = d.wait_log("sluiced serving", START_TIMEOUT);
-    let at = log.find("facade=Some(").expect("a facade listener") + "facade=Some(".len();
-    let end = at + log[at..].find(')').unwrap();
-    let addr: std::net::SocketAddr = log[at..end].parse().unwrap();
+    let (mut d, addr) = facade_process(&data, &keys, &[]);
     let read = |key: (&'static str, &'static str)| async move {
         let out = client(addr, key)
             .get_object()
@@ -184,6 +178,16 @@ fn check_config_reads_the_keys_file_and_the_tls_files() {
 
 /// The certificate a TLS handshake with the facade at `addr` presents.
 async fn served_certificate(addr: std::net::SocketAddr, ca: &std::path::Path) -> Vec<u8> {
+    let tls = handshake(addr, ca).await;
+    let (_, session) = tls.get_ref();
+    session.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+/// A TLS connection to the facade at `addr` as `localhost`, trusting `ca`.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).unwrap();
     for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -197,12 +201,10 @@ async fn served_certificate(addr: std::net::SocketAddr, ca: &std::path::Path) ->
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .expect("the handshake succeeds with the operator's CA");
-    let (_, session) = tls.get_ref();
-    session.peer_certificates().expect("a certificate")[0].to_vec()
+        .expect("the handshake succeeds with the operator's CA")
 }
 
 /// The first certificate of a PEM file, DER.
@@ -220,7 +222,7 @@ fn first_certificate(path: &std::path::Path) -> Vec<u8> {
 /// load change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_tls_certificate() {
-    use sluice_tests::daemon::{DaemonProcess, START_TIMEOUT};
+    use sluice_tests::daemon::START_TIMEOUT;
     let dir = tempfile::tempdir().unwrap();
     let data = std::fs::canonicalize(dir.path()).unwrap().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -232,21 +234,14 @@ async fn sighup_reloads_the_tls_certificate() {
     std::fs::copy(&old.key, &key).unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, "SOMEKEY some-secret\n").unwrap();
-    let buckets = format!("{{data=\"file://{}/\"}}", data.display());
-    let mut d = DaemonProcess::spawn_with_env(
-        &["--file-root", data.to_str().unwrap()],
+    let (mut d, addr) = facade_process(
+        &data,
+        &keys,
         &[
-            ("SLUICE_FACADE__LISTEN", "127.0.0.1:0"),
-            ("SLUICE_FACADE__BUCKETS", &buckets),
-            ("SLUICE_FACADE__KEYS_FILE", keys.to_str().unwrap()),
             ("SLUICE_FACADE__TLS__CERT", cert.to_str().unwrap()),
             ("SLUICE_FACADE__TLS__KEY", key.to_str().unwrap()),
         ],
     );
-    let log = d.wait_log("sluiced serving", START_TIMEOUT);
-    let at = log.find("facade=Some(").expect("a facade listener") + "facade=Some(".len();
-    let end = at + log[at..].find(')').unwrap();
-    let addr: std::net::SocketAddr = log[at..end].parse().unwrap();
     assert_eq!(
         served_certificate(addr, &ca.cert).await,
         first_certificate(&old.cert)

@@ -467,41 +467,18 @@ impl Reader {
                 };
                 self.finish_lead(leader, uri, range, got)
             }
-            Ok(Fetched::Buffered {
-                meta,
-                range,
-                data,
-                hold,
-            }) => {
-                // Just the range of an object too large to widen: whoever
-                // joined reads on its own (a whole read may still cache it).
-                self.too_large.note(&leader.key, self.note_ttl());
-                leader.publish(Outcome::Stale);
-                Ok(ReadOutput {
-                    meta,
-                    range,
-                    pinned: data.len() as u64,
-                    body: Body::Bytes(hold.attach(data)),
-                    source: Source::Uncached,
-                    pin: None,
-                })
-            }
-            Ok(Fetched::Streaming { meta, range, body }) => {
-                // Too large to cache, so to widen to: ranges of it go alone.
+            Ok(fetched) => {
+                // Just the range of an object too large to widen, or an
+                // object too large to cache: ranges of it go alone from now
+                // on; whoever joined a range reads on its own (a whole read
+                // may still cache it), whoever joined a whole read streams.
                 self.too_large.note(&leader.key, self.note_ttl());
                 leader.publish(if widened {
                     Outcome::Stale
                 } else {
                     Outcome::TooLarge
                 });
-                Ok(ReadOutput {
-                    meta,
-                    range,
-                    body: Body::Stream(body),
-                    source: Source::Uncached,
-                    pin: None,
-                    pinned: 0,
-                })
+                Ok(unkept(fetched))
             }
             Err(e) => {
                 self.note_error(&e);
@@ -594,29 +571,7 @@ impl Reader {
             )
             .await;
         let fetched = fetched.inspect_err(|e| self.note_error(e))?;
-        Ok(match fetched {
-            Fetched::Buffered {
-                meta,
-                range,
-                data,
-                hold,
-            } => ReadOutput {
-                meta,
-                range,
-                pinned: data.len() as u64,
-                body: Body::Bytes(hold.attach(data)),
-                source: Source::Uncached,
-                pin: None,
-            },
-            Fetched::Streaming { meta, range, body } => ReadOutput {
-                meta,
-                range,
-                body: Body::Stream(body),
-                source: Source::Uncached,
-                pin: None,
-                pinned: 0,
-            },
-        })
+        Ok(unkept(fetched))
     }
 
     /// Pins a cached entry for `client` (charged its size), waiting for
@@ -740,6 +695,33 @@ impl Reader {
         }
         self.too_large.forget(|k| !k.starts_with(&prefix));
         self.cache.remove_prefix(&prefix)
+    }
+}
+
+/// What a fetch got, answered as is and not cached.
+fn unkept(fetched: Fetched) -> ReadOutput {
+    match fetched {
+        Fetched::Buffered {
+            meta,
+            range,
+            data,
+            hold,
+        } => ReadOutput {
+            meta,
+            range,
+            pinned: data.len() as u64,
+            body: Body::Bytes(hold.attach(data)),
+            source: Source::Uncached,
+            pin: None,
+        },
+        Fetched::Streaming { meta, range, body } => ReadOutput {
+            meta,
+            range,
+            body: Body::Stream(body),
+            source: Source::Uncached,
+            pin: None,
+            pinned: 0,
+        },
     }
 }
 

@@ -358,6 +358,25 @@ async fn the_global_limit_holds_across_objects() {
     assert_eq!(fx.fault.gets(), 6 * 16);
 }
 
+/// The requested `ranges` (the first as asked, possibly past the end)
+/// cover `0..len` exactly, none overlapping, none over `part`.
+fn covers_once(
+    mut ranges: Vec<std::ops::Range<u64>>,
+    len: u64,
+    part: u64,
+) -> Result<(), TestCaseError> {
+    ranges[0].end = ranges[0].end.min(len);
+    ranges.sort_by_key(|r| r.start);
+    let mut at = 0;
+    for r in &ranges {
+        prop_assert_eq!(r.start, at, "gap or overlap at {}", at);
+        prop_assert!(r.end - r.start <= part);
+        at = r.end;
+    }
+    prop_assert_eq!(at, len);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -373,18 +392,10 @@ proptest! {
             let max_buffer = if streaming { 0 } else { u64::MAX };
             let got = collect(e.fetch(fx.fault.clone(), &uri, None, &memory(1 << 30), max_buffer).await.unwrap()).await;
             prop_assert_eq!(&got, &data);
-            let mut ranges = fx.fault.ranges();
+            let ranges = fx.fault.ranges();
             prop_assert_eq!(ranges[0].start, 0);
             prop_assert_eq!(ranges[0].end, part, "the first part asks for a whole part");
-            ranges[0].end = ranges[0].end.min(len as u64);
-            ranges.sort_by_key(|r| r.start);
-            let mut at = 0;
-            for r in &ranges {
-                prop_assert_eq!(r.start, at, "gap or overlap at {}", at);
-                prop_assert!(r.end - r.start <= part);
-                at = r.end;
-            }
-            prop_assert_eq!(at, len as u64);
+            covers_once(ranges, len as u64, part)?;
             prop_assert!(fx.fault.max_in_flight() <= per_object, "{} > {}", fx.fault.max_in_flight(), per_object);
             Ok(())
         })?;
@@ -420,7 +431,7 @@ proptest! {
             let Fetched::Buffered { range, data: got, .. } = fetched else {
                 panic!("a fetch within max_buffer is buffered");
             };
-            let mut ranges = fx.fault.ranges();
+            let ranges = fx.fault.ranges();
             prop_assert_eq!(ranges[0].start, start, "the first request is the range's own");
             if !widen_more {
                 let end = want.end.min(len as u64);
@@ -430,16 +441,8 @@ proptest! {
             }
             prop_assert_eq!(range, 0..len as u64);
             prop_assert_eq!(&got[..], &data[..]);
-            ranges[0].end = ranges[0].end.min(len as u64);
-            ranges.sort_by_key(|r| r.start);
-            let mut at = 0;
-            for r in &ranges {
-                prop_assert_eq!(r.start, at, "gap or overlap at {}", at);
-                prop_assert!(r.end - r.start <= part);
-                at = r.end;
-            }
-            prop_assert_eq!(at, len as u64);
-            Ok(())
+            covers_once(ranges, len as u64, part)
+
         })?;
     }
 }
