@@ -43,7 +43,8 @@ pub fn facade_config(c: &mut Config, writes: bool) {
     f.writes = writes;
 }
 
-/// An S3 client of the facade at `addr`, signing with `key`.
+/// An S3 client of the facade (or any S3-compatible server) at `addr`,
+/// path style, region `us-east-1`, signing with `key`.
 pub fn client(addr: SocketAddr, key: (&str, &str)) -> aws_sdk_s3::Client {
     client_with(addr, key, |b| b)
 }
@@ -69,20 +70,5 @@ pub fn client_with(
 
 /// A raw HTTP/1.1 request to `addr`: the status and the body.
 pub async fn raw(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("send");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.expect("receive");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    crate::grpc::http_request(addr, method, path).await
 }

@@ -2,6 +2,7 @@
 
 pub mod azurite;
 pub mod certs;
+pub mod cli;
 pub mod daemon;
 pub mod facade;
 pub mod faultproxy;

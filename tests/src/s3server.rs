@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use sluice_storage::ObjectUri;
 use sluice_storage::s3::{S3Config, S3Endpoint, Secret};
 use tempfile::TempDir;
@@ -293,18 +291,6 @@ async fn wait_until_accepting(child: &mut Child, port: u16) -> Result<(), String
 
 /// A plain SDK client for what the storage trait does not do (buckets).
 fn admin_client(port: u16) -> aws_sdk_s3::Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .force_path_style(true)
-        .credentials_provider(Credentials::new(
-            ACCESS_KEY, SECRET_KEY, None, None, "s3s-fs",
-        ))
-        .http_client(http)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    crate::facade::client(addr, (ACCESS_KEY, SECRET_KEY))
 }

@@ -7,35 +7,21 @@
 use std::path::Path;
 use std::process::Output;
 
+use sluice_tests::cli::stdout_of as ok;
 use sluice_tests::daemon::{TestDaemon, bin};
 
 /// Runs `sluice --address <daemon> <args>` in `cwd`.
 async fn sluice_in(daemon: &TestDaemon, cwd: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(bin("sluice"))
-        .arg("--address")
-        .arg(daemon.address())
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("SLUICE_ADDRESS")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run sluice")
+    let address = daemon.address();
+    let all: Vec<&str> = ["--address", address.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    sluice_tests::cli::sluice_in(Some(cwd), &all).await
 }
 
 async fn sluice(daemon: &TestDaemon, args: &[&str]) -> Output {
     sluice_in(daemon, daemon.root(), args).await
-}
-
-/// Asserts success and returns stdout.
-fn ok(output: Output) -> Vec<u8> {
-    assert!(
-        output.status.success(),
-        "sluice failed with {}: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
 }
 
 fn text(bytes: Vec<u8>) -> String {

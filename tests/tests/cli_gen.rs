@@ -8,29 +8,16 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::Output;
 
-use sluice_tests::daemon::{TestDaemon, bin};
+use sluice_tests::cli::{sluice_in, text_of as ok};
+use sluice_tests::daemon::TestDaemon;
 
 async fn sluice(daemon: &TestDaemon, args: &[&str]) -> Output {
-    tokio::process::Command::new(bin("sluice"))
-        .arg("--address")
-        .arg(daemon.address())
-        .args(args)
-        .env_remove("SLUICE_ADDRESS")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run sluice")
-}
-
-/// Asserts success and returns stdout.
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "sluice failed with {}: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
+    let address = daemon.address();
+    let all: Vec<&str> = ["--address", address.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    sluice_in(None, &all).await
 }
 
 /// The files of a directory by name.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use sluice_client::Client;
 use sluice_engine::ByteSize;
 use sluice_storage::oplog::format::{Record, read_logs};
-use sluice_tests::daemon::{TestDaemon, bin};
+use sluice_tests::cli::{sluice_in, text_of as ok};
+use sluice_tests::daemon::TestDaemon;
 use sluice_tests::grpc::{http_get, metric, pattern};
 
 const PART: u64 = 1 << 20;
@@ -36,24 +37,7 @@ fn write_set(root: &Path, dir: &str) {
 }
 
 async fn sluice(args: &[&str]) -> Output {
-    tokio::process::Command::new(bin("sluice"))
-        .args(args)
-        .env_remove("SLUICE_ADDRESS")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run sluice")
-}
-
-/// stdout of a successful run.
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "sluice failed with {}: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
+    sluice_in(None, args).await
 }
 
 /// The summary line of `op`: count, errors, bytes.
