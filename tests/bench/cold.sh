@@ -25,6 +25,7 @@
 # Writes WORKDIR/cold.json and, with perf, WORKDIR/cold.perf.txt.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/lib.sh
 repo=$PWD
 
 small=0
@@ -68,13 +69,8 @@ elif [ -z "$perf_bin" ]; then
 fi
 s3s=""
 if want s3s-fs; then
-  s3s="${S3S_FS_BIN:-}"
+  s3s=$(find_s3s_fs)
   if [ -z "$s3s" ]; then
-    for c in "$HOME/.cache/sluice-tools/bin/s3s-fs" /tmp/s3sfs/bin/s3s-fs; do
-      [ -x "$c" ] && { s3s="$c"; break; }
-    done
-  fi
-  if [ -z "$s3s" ] || [ ! -x "$s3s" ]; then
     echo "!! s3s-fs not found (set S3S_FS_BIN or run scripts/test.sh): origin s3s-fs left out" >&2
     s3s=""
   fi

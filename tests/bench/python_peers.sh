@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
+. tests/bench/lib.sh
 
 small=0
 work=""
@@ -32,23 +33,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ "$small" = 1 ]; then
-  work="${work:-/tmp/sluice-bench-small}"; n_large=4; large_mib=16; n_small=200
-else
-  work="${work:-/tmp/sluice-bench}"; n_large=32; large_mib=32; n_small=4000
-fi
-small_kib=128
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
+bench_sets "$small" "$work"
 
 bin="${CARGO_TARGET_DIR:-$repo/target}/release"
-s3s="${S3S_FS_BIN:-}"
-if [ -z "$s3s" ]; then
-  for c in "$HOME/.cache/sluice-tools/bin/s3s-fs" /tmp/s3sfs/bin/s3s-fs; do
-    [ -x "$c" ] && { s3s="$c"; break; }
-  done
-fi
-[ -n "$s3s" ] && [ -x "$s3s" ] || { echo "s3s-fs not found: set S3S_FS_BIN or run scripts/test.sh" >&2; exit 1; }
+s3s=$(require_s3s_fs)
 
 echo "== build"
 [ -x "$bin/sluiced" ] || cargo build --release --locked -p sluiced

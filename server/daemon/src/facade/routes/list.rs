@@ -192,11 +192,7 @@ async fn page(
 ) -> Result<Page, S3Error> {
     let base = req.prefix().to_string();
     let uri = object_uri(req.prefix(), prefix).map_err(|e| e.on(req.resource.clone()))?;
-    let storage = req
-        .state
-        .engine
-        .backend(&uri)
-        .map_err(|e| S3Error::read(&e, &req.resource))?;
+    let storage = req.backend(&uri)?;
     let strip = |u: &str| u.strip_prefix(base.as_str()).map(str::to_owned);
     loop {
         let opts = ListOptions {

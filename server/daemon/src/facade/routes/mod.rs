@@ -162,6 +162,14 @@ impl Req<'_> {
         object_uri(self.prefix(), &self.key).map_err(|e| e.on(self.resource.clone()))
     }
 
+    /// The backend serving `uri`.
+    pub fn backend(&self, uri: &ObjectUri) -> Result<Arc<dyn sluice_storage::Storage>, S3Error> {
+        self.state
+            .engine
+            .backend(uri)
+            .map_err(|e| S3Error::read(&e, &self.resource))
+    }
+
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())

@@ -217,11 +217,7 @@ pub(super) async fn create(req: &Req<'_>) -> Result<Resp, S3Error> {
             .room(&uploads.lock(), &req.owner)
             .map_err(|e| e.on(req.resource.clone()))?;
     }
-    let storage = req
-        .state
-        .engine
-        .backend(&uri)
-        .map_err(|e| S3Error::read(&e, &req.resource))?;
+    let storage = req.backend(&uri)?;
     let mp = storage
         .start_multipart(&uri)
         .await

@@ -26,11 +26,7 @@ pub(super) async fn put(mut req: Req<'_>) -> Result<Resp, S3Error> {
         return Err(S3Error::not_implemented("CopyObject"));
     }
     let uri = req.uri()?;
-    let storage = req
-        .state
-        .engine
-        .backend(&uri)
-        .map_err(|e| S3Error::read(&e, &req.resource))?;
+    let storage = req.backend(&uri)?;
     let data = body::read_data(&mut req).await?;
     let stored = storage.put(&uri, data).await;
     req.state.engine.invalidate(&uri);
@@ -45,11 +41,7 @@ pub(super) async fn put(mut req: Req<'_>) -> Result<Resp, S3Error> {
 /// DeleteObject: 204 whether or not the object was there, as S3.
 pub(super) async fn delete(req: &Req<'_>) -> Result<Resp, S3Error> {
     let uri = req.uri()?;
-    let storage = req
-        .state
-        .engine
-        .backend(&uri)
-        .map_err(|e| S3Error::read(&e, &req.resource))?;
+    let storage = req.backend(&uri)?;
     let res = storage.delete(&uri).await;
     req.state.engine.invalidate(&uri);
     match res {
