@@ -163,7 +163,12 @@ async fn a_range_of_an_uncached_object_caches_it_whole() {
 async fn a_range_of_an_object_too_large_to_widen_is_read_alone() {
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
-    let reader = reader_with(&root, |c| c.widen_range_max = ByteSize::mib(1)).await;
+    // Notes last `revalidate_after`: an hour, longer than any stall here.
+    let reader = reader_with(&root, |c| {
+        c.widen_range_max = ByteSize::mib(1);
+        c.revalidate_after = std::time::Duration::from_secs(3600);
+    })
+    .await;
     let (uri, data) = object(&root, "o", 3 << 20);
     let key = uri.to_string();
     let (source, got) = read_range(&reader, &uri, 5..2_000_000).await;
@@ -284,7 +289,11 @@ async fn head_answers_from_a_fresh_entry() {
 async fn a_whole_read_of_an_object_too_large_to_cache_notes_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
-    let reader = reader_with(&root, |c| c.max_object_size = Some(ByteSize::mib(1))).await;
+    let reader = reader_with(&root, |c| {
+        c.max_object_size = Some(ByteSize::mib(1));
+        c.revalidate_after = std::time::Duration::from_secs(3600);
+    })
+    .await;
     let (uri, data) = object(&root, "o", 3 << 20);
     let key = uri.to_string();
     let client = ClientShare::unlimited();
